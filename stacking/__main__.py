@@ -1,0 +1,5 @@
+import sys
+
+from stacking.cli import main
+
+sys.exit(main())

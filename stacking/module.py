@@ -1,0 +1,195 @@
+"""The LightningModule around ``litgpt.GPT``: init, optimiser, LR schedule in tokens, token/FLOP counters,
+fixed-set validation, G_random growth masks and frozen parameters (llama_pro ``train_new_only``).
+
+Token and FLOP accounting lives here and nowhere else:
+``tokens = global_step × global_batch_tokens`` (global across ranks) and
+``flops = flops_offset + tokens × flops_per_token`` where ``flops_offset`` is the parent's cumulative FLOPs when the
+run was initialised from a grown checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from litgpt import GPT, Config
+
+# Dense peak FLOP/s per device (never the 2:4-sparse figure, which doubles MFU by mistake; reference/ecosystem.md
+# §1.6). Keys are matched as substrings of torch.cuda.get_device_name(), most specific first.
+PEAK_FLOPS = {
+    "bf16": [("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835.5e12), ("H100", 989.5e12),
+             ("A100", 312e12), ("L40S", 362.05e12), ("A10G", 70e12), ("L4", 121e12), ("RTX 4090", 165.2e12),
+             ("V100", 125e12), ("T4", 65e12)],
+    "fp32": [("H200", 66.9e12), ("H100 PCIe", 51.2e12), ("H100", 66.9e12), ("A100", 19.5e12), ("L40S", 91.6e12),
+             ("A10G", 31.2e12), ("L4", 30.3e12), ("V100", 15.7e12), ("T4", 8.1e12)],
+}
+_warned_devices: set[str] = set()
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """Dense peak FLOP/s of a device at a precision ('bf16'/'16' → bf16 table, else fp32), or None (warned once)."""
+    table = PEAK_FLOPS["bf16" if ("bf16" in precision or "16" in precision) else "fp32"]
+    for key, value in table:
+        if key.lower() in device_name.lower():
+            return value
+    if device_name not in _warned_devices:
+        _warned_devices.add(device_name)
+        warnings.warn(f"no peak FLOP/s known for device {device_name!r} at {precision}; MFU is not computed "
+                      "(add it to stacking.module.PEAK_FLOPS)", stacklevel=2)
+    return None
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the device's dense peak (NaN without a peak)."""
+    return flops_per_token * tokens_per_s / peak if peak else float("nan")
+
+
+def lr_at(tokens: int, *, lr: float, min_lr: float, warmup_tokens: int, max_tokens: int, schedule: str,
+          decay_tokens: int) -> float:
+    """LR of the optimizer step that ends at ``tokens`` (tokens of this run): linear warmup, then cosine to min_lr,
+    WSD, or constant. The first step (tokens = global batch) has a small non-zero LR; the last one has min_lr."""
+    if warmup_tokens and tokens < warmup_tokens:
+        return lr * tokens / warmup_tokens
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        progress = min(1.0, (tokens - warmup_tokens) / max(1, max_tokens - warmup_tokens))
+        return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+    if schedule == "wsd":  # warmup-stable-decay: constant, then linear decay over the last decay_tokens
+        decay_start = max_tokens - decay_tokens
+        if tokens < decay_start:
+            return lr
+        return lr + (min_lr - lr) * min(1.0, (tokens - decay_start) / max(1, decay_tokens))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def init_weights(model: GPT, config: Config) -> None:
+    """TinyLlama / GPT-NeoX init: N(0, √(2/(5d))) everywhere, output projections N(0, 1/(√d · L)), norms 1.
+
+    (The paper's released code skipped this for scratch runs — reference/stacking.md §2 — we do not.)
+    """
+    std = math.sqrt(2.0 / (5 * config.n_embd))
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            torch.nn.init.ones_(p) if name.endswith(".weight") else torch.nn.init.zeros_(p)
+        elif name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+            torch.nn.init.normal_(p, 0.0, 1.0 / math.sqrt(config.n_embd) / config.n_layer)
+        else:
+            torch.nn.init.normal_(p, 0.0, std)
+
+
+class NaNLossError(RuntimeError):
+    """Training produced a non-finite loss; the run stops with status ``failed: nan at tokens=…``."""
+
+
+class GPTModule(L.LightningModule):
+    """One run's model and optimisation. ``cfg`` is the resolved ``stacking.train.RunConfig``."""
+
+    def __init__(self, cfg: Any, model_config: Config, flops_per_token: float, flops_offset: float = 0.0,
+                 growth: dict | None = None):
+        super().__init__()
+        self.cfg, self.model_config = cfg, model_config
+        self.flops_per_token, self.flops_offset = flops_per_token, flops_offset
+        self.growth = growth or {}
+        self.model = GPT(model_config)
+        torch.manual_seed(cfg.seed)
+        init_weights(self.model, model_config)
+        self.mask = None
+        self.val_set: torch.Tensor | None = None
+        self._loss_sum = torch.zeros(())
+        self._loss_count = 0
+
+    # ---- growth support --------------------------------------------------------------------------------------
+    def attach_growth(self) -> None:
+        """After the grown weights are loaded: attach the G_random mask and freeze non-new params if asked."""
+        from stacking.growth import masks
+
+        if self.growth.get("mask"):
+            self.mask = masks.GrowthMask.from_spec(self.growth["mask"])
+            self.mask.attach(self.model)
+            self._set_mask(0)
+        if self.growth.get("trainable") and self.cfg.train_new_only:
+            masks.apply_trainable(self.model, self.growth["trainable"])
+
+    def _set_mask(self, tokens: int) -> None:
+        if self.mask is not None:
+            from stacking.growth.masks import ramp_value
+
+            self.mask.set_scale(ramp_value(tokens, self.growth["mask"].get("ramp_tokens", 0)))
+
+    # ---- counters --------------------------------------------------------------------------------------------
+    @property
+    def tokens(self) -> int:
+        return self.global_step * self.cfg.global_batch_tokens
+
+    @property
+    def flops(self) -> float:
+        return self.flops_offset + self.tokens * self.flops_per_token
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    def training_step(self, batch, batch_idx):
+        self._set_mask(self.tokens)
+        x, y = batch
+        loss = self._loss(x, y)
+        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
+        self._loss_count += 1
+        return loss
+
+    def pop_train_loss(self) -> float:
+        """Mean training loss over the micro-batches since the last call, averaged over ranks."""
+        mean = self._loss_sum / max(1, self._loss_count)
+        if self.trainer.world_size > 1:
+            mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+        self._loss_sum, self._loss_count = torch.zeros((), device=mean.device), 0
+        return float(mean)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean token loss on the fixed validation windows (sharded over ranks, summed exactly)."""
+        assert self.val_set is not None
+        was_training = self.training
+        self.eval()
+        self._set_mask(self.tokens)
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        windows = self.val_set[rank::world]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i in range(0, len(windows), self.cfg.micro_batch_size):
+            w = windows[i: i + self.cfg.micro_batch_size].to(self.device)
+            logits = self.model(w[:, :-1])
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), w[:, 1:].reshape(-1),
+                                     reduction="sum").double()
+            count += w[:, 1:].numel()
+        if world > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        self.train(was_training)
+        return float(total / count)
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Weight decay on matrices only (not on norm gains), as in litgpt / nanoGPT.
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_at_step(step) / cfg.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_at_step(self, step: int) -> float:
+        """LR of optimizer step ``step`` (0-indexed), i.e. the one that ends at (step + 1) × global batch tokens."""
+        c = self.cfg
+        return lr_at((step + 1) * c.global_batch_tokens, lr=c.lr, min_lr=c.min_lr, warmup_tokens=c.warmup_tokens,
+                     max_tokens=c.max_tokens, schedule=c.schedule, decay_tokens=c.decay_tokens)
