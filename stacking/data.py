@@ -2,7 +2,7 @@
 
 The default corpus is the Python standard library source of the running interpreter: real code written by
 people, on every machine, nothing to download. Test suites and ``site-packages`` are left out. Files are split
-train/val by a hash of their relative path, so the split does not depend on the order files are found in or on
+train/val by a hash of their relative path (documents inside JSONL/Parquet files by path#index), so the split does not depend on the order files are found in or on
 which other files exist.
 
 Sampling is a pure function of (seed, micro-batch index): micro-batch ``i`` reads ``micro_batch_size`` windows at
@@ -161,7 +161,10 @@ def build_dataset(cfg: DataConfig) -> Path:
     hashes: dict[str, str] = {}
     for f, rel in zip(files, rels):
         hashes[rel] = hashlib.sha256(f.read_bytes()).hexdigest()
-        (val_docs if _is_val(rel, cfg.val_fraction) else train_docs).extend(_documents(f, cfg.text_field))
+        docs = _documents(f, cfg.text_field)
+        for i, doc in enumerate(docs):  # a JSONL/Parquet file holds many documents: split those by document
+            key = rel if len(docs) == 1 else f"{rel}#{i}"
+            (val_docs if _is_val(key, cfg.val_fraction) else train_docs).append(doc)
     if not train_docs or not val_docs:
         raise DataError(f"split left {len(train_docs)} train and {len(val_docs)} val documents; "
                         "give more files or change val_fraction")

@@ -106,6 +106,8 @@ class GPTModule(L.LightningModule):
     # ---- growth support --------------------------------------------------------------------------------------
     def attach_growth(self) -> None:
         """After the grown weights are loaded: attach the G_random mask and freeze non-new params if asked."""
+        if not (self.growth.get("mask") or self.growth.get("trainable")):
+            return
         from stacking.growth import masks
 
         if self.growth.get("mask"):

@@ -331,6 +331,13 @@ class RunBookkeeping(Callback):
         if trainer.is_global_zero:
             os.replace(tmp, self.run_dir / "last.ckpt")
 
+    def on_train_end(self, trainer, pl_module: GPTModule):
+        # A cheap fingerprint of the weights on every rank: under DDP they must be identical (summary.json shows it).
+        with torch.no_grad():
+            fp = torch.stack([sum(p.double().sum() for p in pl_module.model.parameters()),
+                              sum((p.double() ** 2).sum() for p in pl_module.model.parameters())])
+        self.rank_fingerprints = trainer.strategy.all_gather(fp.to(pl_module.device)).reshape(-1, 2).tolist()
+
     def on_save_checkpoint(self, trainer, pl_module: GPTModule, checkpoint):
         checkpoint["stacking"] = {"tokens": pl_module.tokens, "flops": pl_module.flops, "wall_time_s": self.wall(),
                                   "best_val_loss": self.best_val, "last_val_loss": self.last_val,
@@ -498,6 +505,8 @@ def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, s
         "params_total": desc["params_total"], "params_non_embedding": desc["params_non_embedding"],
         "flops_per_token": desc["flops_per_token"], "tokens_per_s": tokens / wall if wall > 0 else None,
         "wall_time_s": wall, "init_from": cfg.init_from, "resumed": book.wall_offset > 0,
+        "world_size": module.trainer.world_size if module._trainer else 1,
+        "rank_weight_fingerprints": getattr(book, "rank_fingerprints", None),
     }
 
 
