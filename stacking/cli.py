@@ -22,12 +22,18 @@ from typing import Callable
 USAGE = __doc__.split("\n\n")[1]
 
 
-def _data(argv: list[str]) -> int:
-    from jsonargparse import ArgumentParser
+def _parser(prog: str, description: str):
+    """A jsonargparse parser whose --help shows each dataclass field's docstring."""
+    from jsonargparse import ArgumentParser, set_docstring_parse_options
 
+    set_docstring_parse_options(attribute_docstrings=True)
+    return ArgumentParser(prog=prog, description=description)
+
+
+def _data(argv: list[str]) -> int:
     from stacking.data import DataConfig, build_dataset
 
-    p = ArgumentParser(prog="stacking data", description="Build a token dataset dir (train.bin, val.bin, "
+    p = _parser("stacking data", "Build a token dataset dir (train.bin, val.bin, "
                        "tokenizer.json, meta.json). Default corpus: the Python standard library source.")
     p.add_class_arguments(DataConfig, fail_untyped=False, as_group=False)
     p.add_argument("--config", action="config", help="YAML file with these fields")
@@ -38,11 +44,9 @@ def _data(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from jsonargparse import ArgumentParser
-
     from stacking.train import RunConfig, run
 
-    p = ArgumentParser(prog="stacking train", description="Train one run (scratch, init_from a checkpoint dir, or "
+    p = _parser("stacking train", "Train one run (scratch, init_from a checkpoint dir, or "
                        "resume its own last.ckpt). CONFIG.yaml holds RunConfig fields; flags override them.")
     p.add_argument("--config", action="config", help="YAML file with RunConfig fields (may be given positionally)")
     p.add_class_arguments(RunConfig, fail_untyped=False, as_group=False)

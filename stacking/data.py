@@ -188,6 +188,7 @@ def build_dataset(cfg: DataConfig) -> Path:
             counts[split] = _write_tokens(tmp / f"{split}.bin", docs, encode, eot_id, dtype, split)
         meta = {
             "vocab_size": vocab_size,
+            "unigram_val_loss": _unigram_loss(tmp / "train.bin", tmp / "val.bin", dtype, vocab_size),
             "dtype": np.dtype(dtype).name,
             "tokenizer": cfg.tokenizer,
             "eot_id": eot_id,
@@ -209,6 +210,14 @@ def build_dataset(cfg: DataConfig) -> Path:
     _log(f"wrote {out}: {counts['train']:,} train / {counts['val']:,} val tokens, vocab {vocab_size} "
          f"in {time.time() - t0:.1f}s")
     return out
+
+
+def _unigram_loss(train: Path, val: Path, dtype, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of val under the train split's add-one-smoothed unigram distribution: the loss a
+    model that ignores context would reach. A trained model's val loss should end clearly below it."""
+    counts = np.bincount(np.memmap(train, dtype=dtype, mode="r"), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[np.memmap(val, dtype=dtype, mode="r")].mean())
 
 
 def _train_bpe(docs: list[str], vocab_size: int):

@@ -229,3 +229,16 @@ def test_empty_dataset_dir_and_corrupt_checkpoints(tiny_data, tmp_path):
         run(tiny_run_config(tmp_path / "base", tiny_data, max_tokens=512, val_every_tokens=512))
     with pytest.raises(RunError, match="different config"):
         run(tiny_run_config(tmp_path / "base", tiny_data, max_tokens=1024, val_every_tokens=512))
+
+
+def test_train_help_documents_every_field(capsys):
+    from dataclasses import fields
+
+    from stacking.train import RunConfig
+
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for f in fields(RunConfig):
+        assert f"--{f.name}" in out
+    assert "Tokens per optimizer step over all devices" in out  # field docstrings, not just names
