@@ -1,0 +1,647 @@
+"""Grid files → a plan: every run of a sweep, resolved to a `RunConfig`, with its dependencies, tokens and FLOPs.
+
+A grid (``experiments/grids/*.yaml``, format in docs/sweeps.md) holds shared `RunConfig` settings (``defaults``)
+and axes: ``targets`` × ``ops`` × ``g`` × ``d`` × ``seeds``. For each point the plan has
+
+* a **base** run: the target's shape divided by ``g`` (depth: n_layer/g; width: n_embd, n_head, n_query_groups,
+  intermediate_size /g, head_size kept), trained to ``base.tokens`` (default: the largest ``d``) with a checkpoint
+  at every ``d``. One base serves every op and every ``d`` of its (target, direction, g, seed);
+* a **grown** run: ``grow_checkpoint(base checkpoint at d → grown/<id>)`` and then the target shape trained from
+  that dir (``init_from``), its FLOP counter starting at the base's FLOPs at ``d``;
+* a **scratch** baseline per target × seed: the target trained from scratch on at least the FLOPs of the largest
+  grown run of that target (base FLOPs included), tokens rounded up to a multiple of global_batch_tokens.
+
+Run ids are ``<readable name>-<first 8 hex of config_hash(resolved RunConfig)>``. Paths inside a config are
+relative to the sweep dir (``out_dir: runs/<id>``, ``init_from: grown/<id>``) and runs execute with the sweep dir
+as working directory, so ids do not depend on where the sweep dir lives. Every check that can fail does so here,
+before any compute, with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stacking import models
+from stacking.data import read_meta
+from stacking.train import RunConfig, RunError, config_hash, validate
+
+
+class GridError(ValueError):
+    """A grid file that cannot be expanded into runs; raised before any compute."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class OpSpec:
+    """One entry of the ``ops`` axis (a bare string ``G_stack`` means ``{op: G_stack}``)."""
+
+    op: str
+    """Growth operator (stacking.growth registry): G_stack, G_zero, G_direct, G_random, G_learn, llama_pro, …"""
+    direction: str = "depth"
+    """depth | width."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Operator options passed on to grow_checkpoint (e.g. {ramp_tokens: 4096} for G_random)."""
+    label: str | None = None
+    """Name used in run ids instead of ``op`` (needed when one op appears twice with different options)."""
+
+
+@dataclass
+class BaseSpec:
+    """How base (small) models are trained."""
+
+    tokens: int | None = None
+    """Base budget in tokens (its max_tokens); default: the largest ``d``. Every ``d`` must be <= it."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields for base runs only, on top of ``defaults``."""
+
+
+@dataclass
+class GrownSpec:
+    """How grown runs continue after growth. Give exactly one of ``tokens`` and ``total_flops``."""
+
+    tokens: int | None = None
+    """Tokens trained after growth (the grown run's max_tokens)."""
+    total_flops: float | None = None
+    """Total FLOPs of a grown run including its base's FLOPs up to ``d``; the continued tokens are
+    (total_flops − base FLOPs at d) / target FLOPs per token, rounded down to a multiple of global_batch_tokens."""
+    optimizer: str = "fresh"
+    """Optimiser state at growth: ``fresh`` (new AdamW moments, LR re-warmed as a new run does — the paper's
+    policy). The only one supported: moments of grown tensors have no defined counterpart."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields for grown runs only, e.g. {warmup_tokens: 0} for no re-warmup, {lr: 1e-3}."""
+
+
+@dataclass
+class ScratchSpec:
+    """The baselines the grown runs are compared against."""
+
+    flop_matched: bool = True
+    """One scratch run per target × seed on at least the FLOPs of the largest grown run of that target
+    (base FLOPs included), tokens rounded up to a multiple of global_batch_tokens."""
+    tokens: list[int] = field(default_factory=list)
+    """Extra scratch budgets in tokens (e.g. a ladder for scaling-law fits)."""
+    flops: list[float] = field(default_factory=list)
+    """Extra scratch budgets in FLOPs (tokens rounded up to a multiple of global_batch_tokens)."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields for scratch runs only, on top of ``defaults``."""
+
+
+@dataclass
+class OverrideSpec:
+    """RunConfig fields for the runs whose name matches a glob (applied after ``defaults`` and the kind's ``set``)."""
+
+    match: str
+    """Glob on run names (the id without its hash), e.g. ``grown-*-G_zero-*-d2048-*``; must match a run."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields to set on the matching runs."""
+
+
+@dataclass
+class SlurmSpec:
+    """SLURM resources for ``--executor slurm`` (submitit). One job per run."""
+
+    partition: str | None = None
+    """SLURM partition (None = the cluster's default)."""
+    timeout_min: int = 240
+    """Wall-time limit per job; a timed-out run is requeued (submitit Checkpointable) and resumes from last.ckpt."""
+    gpus_per_node: int = 1
+    """GPUs per node for each run."""
+    cpus_per_task: int = 8
+    """CPU cores per task."""
+    mem_gb: int | None = None
+    """Memory per node in GB (None = the cluster's default)."""
+    array_parallelism: int = 64
+    """Most jobs of the first level (bases, scratch; one job array) running at once."""
+    max_num_timeout: int = 3
+    """Most requeues after a timeout."""
+    additional: dict[str, Any] = field(default_factory=dict)
+    """Extra sbatch options, e.g. {account: myproj, qos: high}."""
+
+
+@dataclass
+class Grid:
+    """A sweep: shared RunConfig settings plus the axes that make the runs."""
+
+    name: str | None = None
+    """Sweep name; the default sweep dir is sweeps/<name> (default: the grid file's stem)."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields shared by every run: data_dir, seq_len, batch, optimiser, schedule, eval cadence, …"""
+    targets: list[str] = field(default_factory=list)
+    """Model presets of the final shape, e.g. [tiny-L4-D64, stack-410m]."""
+    ops: list[OpSpec] = field(default_factory=list)
+    """Growth operators (+ direction and options); empty = scratch runs only."""
+    g: list[int] = field(default_factory=lambda: [2])
+    """Growth factors; the base is the target's shape divided by g."""
+    d: list[int] = field(default_factory=list)
+    """Tokens of base training at which to grow (multiples of global_batch_tokens)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds (init and data order) of every run."""
+    base: BaseSpec = field(default_factory=BaseSpec)
+    """Base runs: budget and settings."""
+    grown: GrownSpec = field(default_factory=GrownSpec)
+    """Grown runs: budget after growth and settings (LR policy at growth)."""
+    scratch: ScratchSpec = field(default_factory=ScratchSpec)
+    """Scratch baselines."""
+    overrides: list[OverrideSpec] = field(default_factory=list)
+    """Per-run RunConfig overrides, by glob on run names."""
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    """SLURM resources (used by --executor slurm only)."""
+
+
+# RunConfig fields the plan sets itself: a grid that sets them is wrong, and the message says what to use instead.
+_MANAGED = {
+    "out_dir": "the sweep dir decides it (runs/<id>)",
+    "model": "use targets",
+    "seed": "use seeds",
+    "max_tokens": "use base.tokens, grown.tokens / grown.total_flops, scratch.tokens / scratch.flops",
+    "save_at_tokens": "use d",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML → typed dataclasses
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (the subset of typing used by the schema and RunConfig), or a GridError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, a, where)
+            except GridError as e:
+                errors.append(str(e))
+        raise GridError(errors[0])
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise GridError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in fields(tp)]
+        for k in value:
+            if k not in names:
+                raise GridError(f"{where}: unknown field {k!r}{_suggest(str(k), names)}; valid: {', '.join(names)}")
+        missing = [f.name for f in fields(tp) if f.name not in value
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise GridError(f"{where}: missing field {missing[0]!r}")
+        return tp(**{k: _convert(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]  # a scalar where a list is expected: one axis value
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise GridError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise GridError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 as a string
+            try:
+                f = float(value)
+                value = int(f) if f.is_integer() else value
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GridError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GridError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise GridError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise GridError(f"{where}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+_RUN_HINTS = typing.get_type_hints(RunConfig)
+_RUN_FIELDS = [f.name for f in fields(RunConfig)]
+
+
+def run_fields(raw: dict[str, Any], where: str, *, allow_init: bool = False) -> dict[str, Any]:
+    """Check and convert a mapping of RunConfig fields (``defaults``, ``*.set``, ``overrides[i].set``)."""
+    out = {}
+    for k, v in raw.items():
+        if k not in _RUN_FIELDS:
+            raise GridError(f"{where}: unknown RunConfig field {k!r}{_suggest(str(k), _RUN_FIELDS)}")
+        if k in _MANAGED:
+            raise GridError(f"{where}.{k} is set by the sweep: {_MANAGED[k]}")
+        if k == "init_from" and not allow_init:
+            raise GridError(f"{where}.init_from is set by the sweep for grown runs; set it per run in overrides")
+        out[k] = _convert(v, _RUN_HINTS[k], f"{where}.{k}")
+    return out
+
+
+def parse_grid(raw: Any, where: str = "grid") -> Grid:
+    """A parsed YAML document → `Grid`, every field type-checked (RunConfig fields included)."""
+    if not isinstance(raw, dict):
+        raise GridError(f"{where}: a grid file is a YAML mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    if isinstance(raw.get("ops"), list):
+        raw["ops"] = [{"op": o} if isinstance(o, str) else o for o in raw["ops"]]
+    grid = _convert(raw, Grid, where)
+    grid.defaults = run_fields(grid.defaults, f"{where}: defaults")
+    grid.base.set = run_fields(grid.base.set, f"{where}: base.set")
+    grid.grown.set = run_fields(grid.grown.set, f"{where}: grown.set")
+    grid.scratch.set = run_fields(grid.scratch.set, f"{where}: scratch.set", allow_init=True)
+    for i, o in enumerate(grid.overrides):
+        o.set = run_fields(o.set, f"{where}: overrides[{i}].set", allow_init=True)
+    return grid
+
+
+def load_grid(path: str | Path) -> Grid:
+    p = Path(path)
+    if not p.is_file():
+        raise GridError(f"grid file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise GridError(f"{p}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    grid = parse_grid(raw, p.name)
+    if grid.name is None:
+        grid.name = p.stem
+    return grid
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Operators: which exist, in which direction
+
+
+# DESIGN.md's table; used when the growth package does not expose its registry.
+_DESIGN_OPERATORS = {
+    "G_stack": ("depth",), "G_direct": ("depth", "width"), "G_zero": ("depth", "width"),
+    "G_random": ("depth", "width"), "G_learn": ("depth", "width"), "llama_pro": ("depth",),
+    "solar_dus": ("depth",), "interpolate": ("depth",),
+}
+
+
+def operators() -> dict[str, tuple[str, ...]]:
+    """Operator name → directions it supports, from stacking.growth's registry when it has one."""
+    try:
+        from stacking import growth
+    except ImportError:
+        return _DESIGN_OPERATORS
+    reg = getattr(growth, "OPERATORS", None)
+    if isinstance(reg, dict) and reg:
+        out: dict[str, set[str]] = {}
+        for key in reg:
+            if isinstance(key, tuple):  # {(op, direction): fn}
+                out.setdefault(key[0], set()).add(key[1])
+            else:  # {op: {direction: fn}} or {op: fn}
+                out.setdefault(key, set()).update(reg[key] if isinstance(reg[key], dict) else ("depth",))
+        return {k: tuple(sorted(v)) for k, v in out.items()}
+    return _DESIGN_OPERATORS
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class PlannedRun:
+    """One run of a sweep, resolved."""
+
+    id: str
+    """Run id: readable name + first 8 hex of the config hash; the run dir is runs/<id>."""
+    name: str
+    """The readable part of the id (what ``overrides[].match`` and ``--only`` globs see)."""
+    kind: str
+    """base | grown | scratch."""
+    target: str
+    """Model preset of the final shape."""
+    model: str
+    """This run's shape as a preset name (tiny family) or ``preset{field=value,…}``."""
+    config: RunConfig
+    """The resolved RunConfig (paths relative to the sweep dir)."""
+    flops_per_token: float
+    """Training FLOPs per token of this run's model."""
+    flops_offset: float = 0.0
+    """FLOPs its FLOP counter starts at (the base's FLOPs at d for a grown run)."""
+    op: str | None = None
+    """Growth operator (grown runs)."""
+    direction: str | None = None
+    """depth | width (grown runs)."""
+    g: int | None = None
+    """Growth factor (grown runs)."""
+    grow_at_tokens: int | None = None
+    """d: base tokens at growth (grown runs)."""
+    parent: str | None = None
+    """Base run id (grown runs)."""
+    deps: list[str] = field(default_factory=list)
+    """Run ids that must be done before this one starts."""
+    grow: dict[str, Any] | None = None
+    """The grow step of a grown run: {src, dst, op, direction, g, seed, options} for grow_checkpoint."""
+
+    @property
+    def tokens(self) -> int:
+        return self.config.max_tokens
+
+    @property
+    def flops(self) -> float:
+        """Cumulative FLOPs at the end of the run (base FLOPs at d included for a grown run)."""
+        return self.flops_offset + self.config.max_tokens * self.flops_per_token
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
+        return {**d, "tokens": self.tokens, "flops": self.flops, "config": asdict(self.config)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PlannedRun:
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "config"}
+        return cls(config=RunConfig(**d["config"]), **kw)
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s)
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _ceil_to(x: float, m: int) -> int:
+    return int(math.ceil(x / m - 1e-9)) * m
+
+
+class _Models:
+    """litgpt Configs and FLOPs/token of (preset, overrides, seq_len), computed once each."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size, self._cache = vocab_size, {}
+
+    def config(self, name: str, overrides: dict, seq_len: int):
+        key = (name, json.dumps(overrides, sort_keys=True), seq_len)
+        if key not in self._cache:
+            mc = models.model_config(name, vocab_size=self.vocab_size, block_size=seq_len, **overrides)
+            self._cache[key] = (mc, models.flops_per_token(mc, seq_len))
+        return self._cache[key]
+
+
+def base_shape(mc, direction: str, g: int, target: str) -> dict[str, int]:
+    """model_overrides that make the target's base: the target's shape divided by g (head_size kept)."""
+    if direction == "depth":
+        if mc.n_layer % g or mc.n_layer // g < 1:
+            valid = [k for k in range(2, mc.n_layer + 1) if mc.n_layer % k == 0]
+            raise GridError(f"g = {g} does not fit target {target}: depth growth needs n_layer = {mc.n_layer} "
+                            f"divisible by g; valid g: {valid or 'none'}")
+        return {"n_layer": mc.n_layer // g}
+    dims = {"n_embd": mc.n_embd, "n_head": mc.n_head, "n_query_groups": mc.n_query_groups,
+            "intermediate_size": mc.intermediate_size}
+    bad = [f"{k} = {v}" for k, v in dims.items() if v % g]
+    if bad:
+        valid = [k for k in range(2, mc.n_head + 1) if all(v % k == 0 for v in dims.values())]
+        raise GridError(f"g = {g} does not fit target {target}: width growth divides n_embd, n_head, n_query_groups "
+                        f"and intermediate_size by g, but {', '.join(bad)}; valid g: {valid or 'none'}")
+    return {**{k: v // g for k, v in dims.items()}, "head_size": mc.head_size}
+
+
+def shape_label(name: str, overrides: dict) -> str:
+    """``tiny-L2-D32`` for a tiny-family shape, else ``preset{n_layer=6,…}``."""
+    if re.fullmatch(r"tiny-(d\d+|L\d+-D\d+)", name) and set(overrides) <= {"n_layer", "n_embd", "n_head",
+                                                                          "n_query_groups", "intermediate_size",
+                                                                          "head_size"}:
+        mc = models.model_config(name, **overrides)
+        canon = models.model_config(f"tiny-L{mc.n_layer}-D{mc.n_embd}")
+        if all(getattr(mc, k) == getattr(canon, k) for k in ("n_head", "n_query_groups", "intermediate_size",
+                                                              "head_size")):
+            return f"tiny-L{mc.n_layer}-D{mc.n_embd}"
+    if not overrides:
+        return name
+    return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + "}"
+
+
+def _check_axes(grid: Grid, where: str) -> list[str]:
+    """Axis values, operators and budgets that need no model or data; returns the ops' labels."""
+    ops_known = operators()
+    if not grid.targets:
+        raise GridError(f"{where}: targets is empty; give at least one model preset")
+    for axis in ("targets", "g", "d", "seeds"):
+        values = getattr(grid, axis)
+        dup = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if dup:
+            raise GridError(f"{where}: {axis} lists {dup[0]!r} twice (duplicate run ids)")
+    labels = [o.label or o.op for o in grid.ops]
+    for i, o in enumerate(grid.ops):
+        if o.op not in ops_known:
+            raise GridError(f"{where}: ops[{i}].op: unknown operator {o.op!r}{_suggest(o.op, list(ops_known))}; "
+                            f"valid: {', '.join(ops_known)}")
+        if o.direction not in ops_known[o.op]:
+            raise GridError(f"{where}: ops[{i}]: {o.op} does not support direction {o.direction!r}; "
+                            f"valid: {', '.join(ops_known[o.op])}")
+        if (labels[i], o.direction) in [(labels[j], grid.ops[j].direction) for j in range(i)]:
+            raise GridError(f"{where}: ops[{i}] ({labels[i]}, {o.direction}) repeats an earlier entry "
+                            "(duplicate run ids); give it a distinct label")
+    if grid.ops:
+        if not grid.d:
+            raise GridError(f"{where}: d is empty; give the base tokens at which to grow")
+        if (grid.grown.tokens is None) == (grid.grown.total_flops is None):
+            raise GridError(f"{where}: grown needs exactly one of tokens (tokens after growth) and total_flops")
+    if grid.grown.optimizer != "fresh":
+        raise GridError(f"{where}: grown.optimizer must be 'fresh' (new AdamW state, LR re-warmed), "
+                        f"got {grid.grown.optimizer!r}")
+    for g in grid.g:
+        if g < 2:
+            raise GridError(f"{where}: g = {g} must be an integer >= 2")
+    return labels
+
+
+def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
+    """All runs of a grid in dependency order (bases, grown, scratch), fully validated; raises GridError."""
+    labels = _check_axes(grid, where)
+    data_dir = grid.defaults.get("data_dir", RunConfig.data_dir)
+    defaults = {"progress_bar": False, **grid.defaults, "data_dir": str(Path(data_dir).resolve())}
+    vocab = read_meta(defaults["data_dir"])["vocab_size"]  # DataError: missing / broken data dir
+    for spec in [grid.base.set, grid.grown.set, grid.scratch.set] + [o.set for o in grid.overrides]:
+        if "data_dir" in spec:
+            spec["data_dir"] = str(Path(spec["data_dir"]).resolve())
+            read_meta(spec["data_dir"])
+        if spec.get("init_from"):
+            if not Path(spec["init_from"]).is_dir():
+                raise GridError(f"{where}: init_from {spec['init_from']!r} is not a checkpoint dir")
+            spec["init_from"] = str(Path(spec["init_from"]).resolve())
+    mdl = _Models(vocab)
+    used_overrides: set[int] = set()
+
+    def resolve(name: str, kind_set: dict, managed: dict) -> RunConfig:
+        fields_ = {**defaults, **kind_set}
+        for i, o in enumerate(grid.overrides):
+            if fnmatch.fnmatchcase(name, o.match):
+                if "init_from" in o.set and name.startswith("grown-"):
+                    raise GridError(f"{where}: overrides[{i}] sets init_from on grown run {name}; "
+                                    "a grown run starts from its grow step")
+                fields_.update(o.set)
+                used_overrides.add(i)
+        mo = {**fields_.get("model_overrides", {}), **managed.pop("model_overrides", {})}
+        cfg = RunConfig(**{**fields_, **managed, "model_overrides": mo})
+        try:
+            validate(cfg)
+            mdl.config(cfg.model, cfg.model_overrides, cfg.seq_len)
+        except (RunError, models.ModelConfigError) as e:
+            raise GridError(f"{where}: run {name}: {e}") from None
+        return cfg
+
+    def planned(name: str, kind: str, target: str, cfg: RunConfig, **kw) -> PlannedRun:
+        h = config_hash(cfg)[:8]
+        rid = f"{name}-{h}"
+        cfg.out_dir = f"runs/{rid}"
+        _, fpt = mdl.config(cfg.model, cfg.model_overrides, cfg.seq_len)
+        return PlannedRun(id=rid, name=name, kind=kind, target=target, config=cfg, flops_per_token=fpt,
+                          model=shape_label(cfg.model, cfg.model_overrides), **kw)
+
+    bases: dict[tuple, PlannedRun] = {}
+    grown: list[PlannedRun] = []
+    for target in grid.targets:
+        tmc, _ = mdl.config(target, defaults.get("model_overrides", {}), defaults.get("seq_len", RunConfig.seq_len))
+        points = [(g, ol, s) for g in grid.g for ol in zip(grid.ops, labels, strict=True) for s in grid.seeds]
+        for g, (o, label), seed in points:
+            key = (target, o.direction, g, seed)
+            if key not in bases:
+                shape = base_shape(tmc, o.direction, g, target)
+                name = _safe(f"base-{target}-{o.direction}-g{g}-s{seed}")
+                budget = grid.base.tokens if grid.base.tokens is not None else max(grid.d)
+                bgb = {**defaults, **grid.base.set}.get("global_batch_tokens", RunConfig.global_batch_tokens)
+                for dd in grid.d:
+                    if dd <= 0 or dd % bgb:
+                        raise GridError(f"{where}: d = {dd} must be a positive multiple of the base's "
+                                        f"global_batch_tokens = {bgb}")
+                    if dd > budget:
+                        raise GridError(f"{where}: d = {dd} is beyond the base's budget base.tokens = {budget}; "
+                                        "grow at most at the end of base training")
+                cfg = resolve(name, grid.base.set, dict(model=target, seed=seed, max_tokens=budget,
+                                                        save_at_tokens=sorted(grid.d), model_overrides=shape))
+                bases[key] = planned(name, "base", target, cfg)
+            base = bases[key]
+            for dd in grid.d:
+                name = _safe(f"grown-{target}-{label}-{o.direction}-g{g}-d{dd}-s{seed}")
+                base_flops = dd * base.flops_per_token
+                gcfg = {**defaults, **grid.grown.set}
+                gb = gcfg.get("global_batch_tokens", RunConfig.global_batch_tokens)
+                if grid.grown.tokens is not None:
+                    tokens = grid.grown.tokens
+                else:
+                    _, tfpt = mdl.config(target, gcfg.get("model_overrides", {}),
+                                         gcfg.get("seq_len", RunConfig.seq_len))
+                    tokens = int((grid.grown.total_flops - base_flops) / tfpt // gb) * gb
+                    if tokens <= 0:
+                        raise GridError(f"{where}: d = {dd} uses {base_flops:.4g} base FLOPs, leaving no budget in "
+                                        f"grown.total_flops = {grid.grown.total_flops:.4g} for run {name}")
+                grow_id = _safe(f"{target}-{label}-{o.direction}-g{g}-d{dd}-s{seed}") + "-" + _short_hash(
+                    [base.id, dd, o.op, o.direction, g, seed, o.options])
+                cfg = resolve(name, grid.grown.set, dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[],
+                                                         init_from=f"grown/{grow_id}"))
+                grow = {"src": f"{base.config.out_dir}/checkpoints/tokens-{dd:012d}", "dst": f"grown/{grow_id}",
+                        "op": o.op, "direction": o.direction, "g": g, "seed": seed, "options": o.options}
+                grown.append(planned(name, "grown", target, cfg, flops_offset=base_flops, op=o.op,
+                                     direction=o.direction, g=g, grow_at_tokens=dd, parent=base.id, deps=[base.id],
+                                     grow=grow))
+
+    scratch: list[PlannedRun] = []
+    for target in grid.targets:
+        for seed in grid.seeds:
+            scfg = {**defaults, **grid.scratch.set}
+            gb = scfg.get("global_batch_tokens", RunConfig.global_batch_tokens)
+            _, tfpt = mdl.config(target, scfg.get("model_overrides", {}), scfg.get("seq_len", RunConfig.seq_len))
+            budgets = set(grid.scratch.tokens) | {_ceil_to(f / tfpt, gb) for f in grid.scratch.flops}
+            mine = [r.flops for r in grown if r.target == target]
+            if grid.scratch.flop_matched and mine:
+                budgets.add(_ceil_to(max(mine) / tfpt, gb))
+            for tokens in sorted(budgets):
+                name = _safe(f"scratch-{target}-t{tokens}-s{seed}")
+                cfg = resolve(name, grid.scratch.set, dict(model=target, seed=seed, max_tokens=tokens,
+                                                           save_at_tokens=[]))
+                scratch.append(planned(name, "scratch", target, cfg))
+
+    runs = list(bases.values()) + grown + scratch
+    if not runs:
+        raise GridError(f"{where}: the grid has no runs (give ops and d, or scratch.tokens / scratch.flops)")
+    seen: dict[str, str] = {}
+    for r in runs:
+        if r.id in seen:
+            raise GridError(f"{where}: duplicate run id {r.id}: two grid points resolve to the same run")
+        seen[r.id] = r.name
+    for i, o in enumerate(grid.overrides):
+        if i not in used_overrides:
+            raise GridError(f"{where}: overrides[{i}].match {o.match!r} matches no run; names look like "
+                            f"{runs[-1].name}")
+    _check_growth(runs, mdl, where)
+    return runs
+
+
+def _check_growth(runs: list[PlannedRun], mdl: _Models, where: str) -> None:
+    """Ask the growth package whether each op takes its options and applies to its base shape (no weights:
+    depth operators are plans on the Config; width shapes were checked by `base_shape`)."""
+    from stacking import growth
+
+    by_id = {r.id: r for r in runs}
+    for r in runs:
+        if r.grow is None:
+            continue
+        spec = r.grow
+        try:
+            fn = growth.resolve(spec["op"], spec["direction"], spec["options"])
+            planner = getattr(fn, "planner", None)
+            if planner is not None:
+                base = by_id[r.parent].config
+                mc, _ = mdl.config(base.model, base.model_overrides, base.seq_len)
+                planner(mc, g=spec["g"], seed=spec["seed"], **spec["options"])
+        except (ValueError, TypeError) as e:
+            raise GridError(f"{where}: run {r.name}: {e}") from None
+
+
+def select(runs: list[PlannedRun], pattern: str) -> list[PlannedRun]:
+    """Runs whose id or name matches ``pattern`` (glob, or substring without glob characters), plus their deps."""
+    def hit(r: PlannedRun) -> bool:
+        if any(c in pattern for c in "*?["):
+            return fnmatch.fnmatchcase(r.id, pattern) or fnmatch.fnmatchcase(r.name, pattern)
+        return pattern in r.id
+
+    keep = {r.id for r in runs if hit(r)}
+    if not keep:
+        raise GridError(f"--only {pattern!r} matches no run; ids look like {runs[-1].id}")
+    by_id = {r.id: r for r in runs}
+    stack = list(keep)
+    while stack:
+        for dep in by_id[stack.pop()].deps:
+            if dep not in keep:
+                keep.add(dep)
+                stack.append(dep)
+    return [r for r in runs if r.id in keep]
+
+
+__all__ = ["Grid", "GridError", "PlannedRun", "load_grid", "parse_grid", "expand", "select", "operators"]

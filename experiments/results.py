@@ -1,0 +1,160 @@
+"""The sweep's results table and run states, rebuilt from the run dirs (never from logs).
+
+``SWEEP_DIR/results.csv`` and ``results.parquet``: one row per planned run, in plan order, with the columns of
+docs/formats.md (`RESULT_COLUMNS`), then every resolved RunConfig field as ``cfg.<name>``, then `EXTRA_COLUMNS`.
+Numbers come from each run's ``summary.json`` (and ``model.json``); the plan (``plan.json``) gives what a run is
+(kind, target, op, d, parent). A run that has not finished still has a row, with its state in ``status``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.grid import PlannedRun
+from experiments.runner import is_done, lock_held, read_json
+from stacking.train import RunConfig
+
+RESULT_COLUMNS = [
+    "run_id", "kind", "target", "model", "op", "direction", "g", "grow_at_tokens", "seed", "parent_run",
+    "params_total", "params_non_embedding", "flops_per_token", "tokens", "flops_offset", "flops", "final_val_loss",
+    "best_val_loss", "tokens_per_s", "wall_time_s", "status", "run_dir",
+]  # fmt: skip
+EXTRA_COLUMNS = ["state", "error_class", "attempts", "planned_tokens", "planned_flops", "grown_dir"]
+"""After the cfg.* columns: state (done | failed | skipped | running | interrupted | pending), failure class,
+attempts so far, the planned budget, and the grown checkpoint dir a grown run started from."""
+
+STATES = ("done", "running", "interrupted", "failed", "skipped", "pending")
+
+
+def load_plan(sweep_dir: str | Path) -> list[PlannedRun]:
+    path = Path(sweep_dir) / "plan.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {str(sweep_dir)!r} a sweep dir written by `stacking sweep`?")
+    return [PlannedRun.from_json(r) for r in json.loads(path.read_text())["runs"]]
+
+
+def run_state(sweep_dir: Path, run: PlannedRun) -> dict[str, Any]:
+    """{state, reason, error_class, attempts} of one run, from its dir (and its lock: is a process on it?)."""
+    run_dir = sweep_dir / run.config.out_dir
+    st = read_json(run_dir / "status.json") or {}
+    summary = read_json(run_dir / "summary.json") or {}
+    out = {"state": "pending", "reason": None, "error_class": None, "attempts": st.get("attempts", 0)}
+    if lock_held(run_dir):
+        out["state"] = "running"
+    elif is_done(sweep_dir, run):
+        out["state"] = "done"
+    elif st.get("status") in ("failed", "skipped"):
+        out.update(state=st["status"], reason=st.get("reason"), error_class=st.get("error_class"))
+    elif str(summary.get("status", "")).startswith("failed"):
+        out.update(state="failed", reason=summary["status"].removeprefix("failed: "), error_class="nan_loss")
+    elif st.get("status") == "running" or summary.get("status") == "running":
+        out.update(state="interrupted", reason="stopped mid-run; the next sweep resumes it from last.ckpt")
+    return out
+
+
+def _status_text(state: dict, summary: dict) -> str:
+    if state["state"] == "done":
+        return "done"
+    if state["state"] == "failed":
+        if state["error_class"] == "nan_loss" and str(summary.get("status", "")).startswith("failed: nan"):
+            return summary["status"]  # "failed: nan at tokens=…", as the trainer wrote it
+        return f"failed: {state['error_class']}: {state['reason']}"
+    if state["state"] == "skipped":
+        return f"skipped: {state['reason']}"
+    return state["state"]
+
+
+def _cell(v: Any) -> Any:
+    """A config value as a table cell: lists and dicts as JSON (one type per column in Parquet)."""
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, sort_keys=True)
+    return v
+
+
+def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -> pd.DataFrame:
+    sweep_dir = Path(sweep_dir)
+    runs = load_plan(sweep_dir) if runs is None else runs
+    rows = []
+    for r in runs:
+        run_dir = sweep_dir / r.config.out_dir
+        summary = read_json(run_dir / "summary.json") or {}
+        model = read_json(run_dir / "model.json") or {}
+        state = run_state(sweep_dir, r)
+        row = {
+            "run_id": r.id, "kind": r.kind, "target": r.target, "model": r.model,
+            "op": r.op if r.kind == "grown" else None, "direction": r.direction if r.kind == "grown" else None,
+            "g": r.g if r.kind == "grown" else None,
+            "grow_at_tokens": r.grow_at_tokens if r.kind == "grown" else None,
+            "seed": r.config.seed, "parent_run": r.parent,
+            "params_total": summary.get("params_total", model.get("params_total")),
+            "params_non_embedding": summary.get("params_non_embedding", model.get("params_non_embedding")),
+            "flops_per_token": r.flops_per_token, "tokens": summary.get("tokens"),
+            "flops_offset": summary.get("flops_offset", r.flops_offset), "flops": summary.get("flops"),
+            "final_val_loss": summary.get("final_val_loss"), "best_val_loss": summary.get("best_val_loss"),
+            "tokens_per_s": summary.get("tokens_per_s"), "wall_time_s": summary.get("wall_time_s"),
+            "status": _status_text(state, summary), "run_dir": r.config.out_dir,
+        }
+        for f in fields(RunConfig):
+            row[f"cfg.{f.name}"] = _cell(getattr(r.config, f.name))
+        row.update(state=state["state"], error_class=state["error_class"], attempts=state["attempts"],
+                   planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow["dst"] if r.grow else None)
+        rows.append(row)
+    columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ("g", "grow_at_tokens", "seed", "params_total", "params_non_embedding", "tokens", "attempts",
+                "planned_tokens"):
+        df[col] = df[col].astype("Int64")
+    for col in ("flops_per_token", "flops_offset", "flops", "final_val_loss", "best_val_loss", "tokens_per_s",
+                "wall_time_s", "planned_flops"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for f in fields(RunConfig):  # mixed None/str or int/str config columns: one type each for Parquet
+        col = f"cfg.{f.name}"
+        if df[col].map(lambda v: v is None or isinstance(v, str)).all() or f.name == "devices":
+            df[col] = df[col].map(lambda v: None if v is None else str(v)).astype("string")
+    return df
+
+
+def write_results(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -> pd.DataFrame:
+    """Rebuild results.csv and results.parquet from the run dirs (each written atomically)."""
+    sweep_dir = Path(sweep_dir)
+    df = results_frame(sweep_dir, runs)
+    for name, write in (("results.csv", lambda p: df.to_csv(p, index=False)),
+                        ("results.parquet", lambda p: df.to_parquet(p, index=False))):
+        tmp = sweep_dir / f".{name}.tmp-{os.getpid()}"
+        write(tmp)
+        os.replace(tmp, sweep_dir / name)
+    return df
+
+
+def format_status(sweep_dir: str | Path) -> str:
+    """`stacking sweep status`: counts, then one line per run that is not done (failed ones with their reason)."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_plan(sweep_dir)
+    states = {r.id: run_state(sweep_dir, r) for r in runs}
+    count = {s: sum(1 for v in states.values() if v["state"] == s) for s in STATES}
+    lines = [f"{sweep_dir}: {len(runs)} runs: " + ", ".join(f"{count[s]} {s}" for s in STATES if count[s] or
+                                                             s in ("done", "failed", "pending"))]
+    for r in runs:
+        st = states[r.id]
+        if st["state"] == "done":
+            s = read_json(sweep_dir / r.config.out_dir / "summary.json") or {}
+            loss = s.get("final_val_loss")
+            detail = f"val loss {loss:.4f}" if isinstance(loss, float) and math.isfinite(loss) else ""
+            lines.append(f"  done         {r.id}  {detail}")
+        else:
+            why = st["reason"] and (f"{st['error_class']}: {st['reason']}" if st["error_class"] else st["reason"])
+            tries = f" (after {st['attempts']} attempt{'s' if st['attempts'] != 1 else ''})" if st["attempts"] and \
+                st["state"] == "failed" else ""
+            lines.append(f"  {st['state']:<12} {r.id}" + (f"  {why}{tries}" if why else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["RESULT_COLUMNS", "EXTRA_COLUMNS", "load_plan", "run_state", "results_frame", "write_results",
+           "format_status"]

@@ -1,0 +1,36 @@
+"""Tiny grids for the sweep tests (tests/test_sweep_*.py): L1/L2 bases grown to L2/L4 targets, 32-token sequences,
+a few thousand tokens, one torch thread per run so results do not depend on the thread count."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+DEFAULTS = dict(seq_len=32, micro_batch_size=8, global_batch_tokens=256, lr=3.0e-3, min_lr=3.0e-4,
+                warmup_tokens=256, val_every_tokens=1024, val_tokens=1024)
+
+E2E_GRID = dict(name="e2e", targets=["tiny-L4-D32"], ops=["G_stack", {"op": "G_zero", "direction": "depth"}], g=[2],
+                d=[1024, 2048], grown={"tokens": 3072})
+"""One base (tiny-L2-D32 to 2048 tokens, checkpoints at 1024 and 2048), four grown runs, one scratch baseline."""
+
+
+def write_grid(path: Path, data_dir: Path, grid: dict, **defaults) -> Path:
+    g = copy.deepcopy(grid)
+    g["defaults"] = {**DEFAULTS, "data_dir": str(data_dir), **g.get("defaults", {}), **defaults}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(g, sort_keys=False))
+    return path
+
+
+def sweep_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stacking", "sweep", *map(str, args)]
+
+
+def run_sweep(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(sweep_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
