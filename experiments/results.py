@@ -54,7 +54,7 @@ def run_state(sweep_dir: Path, run: PlannedRun) -> dict[str, Any]:
         out.update(state=st["status"], reason=st.get("reason"), error_class=st.get("error_class"))
     elif str(summary.get("status", "")).startswith("failed"):
         out.update(state="failed", reason=summary["status"].removeprefix("failed: "), error_class="nan_loss")
-    elif st.get("status") == "running" or summary.get("status") == "running":
+    elif st.get("status") in ("running", "interrupted") or summary.get("status") == "running":
         out.update(state="interrupted", reason="stopped mid-run; the next sweep resumes it from last.ckpt")
     return out
 

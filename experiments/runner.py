@@ -173,12 +173,14 @@ def execute(run: PlannedRun, sweep_dir: str | Path) -> dict:
             else:
                 status.update(status="failed", reason=summary["status"].removeprefix("failed: "),
                               error_class="nan_loss" if "nan" in summary["status"] else "exception")
-        except BaseException as e:  # noqa: BLE001 - every failure is recorded, none stops the sweep
+        except Exception as e:  # noqa: BLE001 - every failure is recorded, none stops the sweep
             status.update(status="failed", error_class=_classify(e),
                           reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
             (run_dir / "error.txt").write_text(traceback.format_exc())
-            if isinstance(e, KeyboardInterrupt):
-                status["error_class"] = "killed"
+        except BaseException as e:  # Ctrl-C, or submitit's exit after requeueing a preempted job: resumable
+            status.update(status="interrupted", reason=type(e).__name__, ended_at=time.time())
+            write_json(run_dir / "status.json", status)
+            raise
         finally:
             os.chdir(old_cwd)
         status["ended_at"] = time.time()
@@ -293,6 +295,15 @@ class LocalExecutor:
         self.echo(f"[sweep] {count['done']}/{n} done, {count['running']} running, {count['failed']} failed{extra}: "
                   f"{msg}")
 
+    def _source_ready(self, r: PlannedRun, dep: str) -> bool:
+        """A grown run needs its base's checkpoint at d, not the whole base: it may start while the base trains
+        on, and it is not blocked by a base that fails later. (Checkpoint dirs are written atomically.)"""
+        return r.grow is not None and dep == r.parent and \
+            (self.sweep_dir / r.grow["src"] / "stacking_meta.json").is_file()
+
+    def _ready(self, r: PlannedRun) -> bool:
+        return all(self.state[d] == "done" or self._source_ready(r, d) for d in r.deps)
+
     def _skip_blocked(self) -> None:
         changed = True
         while changed:
@@ -300,7 +311,7 @@ class LocalExecutor:
             for r in self.runs:
                 if self.state[r.id] != "pending":
                     continue
-                bad = [d for d in r.deps if self.state[d] in ("failed", "skipped")]
+                bad = [d for d in r.deps if self.state[d] in ("failed", "skipped") and not self._source_ready(r, d)]
                 if bad:
                     why = f"{self.state[bad[0]]} dependency {bad[0]}"
                     self.state[r.id], self.reason[r.id] = "skipped", why
@@ -328,7 +339,7 @@ class LocalExecutor:
                 for r in order:
                     if len(running) >= self.jobs:
                         break
-                    if self.state[r.id] == "pending" and all(self.state[d] == "done" for d in r.deps):
+                    if self.state[r.id] == "pending" and self._ready(r):
                         gpu = free_gpus.pop(0) if free_gpus else None
                         p = ctx.Process(target=_worker, args=(r.to_json(), str(self.sweep_dir), self.threads, gpu),
                                         name=f"sweep-{r.id}")
@@ -340,7 +351,11 @@ class LocalExecutor:
                         self._line(f"started {r.id}{again}")
                 if not running:
                     break
-                for sentinel in mp.connection.wait(list(running)):
+                # poll while a grown run waits on a base that is still training (its checkpoint may appear)
+                poll = len(running) < self.jobs and any(
+                    self.state[r.id] == "pending" and r.grow and self.state.get(r.parent) == "running"
+                    for r in self.runs)
+                for sentinel in mp.connection.wait(list(running), timeout=0.5 if poll else None):
                     r, p, gpu = running.pop(sentinel)
                     p.join()
                     if gpu is not None:

@@ -200,3 +200,22 @@ def test_failures_are_isolated_recorded_and_retried_on_rerun(tmp_path, tiny_data
     assert df2.loc[nan.name, "attempts"] == 2 and df2.loc[nan.name, "error_class"] == "nan_loss"  # tried once more only
     assert df2.loc[base1.name, "state"] == "done" and df2.loc[base1.name, "flops_offset"] > 0
     assert (df2["state"] == "done").sum() == len(df2) - 1
+
+
+def test_grown_run_waits_for_its_checkpoint_not_the_whole_base(tmp_path, tiny_data):
+    from experiments.grid import expand, load_grid
+    from experiments.runner import LocalExecutor
+
+    runs = expand(load_grid(write_grid(tmp_path / "g.yaml", tiny_data, E2E_GRID)))
+    base, early, late = runs[0], runs[1], runs[2]  # G_stack at d=1024 and d=2048
+    ex = LocalExecutor(tmp_path / "sweep", runs, jobs=1, threads=1, echo=lambda s: None)
+    ex.state = {r.id: "pending" for r in runs} | {base.id: "running"}
+    assert not ex._ready(early)
+    ckpt = tmp_path / "sweep" / early.grow["src"]
+    ckpt.mkdir(parents=True)
+    (ckpt / "stacking_meta.json").write_text("{}")
+    assert ex._ready(early) and not ex._ready(late)
+    ex.state[base.id] = "failed"  # a base failing after d does not take the grown runs at d with it
+    ex._skip_blocked()
+    assert ex.state[early.id] == "pending" and ex.state[late.id] == "skipped"
+    assert ex.reason[late.id] == f"failed dependency {base.id}"
