@@ -1,0 +1,60 @@
+"""Analysis of growth sweeps: results table → speed-ups, scaling-law fits, figures, report.
+
+The modules, in the order the data flows (docs/analysis.md has the commands):
+
+    results   read a sweep dir (results.csv + runs/*/metrics.csv); tidy tables for the fits
+    speedup   FLOPs_scratch(L*) / FLOPs_grown(L*) − 1 per grown run, tables with CIs over seeds
+    fit       Chinchilla L(N, D) (Huber / LAD, 4500-start grid, bootstrap), L(C), IsoFLOP over d, Eq. 2
+    lbfgs     the batched L-BFGS the fits run on
+    plots     matplotlib figures (imported on demand: `from analysis import plots`)
+    report    `stacking report`: report.md, speedups.csv, fits.json, figures/
+    cli       `stacking report` and `stacking fit-law` entry points
+
+The names below are the public API; plots and report are not imported here so that `import analysis` does not
+pull in matplotlib.
+"""
+
+from analysis.fit import (
+    PAPER_EQ2,
+    ChinchillaFit,
+    Eq2,
+    LossComputeFit,
+    fit_chinchilla,
+    fit_eq2,
+    fit_isoflop,
+    fit_loss_compute,
+)
+from analysis.results import (
+    AnalysisError,
+    Sweep,
+    chinchilla_points,
+    compute_frontier,
+    isoflop_points,
+    load_sweep,
+    loss_at_flops,
+    loss_compute_points,
+)
+from analysis.speedup import compute_speedups, first_crossing, speedup_from_curves, speedup_table
+
+__all__ = [
+    "PAPER_EQ2",
+    "AnalysisError",
+    "ChinchillaFit",
+    "Eq2",
+    "LossComputeFit",
+    "Sweep",
+    "chinchilla_points",
+    "compute_frontier",
+    "compute_speedups",
+    "first_crossing",
+    "fit_chinchilla",
+    "fit_eq2",
+    "fit_isoflop",
+    "fit_loss_compute",
+    "isoflop_points",
+    "load_sweep",
+    "loss_at_flops",
+    "loss_compute_points",
+    "speedup_from_curves",
+    "speedup_table",
+]

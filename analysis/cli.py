@@ -1,0 +1,193 @@
+"""Entry points of `stacking report` and `stacking fit-law` (wired into the top-level CLI by stacking/cli.py).
+
+Both return an exit code instead of exiting: 0 on success, 2 on a user error (bad arguments, missing or
+malformed input), printed as one line on stderr without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+
+from analysis.fit import OBJECTIVES, check_points, fit_chinchilla
+from analysis.results import AnalysisError, to_jsonable
+from analysis.speedup import format_table
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as an AnalysisError (one line) instead of usage + exit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise AnalysisError(f"{message} (see --help)")
+
+
+def _run(prog: str, body, argv: list[str]) -> int:
+    try:
+        return body(argv)
+    except AnalysisError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stacking report
+# --------------------------------------------------------------------------------------------------------------
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="stacking report",
+        description="Analyse a sweep dir: speed-up table, L(C) per method, Chinchilla L(N, D), IsoFLOP over the "
+        "growth timing d, Eq. 2; writes report.md, speedups.csv, speedup_runs.csv, fits.json and figures/*.png.",
+    )
+    p.add_argument("sweep_dir", help="sweep directory holding results.csv and runs/*/metrics.csv")
+    p.add_argument(
+        "--target-loss",
+        type=float,
+        default=None,
+        metavar="X",
+        help="compare at this validation loss L* for every pair (default: each matched scratch run's final loss; "
+        "the report then also shows speed-ups at each grown run's own final loss)",
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: SWEEP_DIR/report)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        metavar="K",
+        help="bootstrap resamples for the CIs of the fitted laws (default 200; 0 = no CIs)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap resampling (default 0)")
+    return p
+
+
+def _report(argv: list[str]) -> int:
+    from analysis.report import write_report  # matplotlib: loaded only for the report
+
+    args = report_parser().parse_args(argv)
+    if args.bootstrap < 0:
+        raise AnalysisError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
+    rep = write_report(args.sweep_dir, args.out, target_loss=args.target_loss, bootstrap=args.bootstrap, seed=args.seed)
+    print(format_table(rep.table) if len(rep.table) else "(no grown/scratch pairs)")
+    for note in rep.notes:
+        print(f"note: {note}")
+    print(rep.path)
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    """`stacking report SWEEP_DIR [--target-loss X] [--out DIR] [--bootstrap K] [--seed S]`."""
+    return _run("stacking report", _report, argv)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stacking fit-law
+# --------------------------------------------------------------------------------------------------------------
+
+
+def fit_law_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="stacking fit-law",
+        description="Fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla Approach 3: Huber δ=1e-3 on log residuals, "
+        "L-BFGS from the 4500-start Chinchilla grid) to a CSV table and print the fit as JSON.",
+    )
+    p.add_argument("csv", help="CSV file with one row per training run (or curve point)")
+    p.add_argument("--n", required=True, metavar="COL", help="column with the parameter count N")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--d", metavar="COL", help="column with the training tokens D")
+    size.add_argument("--flops", metavar="COL", help="column with the training compute C; D is taken as C/(6N)")
+    p.add_argument("--loss", required=True, metavar="COL", help="column with the final loss")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="K",
+        help="bootstrap resamples for percentile CIs and SEs (default 0 = none; Epoch AI used 4000)",
+    )
+    p.add_argument(
+        "--drop-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="drop the K rows with the highest loss before fitting (Epoch AI drop 5 of Chinchilla's 245)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="huber",
+        help="huber: Huber δ=1e-3 (Chinchilla's); lad: least absolute deviations (Epoch AI's headline). Default huber",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap resampling (default 0)")
+    p.add_argument("--ci-level", type=float, default=0.95, metavar="P", help="CI coverage (default 0.95)")
+    return p
+
+
+def read_law_table(
+    path: str, n_col: str, loss_col: str, d_col: str | None, flops_col: str | None, drop_top: int = 0
+) -> pd.DataFrame:
+    """Read N, D, loss columns from a CSV (D = C/(6N) from a FLOPs column), validated, highest losses dropped."""
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise AnalysisError(f"{path} not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise AnalysisError(f"{path} is not a readable CSV ({str(err).splitlines()[0]})") from None
+    wanted = {"--n": n_col, "--loss": loss_col} | ({"--d": d_col} if d_col else {"--flops": flops_col})
+    missing = [f"{col!r} ({opt})" for opt, col in wanted.items() if col not in df.columns]
+    if missing:
+        raise AnalysisError(
+            f"{path} has no column {', '.join(missing)}; columns are: {', '.join(map(str, df.columns))}"
+        )
+    cols = {opt: pd.to_numeric(df[col], errors="coerce").to_numpy(float) for opt, col in wanted.items()}
+    check_points({f"column {wanted[o]!r} ({o})": v for o, v in cols.items()}, min_points=1)
+    n, loss = cols["--n"], cols["--loss"]
+    d = cols["--d"] if d_col else cols["--flops"] / (6.0 * n)
+    if drop_top < 0:
+        raise AnalysisError(f"--drop-top must be ≥ 0, got {drop_top}")
+    keep = np.argsort(loss, kind="stable")[: max(len(loss) - drop_top, 0)]
+    keep.sort()
+    return pd.DataFrame({"N": n[keep], "D": d[keep], "loss": loss[keep]})
+
+
+def _fit_law(argv: list[str]) -> int:
+    args = fit_law_parser().parse_args(argv)
+    if args.bootstrap < 0:
+        raise AnalysisError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
+    if not 0 < args.ci_level < 1:
+        raise AnalysisError(f"--ci-level must be between 0 and 1, got {args.ci_level}")
+    table = read_law_table(args.csv, args.n, args.loss, args.d, args.flops, args.drop_top)
+    fit = fit_chinchilla(
+        table["N"],
+        table["D"],
+        table["loss"],
+        objective=args.objective,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        ci_level=args.ci_level,
+    )
+    out = fit.to_dict() | {
+        "input": {
+            "csv": args.csv,
+            "n": args.n,
+            "loss": args.loss,
+            "d": args.d,
+            "flops": args.flops,
+            "d_from_flops": args.flops is not None,
+            "dropped_top": args.drop_top,
+            "seed": args.seed,
+        }
+    }
+    print(json.dumps(to_jsonable(out), indent=1))
+    return 0
+
+
+def fit_law_main(argv: list[str]) -> int:
+    """`stacking fit-law CSV --n COL --d COL|--flops COL --loss COL [--bootstrap K] [--drop-top K]
+    [--objective huber|lad] [--seed S] [--ci-level P]`."""
+    return _run("stacking fit-law", _fit_law, argv)

@@ -1,0 +1,292 @@
+"""`stacking report SWEEP_DIR`: speed-up table, fitted laws and figures of one sweep, as files.
+
+Writes into OUT (default SWEEP_DIR/report/):
+
+    report.md       speed-up tables, fitted laws with CIs, notes on what was skipped and why, figures embedded
+    speedups.csv    the speed-up table (one row per target × op × direction × g × d × reference)
+    speedup_runs.csv  the per-run pairs behind it (L*, FLOPs and tokens at L*, reason when not reached)
+    fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
+    figures/*.png   loss curves per target, speed-up bars, L(C), IsoFLOP, Chinchilla
+
+Each analysis runs only when the sweep has the data it needs: Chinchilla needs ≥ 2 target sizes, IsoFLOP
+needs ≥ 3 growth timings d of one (target, op, g), Eq. 2 needs IsoFLOP argmins at ≥ 2 sizes and budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.fit import PAPER_EQ2, fit_chinchilla, fit_eq2, fit_isoflop, fit_loss_compute
+from analysis.results import (
+    AnalysisError,
+    chinchilla_points,
+    compute_frontier,
+    isoflop_points,
+    load_sweep,
+    loss_compute_points,
+    to_jsonable,
+)
+from analysis.speedup import compute_speedups, format_table, speedup_table
+
+SPEEDUP_DEFINITION = (
+    "speed-up = FLOPs_scratch(L*) / FLOPs_grown(L*) − 1, FLOPs to first reach L* read by interpolating "
+    "log-loss over log-FLOPs of the validation curve; the grown run's FLOPs include its base's FLOPs up to d. "
+    "tokens ratio = tokens_scratch(L*) / (d + tokens_grown(L*)). Mean and Student-t 95% CI over seeds; "
+    "runs that never reach L* are left out of the mean and counted in the note."
+)
+
+
+@dataclass
+class Report:
+    """What `write_report` produced."""
+
+    path: Path  # report.md
+    table: pd.DataFrame  # the main speed-up table (L* as requested)
+    fits: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def _ci(fit_ci: dict, name: str, fmt: str = ".4g") -> str:
+    if name not in fit_ci:
+        return ""
+    lo, hi = fit_ci[name]
+    return f" [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def write_report(
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    target_loss: float | None = None,
+    bootstrap: int = 200,
+    seed: int = 0,
+) -> Report:
+    """Analyse a sweep dir and write report.md, speedups.csv, speedup_runs.csv, fits.json and figures/."""
+    sweep = load_sweep(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep.path / "report"
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    figures: list[tuple[str, str]] = []  # (caption, relative path)
+    fits: dict = {}
+
+    def figure(fig, name: str, caption: str) -> None:
+        plots.save_figure(fig, fig_dir / name)
+        figures.append((caption, f"figures/{name}"))
+
+    # ---- speed-ups -------------------------------------------------------------------------------------------
+    n_grown, n_scratch = len(sweep.runs("grown")), len(sweep.runs("scratch"))
+    if n_grown == 0 or n_scratch == 0:
+        notes.append(f"speed-ups: skipped, the sweep has {n_grown} finished grown and {n_scratch} scratch runs")
+    pairs = compute_speedups(sweep, target_loss=target_loss)
+    table = speedup_table(pairs)
+    reference = "fixed" if target_loss is not None else "scratch final"
+    tables = [table.assign(reference=reference)]
+    pairs_all = [pairs.assign(reference=reference)]
+    grown_table = None
+    if target_loss is None and n_grown and n_scratch:
+        grown_pairs = compute_speedups(sweep, reference="grown")
+        grown_table = speedup_table(grown_pairs)
+        tables.append(grown_table.assign(reference="grown final"))
+        pairs_all.append(grown_pairs.assign(reference="grown final"))
+    pd.concat(tables, ignore_index=True).to_csv(out / "speedups.csv", index=False)
+    pd.concat(pairs_all, ignore_index=True).to_csv(out / "speedup_runs.csv", index=False)
+    if len(table):
+        figure(plots.plot_speedups(table), "speedups.png", "Speed-up per operator (bars: mean, whiskers: 95% CI)")
+    for target in sorted(sweep.runs()["target"].dropna().unique()):
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(target))
+        figure(plots.plot_loss_curves(sweep, target), f"curves_{safe}.png", f"Loss curves, target {target}")
+
+    # ---- L(C) per method -------------------------------------------------------------------------------------
+    frontier = compute_frontier(loss_compute_points(sweep))
+    lc_fits = {}
+    fits["loss_compute"] = {}
+    for method, grp in frontier.groupby("method"):
+        try:
+            with_e = fit_loss_compute(grp["flops"], grp["loss"], offset=True, bootstrap=bootstrap, seed=seed)
+            power = fit_loss_compute(grp["flops"], grp["loss"], offset=False, bootstrap=bootstrap, seed=seed)
+        except AnalysisError as err:
+            notes.append(f"L(C) for {method}: skipped ({err})")
+            continue
+        lc_fits[method] = with_e
+        fits["loss_compute"][method] = {"with_offset": with_e.to_dict(), "power_law": power.to_dict()}
+    if lc_fits:
+        figure(
+            plots.plot_loss_compute(frontier, lc_fits), "loss_compute.png", "L(C) per method with extrapolation bands"
+        )
+
+    # ---- Chinchilla L(N, D) on scratch runs -----------------------------------------------------------------
+    cpts = chinchilla_points(sweep)
+    chin = None
+    if cpts["N"].nunique() < 2:
+        notes.append(
+            f"Chinchilla L(N, D): skipped, the scratch runs cover {cpts['N'].nunique()} model size(s); "
+            "the fit needs at least 2 (better ≥ 4)"
+        )
+    else:
+        try:
+            chin = fit_chinchilla(cpts["N"], cpts["D"], cpts["loss"], bootstrap=bootstrap, seed=seed)
+            fits["chinchilla"] = chin.to_dict() | {"data": "validation curves of scratch runs (10% warm-up dropped)"}
+            figure(plots.plot_chinchilla(cpts, chin), "chinchilla.png", "Chinchilla L(N, D) fit on scratch curves")
+        except AnalysisError as err:
+            notes.append(f"Chinchilla L(N, D): skipped ({err})")
+
+    # ---- growth timing: IsoFLOP and Eq. 2 -------------------------------------------------------------------
+    ipts = isoflop_points(sweep)
+    iso = fit_isoflop(ipts) if len(ipts) else pd.DataFrame()
+    eq2 = None
+    if iso.empty:
+        notes.append("IsoFLOP over d: skipped, no (target, op, g) has ≥ 3 growth timings d with overlapping FLOPs")
+    else:
+        fits["isoflop"] = iso.to_dict(orient="records")
+        figure(plots.plot_isoflop(ipts, iso), "isoflop.png", "IsoFLOP curves of growth timing d")
+        good = iso[iso["interior"]]
+        try:
+            eq2 = fit_eq2(good["N"], good["budget"], good["d_opt"])
+            fits["eq2_fit"] = eq2.to_dict()
+        except AnalysisError as err:
+            notes.append(f"Eq. 2 fit: skipped ({err})")
+    eq2_rows = _eq2_predictions(sweep, eq2, notes)
+    fits["eq2_paper"] = PAPER_EQ2.to_dict() | {"predictions": eq2_rows}
+
+    (out / "fits.json").write_text(json.dumps(to_jsonable(fits), indent=1, allow_nan=False) + "\n")
+    md = _markdown(sweep, table, grown_table, target_loss, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes)
+    path = out / "report.md"
+    path.write_text(md)
+    return Report(path=path, table=table, fits=fits, notes=notes)
+
+
+def _eq2_predictions(sweep, eq2, notes: list[str]) -> list[dict]:
+    """Paper's (and our fitted) Eq. 2 d for each target at its scratch run's total FLOPs."""
+    rows = []
+    scratch = sweep.runs("scratch")
+    for target, grp in scratch.groupby("target"):
+        n, c = float(grp["params_total"].iloc[0]), float(grp["flops"].max())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            d_paper = float(PAPER_EQ2.predict_d(n, c))
+            d_fit = float(eq2.predict_d(n, c)) if eq2 is not None else math.nan
+        rows.append(
+            {
+                "target": target,
+                "N": n,
+                "C": c,
+                "d_paper": d_paper,
+                "d_fit": d_fit,
+                "warnings": [str(w.message) for w in caught],
+            }
+        )
+    if any(r["warnings"] for r in rows):
+        notes.append(next(r["warnings"][0] for r in rows if r["warnings"]))
+    return rows
+
+
+def _markdown(sweep, table, grown_table, target_loss, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes) -> str:
+    res = sweep.results
+    counts = ", ".join(f"{k}: {v}" for k, v in res["kind"].value_counts().sort_index().items())
+    n_done = int((res["status"] == "done").sum())
+    lines = [
+        f"# Sweep report: {sweep.path}",
+        "",
+        f"{len(res)} runs ({counts}); {n_done} done. Only finished runs are analysed.",
+        "",
+        "## Speed-ups",
+        "",
+        SPEEDUP_DEFINITION,
+        "",
+    ]
+    lstar = f"fixed L* = {target_loss:g}" if target_loss is not None else "L* = the matched scratch run's final loss"
+    lines += [f"**{lstar}**", "", format_table(table) if len(table) else "_no grown/scratch pairs_", ""]
+    if grown_table is not None and len(grown_table):
+        lines += [
+            (
+                "**L* = the grown run's own final loss** (the speed-up a slower method gets: negative when "
+                "scratch reaches it first)"
+            ),
+            "",
+            format_table(grown_table),
+            "",
+        ]
+
+    lines += ["## Fitted laws", ""]
+    if lc_fits:
+        lines += [
+            "### L(C) per method (compute-efficient frontier of validation curves)",
+            "",
+            "| method | L = a·C^b + E: a | b | E | L = a·C^b: a | b | points |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method, f in fits["loss_compute"].items():
+            w, p = f["with_offset"], f["power_law"]
+            ci_w, ci_p = w.get("ci", {}), p.get("ci", {})
+            lines.append(
+                f"| {method} | {w['a']:.4g}{_ci(ci_w, 'a')} | {w['b']:.4f}{_ci(ci_w, 'b', '.4f')} | "
+                f"{w['E']:.4g}{_ci(ci_w, 'E')} | {p['a']:.4g}{_ci(ci_p, 'a')} | {p['b']:.4f}{_ci(ci_p, 'b', '.4f')} | "
+                f"{w['n_points']} |"
+            )
+        lines += ["", "Brackets: bootstrap percentile 95% CI. Extrapolation bands are in the L(C) figure.", ""]
+    if chin is not None:
+        lines += [
+            "### Chinchilla L(N, D) = E + A/N^α + B/D^β (scratch runs)",
+            "",
+            "| parameter | estimate | 95% CI |",
+            "|---|---|---|",
+        ]
+        for k in ("E", "A", "B", "alpha", "beta"):
+            lo_hi = chin.ci.get(k)
+            ci = f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else "—"
+            lines.append(f"| {k} | {getattr(chin, k):.4g} | {ci} |")
+        a, b = chin.exponents
+        lines += [
+            "",
+            (
+                f"Huber δ=1e-3 on log residuals, {chin.n_starts} starts ({chin.n_converged} converged), "
+                f"{chin.n_points} points, {chin.n_bootstrap} bootstrap resamples. N_opt ∝ C^{a:.3f}, "
+                f"D_opt ∝ C^{b:.3f}. Caveat: points along one cosine run are not separately decayed runs."
+            ),
+            "",
+        ]
+    if not iso.empty:
+        lines += [
+            "### Growth timing d: IsoFLOP argmins",
+            "",
+            "| target | op | g | budget C | d_opt | inside sampled d |",
+            "|---|---|---|---|---|---|",
+        ]
+        for _, r in iso.iterrows():
+            d = f"{r['d_opt']:.3g}" if np.isfinite(r["d_opt"]) else "no valley"
+            lines.append(f"| {r['target']} | {r['op']} | {r['g']:g} | {r['budget']:.3g} | {d} | {r['interior']} |")
+        lines.append("")
+    if eq2 is not None:
+        lines += [
+            (
+                f"Eq. 2 form fitted: log10 d = {eq2.a:.3f}·log10 N + {eq2.b:.2f}/log10 C + {eq2.c:.2f} "
+                f"({eq2.n_points} argmins, RMS {eq2.rms_log10:.3f} in log10 d)."
+            ),
+            "",
+        ]
+    lines += [
+        f"Paper's Eq. 2 (a={PAPER_EQ2.a}, b={PAPER_EQ2.b}, c={PAPER_EQ2.c}; fitted at C ≈ 1e19.5–1e21):",
+        "",
+        "| target | N | C (scratch) | d (paper Eq. 2) | d (our fit) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in eq2_rows:
+        warn = " ⚠ outside fitted C range" if r["warnings"] else ""
+        d_fit = f"{r['d_fit']:.3g}" if np.isfinite(r["d_fit"]) else "—"
+        lines.append(f"| {r['target']} | {r['N']:.3g} | {r['C']:.3g} | {r['d_paper']:.3g}{warn} | {d_fit} |")
+    lines.append("")
+
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Figures", ""]
+    for caption, rel in figures:
+        lines += [f"### {caption}", "", f"![{caption}]({rel})", ""]
+    return "\n".join(lines)

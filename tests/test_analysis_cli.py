@@ -1,0 +1,220 @@
+"""`stacking report` and `stacking fit-law` through their entry points, artefacts and user errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.cli import fit_law_main, read_law_table, report_main
+from analysis.fit import fit_chinchilla
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SWEEP = FIXTURES / "sweep_small"
+
+
+def one_error_line(capsys, prog: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: ")
+    return lines[0]
+
+
+def test_report_writes_every_artefact(tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert report_main([str(SWEEP), "--out", str(out), "--bootstrap", "50"]) == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    assert stdout[-1] == str(out / "report.md")
+    assert stdout[0].startswith("| target | op | g | d |") and any("G_stack" in line for line in stdout)
+
+    md = (out / "report.md").read_text()
+    for section in (
+        "## Speed-ups",
+        "### L(C) per method",
+        "### Chinchilla L(N, D)",
+        "IsoFLOP argmins",
+        "Eq. 2 form fitted",
+        "Paper's Eq. 2",
+        "⚠ outside fitted C range",
+    ):
+        assert section in md, section
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == [
+        "chinchilla.png",
+        "curves_toy-16M.png",
+        "curves_toy-1M.png",
+        "curves_toy-4M.png",
+        "isoflop.png",
+        "loss_compute.png",
+        "speedups.png",
+    ]
+    for name in figures:
+        assert f"](figures/{name})" in md
+        assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+
+    table = pd.read_csv(out / "speedups.csv")
+    assert set(table["reference"]) == {"scratch final", "grown final"}
+    main = table[table["reference"] == "scratch final"]
+    assert len(main) == 15 and main.loc[main["op"] == "G_random", "speedup"].isna().all()
+    assert (pd.read_csv(out / "speedup_runs.csv")["run_id"].nunique()) == 30
+
+    fits = json.loads((out / "fits.json").read_text())
+    assert set(fits) == {"loss_compute", "chinchilla", "isoflop", "eq2_fit", "eq2_paper"}
+    assert fits["chinchilla"]["params"]["alpha"] == pytest.approx(0.34, abs=0.02)  # the fixture's law
+    # IsoFLOP argmins sit at the fixture's d_opt(N) = 1e7·(N/4e6)^0.5
+    for row in fits["isoflop"]:
+        assert row["d_opt"] == pytest.approx(1e7 * (row["N"] / 4e6) ** 0.5, rel=0.15)
+    assert fits["eq2_fit"]["a"] == pytest.approx(0.5, abs=0.1)
+    assert set(fits["loss_compute"]["scratch"]) == {"with_offset", "power_law"}
+
+
+def test_report_on_one_target_skips_what_it_cannot_fit(tmp_path, capsys):
+    # One target, G_stack at a single d: no Chinchilla (one size), no IsoFLOP (one d), L(C) and speed-ups stay.
+    res = pd.read_csv(SWEEP / "results.csv")
+    keep = (res["target"] == "toy-4M") & ((res["op"] != "G_stack") | (res["grow_at_tokens"] == 1e7))
+    res = res[keep]
+    res.to_csv(tmp_path / "results.csv", index=False)
+    for rd in res["run_dir"]:
+        shutil.copytree(SWEEP / rd, tmp_path / rd)
+    assert report_main([str(tmp_path), "--bootstrap", "20"]) == 0
+    stdout = capsys.readouterr().out
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Chinchilla L(N, D): skipped, the scratch runs cover 1 model size(s)" in md
+    assert "IsoFLOP over d: skipped" in md
+    assert "### L(C) per method" in md and "| toy-4M | G_stack | 2 | 10M | 2/2 |" in md
+    assert "note: Chinchilla L(N, D): skipped" in stdout
+    fits = json.loads((tmp_path / "report" / "fits.json").read_text())
+    assert "chinchilla" not in fits and "isoflop" not in fits and "scratch" in fits["loss_compute"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{tmp}/nowhere"], "sweep dir {tmp}/nowhere does not exist"),
+        (["{tmp}"], "results.csv not found"),
+        ([str(SWEEP), "--target-loss", "-1"], "target loss must be a positive number, got -1.0"),
+        ([str(SWEEP), "--bootstrap", "lots"], "argument --bootstrap: invalid int value: 'lots' (see --help)"),
+    ],
+)
+def test_report_user_errors(tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert report_main(argv) == 2
+    assert message.format(tmp=tmp_path) in one_error_line(capsys, "stacking report")
+
+
+def test_help_documents_every_option(capsys):
+    assert report_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for opt in ("sweep_dir", "--target-loss", "--out", "--bootstrap", "--seed"):
+        assert opt in text
+    assert fit_law_main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for opt in ("--n", "--d", "--flops", "--loss", "--bootstrap", "--drop-top", "--objective", "--seed", "C/(6N)"):
+        assert opt in text
+
+
+# ---- fit-law ---------------------------------------------------------------------------------------------------
+
+TRUTH = {"E": 1.7, "A": 400.0, "B": 1000.0, "alpha": 0.35, "beta": 0.3}
+
+
+@pytest.fixture
+def law_csv(tmp_path) -> Path:
+    n, d = (g.ravel() for g in np.meshgrid(np.geomspace(1e8, 1e10, 6), np.geomspace(1e9, 1e11, 6)))
+    loss = TRUTH["E"] + TRUTH["A"] / n ** TRUTH["alpha"] + TRUTH["B"] / d ** TRUTH["beta"]
+    loss = loss * np.exp(0.002 * np.random.default_rng(0).standard_normal(n.size))
+    path = tmp_path / "runs.csv"
+    pd.DataFrame({"params": n, "C": 6 * n * d, "tokens": d, "final loss": loss}).to_csv(path, index=False)
+    return path
+
+
+def test_fit_law_with_flops_column_prints_json(law_csv, capsys):
+    argv = [
+        str(law_csv),
+        "--n",
+        "params",
+        "--flops",
+        "C",
+        "--loss",
+        "final loss",
+        "--bootstrap",
+        "30",
+        "--drop-top",
+        "1",
+    ]
+    assert fit_law_main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_points"] == 35 and out["bootstrap"] == 30 and out["input"]["d_from_flops"]
+    # The CLI is the API on the table it read: highest loss dropped, D = C/(6N).
+    df = pd.read_csv(law_csv)
+    df = df[df["final loss"] < df["final loss"].max()]
+    api = fit_chinchilla(df["params"], df["C"] / (6 * df["params"]), df["final loss"])
+    assert out["params"] == pytest.approx({k: getattr(api, k) for k in TRUTH}, rel=1e-9)
+    assert api.predict(df["params"], df["tokens"]) == pytest.approx(df["final loss"].to_numpy(), rel=0.01)
+    for name in TRUTH:
+        lo, hi = out["ci"][name]
+        assert lo < out["params"][name] < hi
+    for name in ("E", "alpha", "beta"):
+        assert out["params"][name] == pytest.approx(TRUTH[name], rel=0.1), name
+    # --d reads the same table as --flops when tokens = C/(6N)
+    by_d = read_law_table(str(law_csv), "params", "final loss", "tokens", None, drop_top=1)
+    by_flops = read_law_table(str(law_csv), "params", "final loss", None, "C", drop_top=1)
+    pd.testing.assert_frame_equal(by_d, by_flops, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("edit", "argv_tail", "message"),
+    [
+        (
+            None,
+            ["--n", "size", "--d", "tokens", "--loss", "final loss"],
+            "has no column 'size' (--n); columns are: params, C",
+        ),
+        (
+            "neg_n",
+            ["--n", "params", "--d", "tokens", "--loss", "final loss"],
+            "column 'params' (--n) must be positive: 1 value(s) ≤ 0 (first at row 3, value -5)",
+        ),
+        (
+            "zero_loss",
+            ["--n", "params", "--flops", "C", "--loss", "final loss"],
+            "column 'final loss' (--loss) must be positive: 1 value(s) ≤ 0 (first at row 0, value 0)",
+        ),
+        (
+            None,
+            ["--n", "params", "--d", "tokens", "--loss", "final loss", "--drop-top", "30"],
+            "too few points for the fit: need at least 10, got 6",
+        ),
+        (
+            None,
+            ["--n", "params", "--d", "tokens", "--flops", "C", "--loss", "final loss"],
+            "argument --flops: not allowed with argument --d",
+        ),
+        (
+            None,
+            ["--n", "params", "--d", "tokens", "--loss", "final loss", "--objective", "mse"],
+            "argument --objective: invalid choice: 'mse'",
+        ),
+        (None, ["--n", "params", "--loss", "final loss"], "one of the arguments --d --flops is required"),
+    ],
+)
+def test_fit_law_user_errors(law_csv, capsys, edit, argv_tail, message):
+    df = pd.read_csv(law_csv)
+    if edit == "neg_n":
+        df.loc[3, "params"] = -5
+    elif edit == "zero_loss":
+        df.loc[0, "final loss"] = 0
+    df.to_csv(law_csv, index=False)
+    assert fit_law_main([str(law_csv), *argv_tail]) == 2
+    assert message in one_error_line(capsys, "stacking fit-law")
+
+
+def test_fit_law_missing_file(tmp_path, capsys):
+    assert fit_law_main([str(tmp_path / "none.csv"), "--n", "a", "--d", "b", "--loss", "c"]) == 2
+    assert "none.csv not found" in one_error_line(capsys, "stacking fit-law")
