@@ -56,6 +56,15 @@ def test_missing_results_table_is_one_clear_error(tmp_path):
         load_sweep(tmp_path / "nope")
 
 
+def test_results_parquet_is_read_when_there_is_no_csv(tmp_path, sweep):
+    sweep.results.to_parquet(tmp_path / "results.parquet", index=False)
+    (tmp_path / "runs").symlink_to(FIXTURE / "runs")
+    again = load_sweep(tmp_path)
+    assert len(again.results) == len(sweep.results)
+    rid = again.runs("grown")["run_id"].iloc[0]
+    pd.testing.assert_frame_equal(again.curve(rid), sweep.curve(rid))
+
+
 def test_missing_columns_and_bad_kinds_are_named(tmp_path):
     res = pd.read_csv(FIXTURE / "results.csv")
     res.drop(columns=["flops", "grow_at_tokens"]).to_csv(tmp_path / "results.csv", index=False)
