@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "slurm"], default="local")
     p.add_argument("--jobs", type=int, help="local: concurrent runs (default: one per GPU, else cores/4, >= 1)")
     p.add_argument("--threads", type=int, help="local: torch threads per run (default: cores / jobs)")
+    p.add_argument("--scale", help="pick one entry of the grid's `scales` (e.g. tiny, small, paper); the sweep dir "
+                   "defaults to sweeps/<name>-<scale>")
     p.add_argument("--only", help="run only the runs whose id matches (glob, or substring), plus their bases")
     p.add_argument("--retries", type=int, default=1, help="retries of a run that raised or was killed (NaN: never)")
     p.add_argument("--cluster", default="slurm", choices=["slurm", "local", "debug"],
@@ -47,7 +49,7 @@ def sweep_main(argv: list[str]) -> int:
             raise GridError("--jobs and --threads must be >= 1")
         if args.retries < 0:
             raise GridError("--retries must be >= 0")
-        grid = load_grid(args.grid)
+        grid = load_grid(args.grid, scale=args.scale)
         runs = expand(grid, where=Path(args.grid).name)
         todo = select(runs, args.only) if args.only else runs
     except (GridError, DataError, ModelConfigError, RunError) as e:

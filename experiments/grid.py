@@ -58,6 +58,9 @@ class OpSpec:
     """Operator options passed on to grow_checkpoint (e.g. {ramp_tokens: 4096} for G_random)."""
     label: str | None = None
     """Name used in run ids instead of ``op`` (needed when one op appears twice with different options)."""
+    g: list[int] | None = None
+    """Growth factors for this op only (default: the grid's ``g`` axis), e.g. 4 in depth but 2 in width, where g
+    multiplies the width and so roughly g² the parameters."""
 
 
 @dataclass
@@ -285,7 +288,33 @@ def parse_grid(raw: Any, where: str = "grid") -> Grid:
     return grid
 
 
-def load_grid(path: str | Path) -> Grid:
+def _deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, everything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_scale(raw: Any, scale: str | None, where: str) -> tuple[Any, str | None]:
+    """Pick one entry of the grid's ``scales`` (``scale`` argument, else the grid's own ``scale`` key) and merge it
+    over the rest of the grid. One grid file then describes the same experiment from a CPU toy to the paper's size."""
+    if not isinstance(raw, dict) or ("scales" not in raw and scale is None):
+        return raw, None
+    raw = dict(raw)
+    scales = raw.pop("scales", None) or {}
+    chosen = scale or raw.pop("scale", None)
+    raw.pop("scale", None)
+    if chosen is None:
+        return raw, None
+    if not isinstance(scales, dict) or chosen not in scales:
+        valid = ", ".join(scales) if isinstance(scales, dict) and scales else "none defined"
+        raise GridError(f"{where}: unknown scale {chosen!r}; valid: {valid}")
+    return _deep_merge(raw, scales[chosen] or {}), chosen
+
+
+def load_grid(path: str | Path, scale: str | None = None) -> Grid:
+    """Read a grid file; ``scale`` picks one of its ``scales`` (default: the file's ``scale`` key)."""
     p = Path(path)
     if not p.is_file():
         raise GridError(f"grid file {str(p)!r} does not exist")
@@ -293,9 +322,12 @@ def load_grid(path: str | Path) -> Grid:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise GridError(f"{p}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    raw, chosen = apply_scale(raw, scale, p.name)
     grid = parse_grid(raw, p.name)
     if grid.name is None:
         grid.name = p.stem
+    if chosen:
+        grid.name = f"{grid.name}-{chosen}"
     return grid
 
 
@@ -475,7 +507,7 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
     if grid.grown.optimizer != "fresh":
         raise GridError(f"{where}: grown.optimizer must be 'fresh' (new AdamW state, LR re-warmed), "
                         f"got {grid.grown.optimizer!r}")
-    for g in grid.g:
+    for g in grid.g + [g for o in grid.ops for g in (o.g or [])]:
         if g < 2:
             raise GridError(f"{where}: g = {g} must be an integer >= 2")
     return labels
@@ -528,7 +560,9 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
     grown: list[PlannedRun] = []
     for target in grid.targets:
         tmc, _ = mdl.config(target, defaults.get("model_overrides", {}), defaults.get("seq_len", RunConfig.seq_len))
-        points = [(g, ol, s) for g in grid.g for ol in zip(grid.ops, labels, strict=True) for s in grid.seeds]
+        all_g = sorted(set(grid.g).union(*[o.g or [] for o in grid.ops]))
+        points = [(g, ol, s) for g in all_g for ol in zip(grid.ops, labels, strict=True) for s in grid.seeds
+                  if g in (ol[0].g or grid.g)]
         for g, (o, label), seed in points:
             key = (target, o.direction, g, seed)
             if key not in bases:
@@ -565,8 +599,11 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                     [base.id, dd, o.op, o.direction, g, seed, o.options])
                 cfg = resolve(name, grid.grown.set, dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[],
                                                          init_from=f"grown/{grow_id}"))
+                options = dict(o.options)
+                if o.op == "G_learn":  # LiGO learns its maps on the base's training data unless told otherwise
+                    options["data"] = str(Path(options.get("data", base.config.data_dir)).resolve())
                 grow = {"src": f"{base.config.out_dir}/checkpoints/tokens-{dd:012d}", "dst": f"grown/{grow_id}",
-                        "op": o.op, "direction": o.direction, "g": g, "seed": seed, "options": o.options}
+                        "op": o.op, "direction": o.direction, "g": g, "seed": seed, "options": options}
                 grown.append(planned(name, "grown", target, cfg, flops_offset=base_flops, op=o.op,
                                      direction=o.direction, g=g, grow_at_tokens=dd, parent=base.id, deps=[base.id],
                                      grow=grow))

@@ -3,9 +3,10 @@
     stacking data     [--out DIR] [--sources PATH …] [--tokenizer bpe|bytes] [--vocab_size N] …
     stacking train    CONFIG.yaml [--field value …]
     stacking grow     SRC_DIR DST_DIR --op OP [--direction depth|width] --g G [op options]
-    stacking sweep    GRID.yaml [--dry-run] [--executor local|slurm] [--jobs N] [--only PATTERN]
+    stacking sweep    GRID.yaml [--out DIR] [--dry-run] [--executor local|slurm] [--jobs N] [--threads T]
+                      [--only PATTERN] [--retries K] [--cluster slurm|local|debug]
     stacking sweep status SWEEP_DIR
-    stacking report   SWEEP_DIR
+    stacking report   SWEEP_DIR [--out DIR] [--target-loss X]
     stacking fit-law  CSV --n COL (--d COL | --flops COL) --loss COL [--bootstrap K]
     stacking import-hf HF_DIR LIT_DIR
     stacking export-hf LIT_DIR HF_DIR
