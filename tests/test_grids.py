@@ -22,6 +22,7 @@ def test_shipped_grid_plans(path, scale, tiny_data):
     raw, _ = apply_scale(yaml.safe_load(path.read_text()), scale, path.name)
     raw["defaults"]["data_dir"] = str(tiny_data)  # the paper's corpus is not on a CI machine; shapes still check
     runs = expand(parse_grid(raw, path.name), where=path.name)
+    assert len({r.id for r in runs}) == len(runs)
     kinds = {r.kind for r in runs}
     assert "scratch" in kinds and ("grown" in kinds) == bool(raw.get("ops"))
     for r in runs:
