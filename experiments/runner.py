@@ -276,6 +276,20 @@ def worker_context(use_gpus: bool = False):
     return ctx
 
 
+PROGRESS_EVERY_S = 30.0
+"""How often the local executor prints the progress of the running runs."""
+
+
+def _last_metrics_row(path: Path) -> dict[str, str] | None:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    if len(lines) < 2:
+        return None
+    return dict(zip(lines[0].split(","), lines[-1].split(",")))
+
+
 class LocalExecutor:
     """Runs a plan's DAG with ``jobs`` concurrent worker processes; prints one line per state change."""
 
@@ -333,6 +347,7 @@ class LocalExecutor:
         ctx = worker_context(use_gpus=bool(free_gpus))
         running: dict[Any, tuple[PlannedRun, Any, str | None]] = {}  # sentinel → (run, process, gpu)
         order = sorted(self.runs, key=lambda r: KIND_ORDER[r.kind])
+        next_progress = time.monotonic() + PROGRESS_EVERY_S
         try:
             while True:
                 self._skip_blocked()
@@ -355,7 +370,11 @@ class LocalExecutor:
                 poll = len(running) < self.jobs and any(
                     self.state[r.id] == "pending" and r.grow and self.state.get(r.parent) == "running"
                     for r in self.runs)
-                for sentinel in mp.connection.wait(list(running), timeout=0.5 if poll else None):
+                timeout = min(0.5 if poll else PROGRESS_EVERY_S, max(0.0, next_progress - time.monotonic()))
+                if time.monotonic() >= next_progress:
+                    self._progress([r for r, _, _ in running.values()])
+                    next_progress = time.monotonic() + PROGRESS_EVERY_S
+                for sentinel in mp.connection.wait(list(running), timeout=timeout):
                     r, p, gpu = running.pop(sentinel)
                     p.join()
                     if gpu is not None:
@@ -368,6 +387,17 @@ class LocalExecutor:
                 p.join()
             raise
         return dict(self.state)
+
+    def _progress(self, running: list[PlannedRun]) -> None:
+        """One line per running run from the last row of its metrics.csv: long runs are never silent."""
+        for r in running:
+            last = _last_metrics_row(self.sweep_dir / r.config.out_dir / "metrics.csv")
+            if last is None:
+                self.echo(f"[sweep]   {r.id}: starting")
+                continue
+            tps = f", {float(last['tokens_per_s']):,.0f} tokens/s" if last.get("tokens_per_s") else ""
+            loss = f", train loss {float(last['train_loss']):.3f}" if last.get("train_loss") else ""
+            self.echo(f"[sweep]   {r.id}: {int(last['tokens']):,}/{r.config.max_tokens:,} tokens{loss}{tps}")
 
     def _finished(self, r: PlannedRun, exitcode: int | None) -> None:
         path = self.sweep_dir / r.config.out_dir / "status.json"
