@@ -681,4 +681,4 @@ def select(runs: list[PlannedRun], pattern: str) -> list[PlannedRun]:
     return [r for r in runs if r.id in keep]
 
 
-__all__ = ["Grid", "GridError", "PlannedRun", "load_grid", "parse_grid", "expand", "select", "operators"]
+__all__ = ["Grid", "GridError", "PlannedRun", "expand", "load_grid", "operators", "parse_grid", "select"]

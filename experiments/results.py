@@ -156,5 +156,12 @@ def format_status(sweep_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RESULT_COLUMNS", "EXTRA_COLUMNS", "load_plan", "run_state", "results_frame", "write_results",
-           "format_status"]
+__all__ = [
+    "EXTRA_COLUMNS",
+    "RESULT_COLUMNS",
+    "format_status",
+    "load_plan",
+    "results_frame",
+    "run_state",
+    "write_results",
+]

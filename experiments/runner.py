@@ -44,6 +44,7 @@ from typing import Any
 import submitit
 
 from experiments.grid import Grid, PlannedRun, SlurmSpec
+from stacking.fsutil import write_json
 from stacking.train import config_hash
 
 KIND_ORDER = {"base": 0, "grown": 1, "scratch": 2}
@@ -52,13 +53,6 @@ KIND_ORDER = {"base": 0, "grown": 1, "scratch": 2}
 
 # --------------------------------------------------------------------------------------------------------------
 # Run-dir bookkeeping shared by every executor
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict | None:
@@ -533,5 +527,15 @@ def submit_slurm(sweep_dir: Path, runs: list[PlannedRun], slurm: SlurmSpec, *, c
     return records
 
 
-__all__ = ["write_plan", "execute", "LocalExecutor", "SlurmRun", "submit_slurm", "default_jobs", "is_done", "lock_held",
-           "worker_context", "visible_gpus"]
+__all__ = [
+    "LocalExecutor",
+    "SlurmRun",
+    "default_jobs",
+    "execute",
+    "is_done",
+    "lock_held",
+    "submit_slurm",
+    "visible_gpus",
+    "worker_context",
+    "write_plan",
+]

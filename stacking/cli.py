@@ -18,7 +18,7 @@ compute.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 USAGE = __doc__.split("\n\n")[1]
 

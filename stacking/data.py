@@ -15,18 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import lightning as L
 import numpy as np
 import torch
+
+from stacking.fsutil import atomic_dir
 
 EOT = "<|endoftext|>"
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -171,17 +171,15 @@ def build_dataset(cfg: DataConfig) -> Path:
     _log(f"split by file: {len(train_docs)} train docs, {len(val_docs)} val docs "
          f"({sum(map(len, train_docs)) / 1e6:.1f}M / {sum(map(len, val_docs)) / 1e6:.1f}M chars)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if cfg.tokenizer == "bpe":
             tok = _train_bpe(train_docs, cfg.vocab_size)
             tok.save(str(tmp / "tokenizer.json"))
             vocab_size, eot_id = tok.get_vocab_size(), tok.token_to_id(EOT)
-            encode = lambda docs: [e.ids for e in tok.encode_batch(docs)]  # noqa: E731
+            encode = lambda docs: [e.ids for e in tok.encode_batch(docs)]
         else:
             vocab_size, eot_id = 257, 256
-            encode = lambda docs: [list(d.encode("utf-8")) for d in docs]  # noqa: E731
+            encode = lambda docs: [list(d.encode("utf-8")) for d in docs]
         dtype = np.uint16 if vocab_size < 1 << 16 else np.uint32
         counts = {}
         for split, docs in (("train", train_docs), ("val", val_docs)):
@@ -201,12 +199,6 @@ def build_dataset(cfg: DataConfig) -> Path:
                        "files": hashes},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _log(f"wrote {out}: {counts['train']:,} train / {counts['val']:,} val tokens, vocab {vocab_size} "
          f"in {time.time() - t0:.1f}s")
     return out

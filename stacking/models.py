@@ -83,7 +83,7 @@ def model_config(name: str, *, vocab_size: int | None = None, block_size: int | 
     elif m := re.fullmatch(r"tiny-L(\d+)-D(\d+)", name):
         fields = dict(_LLAMA, **_tiny(int(m[1]), int(m[2])))
     elif name in _PAPER or (name.endswith("-base") and name[: -len("-base")] in _PAPER):
-        target = name[: -len("-base")] if name.endswith("-base") else name
+        target = name.removesuffix("-base")
         fields = dict(_LLAMA, vocab_size=32000, block_size=2048, **_PAPER[target])
         if name.endswith("-base"):
             fields["n_layer"] = _PAPER_BASE_LAYERS[target]

@@ -17,9 +17,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +31,7 @@ from litgpt import Config
 
 from stacking import models
 from stacking.data import DataError, TokenDataModule, read_meta
+from stacking.fsutil import atomic_dir, write_json
 from stacking.module import GPTModule, NaNLossError, mfu, peak_flops
 
 METRIC_COLUMNS = ["step", "tokens", "flops", "train_loss", "val_loss", "lr", "tokens_per_s", "mfu"]
@@ -98,9 +97,9 @@ class RunConfig:
     precision: str = "32-true"
     """Lightning precision: 32-true | bf16-mixed | bf16-true."""
     compile: bool = False
-    """torch.compile the model (GPUs)."""
+    """torch.compile the training loss (model forward + cross-entropy); checkpoint keys stay litgpt's."""
     chunked_loss: bool = False
-    """Reserved for throughput work: compute the loss in sequence chunks."""
+    """Run the LM head and cross-entropy in chunks of 128 positions (same loss; no full fp32 logits tensor)."""
     accelerator: str = "auto"
     """cpu | gpu | auto."""
     devices: int | str = 1
@@ -191,27 +190,11 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
 # Checkpoints
 
 
-def _atomic_dir(final: Path, write) -> None:
-    """Write a directory via a sibling temp dir and one rename: readers never see a half-written one."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_litgpt_checkpoint(path: Path, state_dict: dict, model_config: Config, meta: dict) -> None:
-    def write(tmp: Path) -> None:
+    with atomic_dir(path) as tmp:
         torch.save(state_dict, tmp / "lit_model.pth")
         (tmp / "model_config.yaml").write_text(yaml.safe_dump(asdict(model_config), sort_keys=False))
         (tmp / "stacking_meta.json").write_text(json.dumps(meta, indent=1))
-
-    _atomic_dir(path, write)
 
 
 def load_litgpt_checkpoint(ckpt_dir: str | Path) -> tuple[dict, Config, dict, dict | None]:
@@ -368,12 +351,6 @@ def _logger(run_dir: Path) -> logging.Logger:
     return log
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
-
-
 def _strategy(cfg: RunConfig):
     if cfg.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
@@ -421,7 +398,7 @@ def run(cfg: RunConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _logger(run_dir)
     cfg_path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    _write_json(run_dir / "model.json", desc)
+    write_json(run_dir / "model.json", desc)
     log.info(models.format_description(desc))
     total_flops = flops_offset + cfg.max_tokens * desc["flops_per_token"]
     log.info(f"budget: {cfg.max_tokens:,} tokens ({cfg.max_tokens / desc['params_total']:.1f} tokens/param), "
@@ -441,8 +418,6 @@ def run(cfg: RunConfig) -> dict:
                  f"flops offset={flops_offset:.4g}" + (f", growth op={growth['op']}" if growth else "") + ")")
     elif init_sd is not None:
         module.attach_growth()  # weights come from last.ckpt; mask hooks and freezing still apply
-    if cfg.compile:
-        module.model = torch.compile(module.model)
 
     dm = TokenDataModule(cfg.data_dir, cfg.seq_len, cfg.micro_batch_size, cfg.seed, cfg.val_tokens)
     module.val_set = dm.val_set()
@@ -479,7 +454,7 @@ def run(cfg: RunConfig) -> dict:
         if not cfg.init_from:
             log.info("training from scratch")
     status = "running"
-    _write_json(summary_path, _summary(cfg, desc, flops_offset, book, module, status))
+    write_json(summary_path, _summary(cfg, desc, flops_offset, book, module, status))
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume_state else None,
                     weights_only=True)
@@ -489,7 +464,7 @@ def run(cfg: RunConfig) -> dict:
         log.error(f"run stopped: {status}")
     summary = _summary(cfg, desc, flops_offset, book, module, status)
     if trainer.is_global_zero:
-        _write_json(summary_path, summary)
+        write_json(summary_path, summary)
         log.info(f"{status}: final val loss {summary['final_val_loss']:.4f}, best {summary['best_val_loss']:.4f}, "
                  f"{summary['tokens']:,} tokens, {summary['flops']:.4g} FLOPs, {summary['wall_time_s']:.1f}s")
     return summary
@@ -533,5 +508,16 @@ def _extra_logger(cfg: RunConfig, run_dir: Path):
     return WandbLogger(save_dir=str(run_dir), name=Path(cfg.out_dir).name)
 
 
-__all__ = ["RunConfig", "RunError", "CheckpointError", "DataError", "run", "validate", "load_config",
-           "load_litgpt_checkpoint", "save_litgpt_checkpoint", "config_hash", "METRIC_COLUMNS"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "CheckpointError",
+    "DataError",
+    "RunConfig",
+    "RunError",
+    "config_hash",
+    "load_config",
+    "load_litgpt_checkpoint",
+    "run",
+    "save_litgpt_checkpoint",
+    "validate",
+]

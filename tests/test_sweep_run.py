@@ -52,7 +52,7 @@ def test_grid_runs_end_to_end(e2e, capsys):
     assert (df["status"] == "done").all() and list(df["kind"]) == ["base"] + ["grown"] * 4 + ["scratch"]
     assert pd.read_parquet(sweep / "results.parquet")["run_id"].tolist() == df["run_id"].tolist()
     # one state-change line per event, whole-grid counts first
-    assert re.search(r"^\[sweep\] 0/6 done, 1 running, 0 failed: started base-", proc.stdout, re.M)
+    assert re.search(r"^\[sweep\] 0/6 done, 1 running, 0 failed: started base-", proc.stdout, re.MULTILINE)
     assert "[sweep] 6/6 done, 0 running, 0 failed: done " in proc.stdout
 
     base = df[df["kind"] == "base"].iloc[0]

@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import tiny_run_config
 from lightning.fabric.utilities.throughput import measure_flops
-from litgpt import GPT, Config
+from litgpt import GPT
 
 from stacking import models
 from stacking.cli import main as cli_main

@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_run_config
 from litgpt import GPT
 
-from stacking.growth import grow_checkpoint
 from stacking.data import val_windows
+from stacking.growth import grow_checkpoint
 from stacking.train import load_litgpt_checkpoint, run
 
 

@@ -20,12 +20,9 @@ import io
 import json
 import math
 import mmap
-import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -35,6 +32,8 @@ from typing import Any
 import torch
 import yaml
 from litgpt import GPT, Config
+
+from stacking import fsutil
 
 WEIGHTS = "lit_model.pth"
 CONFIG = "model_config.yaml"
@@ -355,16 +354,8 @@ def atomic_dir(dst: str | Path) -> Iterator[Path]:
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise GrowthError(f"output dir {str(dst)!r} already exists and is not empty; pick a new path")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with fsutil.atomic_dir(dst) as tmp:
         yield tmp
-        if dst.exists():
-            dst.rmdir()  # empty (checked above); rename cannot replace a dir on every platform
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def json_safe(value: Any) -> Any:
