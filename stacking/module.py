@@ -85,7 +85,7 @@ def init_weights(model: GPT, config: Config) -> None:
 LOSS_CHUNK = 128
 """Sequence positions per LM-head + cross-entropy chunk when ``chunked_loss`` is on (litgpt's default chunk size).
 At B=8, vocab 4096 a chunk's fp32 logits are 8 × 128 × 4096 × 4 B = 16 MiB instead of 32 MiB for all T=256; at the
-TinyLlama shape (B=4, T=2048, vocab 32000) 65 MiB instead of 1 GiB."""
+TinyLlama shape (B=4, T=2048, vocab 32000) 62.5 MiB instead of 1000 MiB."""
 
 
 def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> torch.Tensor:
