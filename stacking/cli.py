@@ -25,9 +25,16 @@ USAGE = __doc__.split("\n\n")[1]
 
 def _parser(prog: str, description: str):
     """A jsonargparse parser whose --help shows each dataclass field's docstring."""
-    from jsonargparse import ArgumentParser, set_docstring_parse_options
+    from jsonargparse import ArgumentParser
 
-    set_docstring_parse_options(attribute_docstrings=True)
+    try:  # jsonargparse >= 4.39
+        from jsonargparse import set_parsing_settings
+
+        set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    except ImportError:
+        from jsonargparse import set_docstring_parse_options
+
+        set_docstring_parse_options(attribute_docstrings=True)
     return ArgumentParser(prog=prog, description=description)
 
 
