@@ -74,7 +74,12 @@ def _report(argv: list[str]) -> int:
     if args.bootstrap < 0:
         raise AnalysisError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
     rep = write_report(args.sweep_dir, args.out, target_loss=args.target_loss, bootstrap=args.bootstrap, seed=args.seed)
+    print("speed-up at L* = " + ("the given target loss" if args.target_loss is not None else
+                                 "the matched scratch run's final loss"))
     print(format_table(rep.table) if len(rep.table) else "(no grown/scratch pairs)")
+    if rep.table_own_final is not None and len(rep.table_own_final):
+        print("speed-up at L* = each grown run's own final loss (negative: scratch got there first)")
+        print(format_table(rep.table_own_final))
     for note in rep.notes:
         print(f"note: {note}")
     print(rep.path)

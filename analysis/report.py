@@ -51,6 +51,7 @@ class Report:
     path: Path  # report.md
     table: pd.DataFrame  # the main speed-up table (L* as requested)
     fits: dict
+    table_own_final: pd.DataFrame | None = None  # L* = each grown run's own final loss (None with a fixed L*)
     notes: list[str] = field(default_factory=list)
 
 
@@ -160,7 +161,7 @@ def write_report(
     md = _markdown(sweep, table, grown_table, target_loss, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes)
     path = out / "report.md"
     path.write_text(md)
-    return Report(path=path, table=table, fits=fits, notes=notes)
+    return Report(path=path, table=table, fits=fits, notes=notes, table_own_final=grown_table)
 
 
 def _eq2_predictions(sweep, eq2, notes: list[str]) -> list[dict]:

@@ -31,7 +31,8 @@ def test_report_writes_every_artefact(tmp_path, capsys):
     assert report_main([str(SWEEP), "--out", str(out), "--bootstrap", "50"]) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
     assert stdout[-1] == str(out / "report.md")
-    assert stdout[0].startswith("| target | op | g | d |") and any("G_stack" in line for line in stdout)
+    assert stdout[0].startswith("speed-up at L* = the matched scratch run")
+    assert stdout[1].startswith("| target | op | g | d |") and any("G_stack" in line for line in stdout)
 
     md = (out / "report.md").read_text()
     for section in (
