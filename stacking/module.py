@@ -165,7 +165,10 @@ class GPTModule(L.LightningModule):
         return self.model(idx)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._loss_fn(self.model, x, y, LOSS_CHUNK if self.cfg.chunked_loss else 0)
+        # While a G_random mask ramps, its scale changes every step; a compiled graph would guard on it and
+        # recompile each time, so the ramp runs eager and the compiled loss takes over once the mask is fully on.
+        fn = lm_loss if self.mask is not None and self.mask.scale < 1.0 else self._loss_fn
+        return fn(self.model, x, y, LOSS_CHUNK if self.cfg.chunked_loss else 0)
 
     def training_step(self, batch, batch_idx):
         self._set_mask(self.tokens)

@@ -29,7 +29,9 @@ def test_g_random_starts_at_the_base_function_and_ramps(tiny_data, base_ckpt, tm
     grown = grow_checkpoint(base_ckpt, tmp_path / "grown", "G_random", direction="depth", g=2, seed=0,
                             ramp_tokens=1024)
     base_val = json.loads((base_ckpt.parent.parent / "summary.json").read_text())["final_val_loss"]
-    run(tiny_run_config(tmp_path, tiny_data, model="tiny-L4-D64", init_from=str(grown), max_tokens=2048))
+    # compile=True: the ramp runs eager (a changing mask would recompile every step), the compiled loss after it
+    run(tiny_run_config(tmp_path, tiny_data, model="tiny-L4-D64", init_from=str(grown), max_tokens=2048,
+                        compile=True))
     rows = first_rows(tmp_path / "run/metrics.csv")
     # the mask is 0 at the start: the grown model computes exactly the base model's function
     assert float(rows[0]["val_loss"]) == pytest.approx(base_val, rel=1e-5)
