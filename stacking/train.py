@@ -246,6 +246,7 @@ class RunBookkeeping(Callback):
 
     def on_train_start(self, trainer, pl_module: GPTModule):
         self.t_last, self.tokens_last = time.perf_counter(), pl_module.tokens
+        self.train_time_s, self.train_tokens = 0.0, 0  # this session's training steps only (no eval, no ckpt)
         self.seen_step = trainer.global_step
         if trainer.strategy.root_device.type == "cuda":
             self.peak = peak_flops(torch.cuda.get_device_name(trainer.strategy.root_device), self.cfg.precision)
@@ -288,6 +289,8 @@ class RunBookkeeping(Callback):
             raise NaNLossError(f"nan at tokens={tokens}")
         now = time.perf_counter()
         tps = (tokens - self.tokens_last) / max(now - self.t_last, 1e-9)
+        self.train_time_s += now - self.t_last
+        self.train_tokens += tokens - self.tokens_last
         val = self._validate(pl_module) if do_val else None
         self._row(trainer, pl_module, train_loss=train_loss, val_loss=val, tps=tps)
         pl_module.log_dict({"tokens": float(tokens), "loss": train_loss}, prog_bar=True, logger=False)
@@ -473,12 +476,16 @@ def run(cfg: RunConfig) -> dict:
 def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, status: str) -> dict:
     wall = book.wall()
     tokens = module.tokens
+    train_time = getattr(book, "train_time_s", 0.0)
+    train_tps = book.train_tokens / train_time if train_time > 0 else None
     return {
         "status": status, "config_hash": config_hash(cfg), "model": cfg.model, "seed": cfg.seed,
         "final_val_loss": book.last_val, "best_val_loss": book.best_val, "tokens": tokens,
         "flops": flops_offset + tokens * desc["flops_per_token"], "flops_offset": flops_offset,
         "params_total": desc["params_total"], "params_non_embedding": desc["params_non_embedding"],
         "flops_per_token": desc["flops_per_token"], "tokens_per_s": tokens / wall if wall > 0 else None,
+        "train_tokens_per_s": train_tps,
+        "mfu": mfu(desc["flops_per_token"], train_tps, book.peak) if train_tps and book.peak else None,
         "wall_time_s": wall, "init_from": cfg.init_from, "resumed": book.wall_offset > 0,
         "world_size": module.trainer.world_size if module._trainer else 1,
         "rank_weight_fingerprints": getattr(book, "rank_fingerprints", None),

@@ -128,6 +128,8 @@ def test_run_is_bitwise_reproducible_and_checkpoints_land_exactly(tiny_data, tmp
         assert meta["flops"] == pytest.approx(meta["tokens"] * a["flops_per_token"])
     summary = json.loads((tmp_path / "a/run/summary.json").read_text())
     assert summary["tokens"] == 5120 and summary["final_val_loss"] == pytest.approx(float(ma[-1]["val_loss"]))
+    # training-only throughput is at least the end-to-end one (evaluation and checkpoints excluded); no CPU peak
+    assert summary["train_tokens_per_s"] >= summary["tokens_per_s"] > 0 and summary["mfu"] is None
     assert yaml.safe_load((tmp_path / "a/run/config.yaml").read_text())["max_tokens"] == 5120
 
 
