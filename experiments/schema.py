@@ -1,0 +1,308 @@
+"""Grid files → typed dataclasses: the schema of ``experiments/grids/*.yaml`` (docs/sweeps.md), type-checked field by
+field (RunConfig fields included), with ``scales`` variants merged in. Every error names the field, in one line."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stacking.train import RunConfig
+
+
+class GridError(ValueError):
+    """A grid file that cannot be expanded into runs; raised before any compute."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class OpSpec:
+    """One entry of the ``ops`` axis (a bare string ``G_stack`` means ``{op: G_stack}``)."""
+
+    op: str
+    """Growth operator (stacking.growth registry): G_stack, G_zero, G_direct, G_random, G_learn, llama_pro, …"""
+    direction: str = "depth"
+    """depth | width."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Operator options passed on to grow_checkpoint (e.g. {ramp_tokens: 4096} for G_random)."""
+    label: str | None = None
+    """Name used in run ids instead of ``op`` (needed when one op appears twice with different options)."""
+    g: list[int] | None = None
+    """Growth factors for this op only (default: the grid's ``g`` axis), e.g. 4 in depth but 2 in width, where g
+    multiplies the width and so roughly g² the parameters."""
+
+
+@dataclass
+class BaseSpec:
+    """How base (small) models are trained."""
+
+    tokens: int | None = None
+    """Base budget in tokens (its max_tokens); default: the largest ``d``. Every ``d`` must be <= it."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields for base runs only, on top of ``defaults``."""
+
+
+@dataclass
+class GrownSpec:
+    """How grown runs continue after growth. Give exactly one of ``tokens`` and ``total_flops``."""
+
+    tokens: int | None = None
+    """Tokens trained after growth (the grown run's max_tokens)."""
+    total_flops: float | None = None
+    """Total FLOPs of a grown run including its base's FLOPs up to ``d``; the continued tokens are
+    (total_flops − base FLOPs at d) / target FLOPs per token, rounded down to a multiple of global_batch_tokens."""
+    optimizer: str = "fresh"
+    """Optimiser state at growth: ``fresh`` (new AdamW moments, LR re-warmed as a new run does — the paper's
+    policy). The only one supported: moments of grown tensors have no defined counterpart."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields for grown runs only, e.g. {warmup_tokens: 0} for no re-warmup, {lr: 1e-3}."""
+
+
+@dataclass
+class ScratchSpec:
+    """The baselines the grown runs are compared against."""
+
+    flop_matched: bool = True
+    """One scratch run per target × seed on at least the FLOPs of the largest grown run of that target
+    (base FLOPs included), tokens rounded up to a multiple of global_batch_tokens."""
+    tokens: list[int] = field(default_factory=list)
+    """Extra scratch budgets in tokens (e.g. a ladder for scaling-law fits)."""
+    flops: list[float] = field(default_factory=list)
+    """Extra scratch budgets in FLOPs (tokens rounded up to a multiple of global_batch_tokens)."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields for scratch runs only, on top of ``defaults``."""
+
+
+@dataclass
+class OverrideSpec:
+    """RunConfig fields for the runs whose name matches a glob (applied after ``defaults`` and the kind's ``set``)."""
+
+    match: str
+    """Glob on run names (the id without its hash), e.g. ``grown-*-G_zero-*-d2048-*``; must match a run."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields to set on the matching runs."""
+
+
+@dataclass
+class SlurmSpec:
+    """SLURM resources for ``--executor slurm`` (submitit). One job per run."""
+
+    partition: str | None = None
+    """SLURM partition (None = the cluster's default)."""
+    timeout_min: int = 240
+    """Wall-time limit per job; a timed-out run is requeued (submitit Checkpointable) and resumes from last.ckpt."""
+    gpus_per_node: int = 1
+    """GPUs per node for each run."""
+    cpus_per_task: int = 8
+    """CPU cores per task."""
+    mem_gb: int | None = None
+    """Memory per node in GB (None = the cluster's default)."""
+    array_parallelism: int = 64
+    """Most jobs of the first level (bases, scratch; one job array) running at once."""
+    max_num_timeout: int = 3
+    """Most requeues after a timeout."""
+    additional: dict[str, Any] = field(default_factory=dict)
+    """Extra sbatch options, e.g. {account: myproj, qos: high}."""
+
+
+@dataclass
+class Grid:
+    """A sweep: shared RunConfig settings plus the axes that make the runs."""
+
+    name: str | None = None
+    """Sweep name; the default sweep dir is sweeps/<name> (default: the grid file's stem)."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """RunConfig fields shared by every run: data_dir, seq_len, batch, optimiser, schedule, eval cadence, …"""
+    targets: list[str] = field(default_factory=list)
+    """Model presets of the final shape, e.g. [tiny-L4-D64, stack-410m]."""
+    ops: list[OpSpec] = field(default_factory=list)
+    """Growth operators (+ direction and options); empty = scratch runs only."""
+    g: list[int] = field(default_factory=lambda: [2])
+    """Growth factors; the base is the target's shape divided by g."""
+    d: list[int] = field(default_factory=list)
+    """Tokens of base training at which to grow (multiples of global_batch_tokens)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds (init and data order) of every run."""
+    base: BaseSpec = field(default_factory=BaseSpec)
+    """Base runs: budget and settings."""
+    grown: GrownSpec = field(default_factory=GrownSpec)
+    """Grown runs: budget after growth and settings (LR policy at growth)."""
+    scratch: ScratchSpec = field(default_factory=ScratchSpec)
+    """Scratch baselines."""
+    overrides: list[OverrideSpec] = field(default_factory=list)
+    """Per-run RunConfig overrides, by glob on run names."""
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    """SLURM resources (used by --executor slurm only)."""
+
+
+# RunConfig fields the plan sets itself: a grid that sets them is wrong, and the message says what to use instead.
+_MANAGED = {
+    "out_dir": "the sweep dir decides it (runs/<id>)",
+    "model": "use targets",
+    "seed": "use seeds",
+    "max_tokens": "use base.tokens, grown.tokens / grown.total_flops, scratch.tokens / scratch.flops",
+    "save_at_tokens": "use d",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML → typed dataclasses
+
+
+def suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (the subset of typing used by the schema and RunConfig), or a GridError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, a, where)
+            except GridError as e:
+                errors.append(str(e))
+        raise GridError(errors[0])
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise GridError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in fields(tp)]
+        for k in value:
+            if k not in names:
+                raise GridError(f"{where}: unknown field {k!r}{suggest(str(k), names)}; valid: {', '.join(names)}")
+        missing = [f.name for f in fields(tp) if f.name not in value
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise GridError(f"{where}: missing field {missing[0]!r}")
+        return tp(**{k: _convert(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]  # a scalar where a list is expected: one axis value
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise GridError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise GridError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 as a string
+            try:
+                f = float(value)
+                value = int(f) if f.is_integer() else value
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GridError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GridError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise GridError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise GridError(f"{where}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+_RUN_HINTS = typing.get_type_hints(RunConfig)
+_RUN_FIELDS = [f.name for f in fields(RunConfig)]
+
+
+def run_fields(raw: dict[str, Any], where: str, *, allow_init: bool = False) -> dict[str, Any]:
+    """Check and convert a mapping of RunConfig fields (``defaults``, ``*.set``, ``overrides[i].set``)."""
+    out = {}
+    for k, v in raw.items():
+        if k not in _RUN_FIELDS:
+            raise GridError(f"{where}: unknown RunConfig field {k!r}{suggest(str(k), _RUN_FIELDS)}")
+        if k in _MANAGED:
+            raise GridError(f"{where}.{k} is set by the sweep: {_MANAGED[k]}")
+        if k == "init_from" and not allow_init:
+            raise GridError(f"{where}.init_from is set by the sweep for grown runs; set it per run in overrides")
+        out[k] = _convert(v, _RUN_HINTS[k], f"{where}.{k}")
+    return out
+
+
+def parse_grid(raw: Any, where: str = "grid") -> Grid:
+    """A parsed YAML document → `Grid`, every field type-checked (RunConfig fields included)."""
+    if not isinstance(raw, dict):
+        raise GridError(f"{where}: a grid file is a YAML mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    if isinstance(raw.get("ops"), list):
+        raw["ops"] = [{"op": o} if isinstance(o, str) else o for o in raw["ops"]]
+    grid = _convert(raw, Grid, where)
+    grid.defaults = run_fields(grid.defaults, f"{where}: defaults")
+    grid.base.set = run_fields(grid.base.set, f"{where}: base.set")
+    grid.grown.set = run_fields(grid.grown.set, f"{where}: grown.set")
+    grid.scratch.set = run_fields(grid.scratch.set, f"{where}: scratch.set", allow_init=True)
+    for i, o in enumerate(grid.overrides):
+        o.set = run_fields(o.set, f"{where}: overrides[{i}].set", allow_init=True)
+    return grid
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, everything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_scale(raw: Any, scale: str | None, where: str) -> tuple[Any, str | None]:
+    """Pick one entry of the grid's ``scales`` (``scale`` argument, else the grid's own ``scale`` key) and merge it
+    over the rest of the grid. One grid file then describes the same experiment from a CPU toy to the paper's size."""
+    if not isinstance(raw, dict) or ("scales" not in raw and scale is None):
+        return raw, None
+    raw = dict(raw)
+    scales = raw.pop("scales", None) or {}
+    chosen = scale or raw.pop("scale", None)
+    raw.pop("scale", None)
+    if chosen is None:
+        return raw, None
+    if not isinstance(scales, dict) or chosen not in scales:
+        valid = ", ".join(scales) if isinstance(scales, dict) and scales else "none defined"
+        raise GridError(f"{where}: unknown scale {chosen!r}; valid: {valid}")
+    return _deep_merge(raw, scales[chosen] or {}), chosen
+
+
+def load_grid(path: str | Path, scale: str | None = None) -> Grid:
+    """Read a grid file; ``scale`` picks one of its ``scales`` (default: the file's ``scale`` key)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GridError(f"grid file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise GridError(f"{p}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    raw, chosen = apply_scale(raw, scale, p.name)
+    grid = parse_grid(raw, p.name)
+    if grid.name is None:
+        grid.name = p.stem
+    if chosen:
+        grid.name = f"{grid.name}-{chosen}"
+    return grid
