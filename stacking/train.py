@@ -346,6 +346,10 @@ def _logger(run_dir: Path) -> logging.Logger:
     log = logging.getLogger(f"stacking.run.{run_dir}")
     log.setLevel(logging.INFO)
     log.propagate = False
+    from lightning.pytorch.utilities import rank_zero_only  # rank from the launcher's env (RANK, SLURM_PROCID, …)
+
+    if not log.handlers and rank_zero_only.rank != 0:
+        log.addHandler(logging.NullHandler())  # other ranks of a multi-process run stay quiet
     if not log.handlers:
         fmt = logging.Formatter("[train] %(message)s")
         for h in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log")):
@@ -448,7 +452,8 @@ def run(cfg: RunConfig) -> dict:
         step = resume_state["tokens"] // cfg.global_batch_tokens
         dm.start_micro_batch = step * accum
         book.best_val, book.last_val = resume_state["best_val_loss"], resume_state["last_val_loss"]
-        _truncate_metrics(run_dir / "metrics.csv", step)
+        if trainer.is_global_zero:  # one writer under DDP
+            _truncate_metrics(run_dir / "metrics.csv", step)
         log.info(f"resuming from {last} at tokens={resume_state['tokens']:,} (step {step})")
     else:
         if trainer.is_global_zero:
