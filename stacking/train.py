@@ -54,17 +54,18 @@ class RunConfig:
     """Seed for the init and the data order."""
     seq_len: int = 128
     """Tokens per training sequence (the model's block_size)."""
-    micro_batch_size: int = 8
+    micro_batch_size: int = 16
     """Sequences per forward/backward on one device."""
-    global_batch_tokens: int = 8192
+    global_batch_tokens: int = 2048
     """Tokens per optimizer step over all devices; = micro_batch_size × seq_len × grad_accum × world_size."""
     max_tokens: int = 1_048_576
     """Tokens to train this run for (not counting a parent's)."""
-    lr: float = 3e-3
-    """Peak learning rate."""
-    min_lr: float = 3e-4
+    lr: float = 6e-3
+    """Peak learning rate (6e-3 and 2048-token batches: the best of a small sweep on tiny CPU models,
+    docs/RESULTS.md; larger models want less, e.g. the paper's 3e-4 at 1.1B)."""
+    min_lr: float = 6e-4
     """Final learning rate of the cosine / WSD decay."""
-    warmup_tokens: int = 65536
+    warmup_tokens: int = 32768
     """Linear warmup length in tokens (a grown run re-warms, as in the paper)."""
     schedule: str = "cosine"
     """LR schedule after warmup: cosine | wsd | constant."""
