@@ -41,6 +41,9 @@ REQUIRED_RESULTS_COLUMNS = (
     "status",
     "run_dir",
 )
+NUMERIC_RESULTS_COLUMNS = ("g", "grow_at_tokens", "seed", "params_total", "flops_per_token", "tokens",
+                           "flops_offset", "flops", "final_val_loss")
+"""The required columns read as numbers (blank → NaN, e.g. ``g`` of a scratch run)."""
 REQUIRED_METRICS_COLUMNS = ("tokens", "flops", "val_loss")
 KINDS = ("base", "grown", "scratch")
 
@@ -90,17 +93,7 @@ def read_results(sweep_dir: str | Path) -> pd.DataFrame:
     bad = sorted(set(df["kind"].astype(str)) - set(KINDS))
     if bad:
         raise AnalysisError(f"{source}: column kind has value(s) {', '.join(bad)}; valid: {', '.join(KINDS)}")
-    for col in (
-        "g",
-        "grow_at_tokens",
-        "seed",
-        "params_total",
-        "flops_per_token",
-        "tokens",
-        "flops_offset",
-        "flops",
-        "final_val_loss",
-    ):
+    for col in NUMERIC_RESULTS_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("op", "direction", "parent_run", "status", "target", "model"):
         df[col] = df[col].astype("string")

@@ -128,14 +128,14 @@ def param_breakdown(config: Config) -> dict[str, int]:
     return {"total": total, "embedding": wte, "lm_head": head, "non_embedding": total - wte}
 
 
-def flops_per_token(config: Config, seq_len: int) -> float:
+def flops_per_token(config: Config, seq_len: int, n_non_embedding: int | None = None) -> float:
     """Training FLOPs per token (forward + backward), the PaLM / Chinchilla count.
 
     6 · N_non-embedding (2 for the forward matmuls, 4 for the backward) plus the attention scores and the weighted
     sum of values: 2 matmuls × 2 FLOPs × T keys × head_size × n_head per layer in the forward, ×3 with the backward
     = 12 · L · H · Q · T. Full (unmasked) attention is counted, as `lightning.fabric.utilities.measure_flops` does.
     """
-    n = param_breakdown(config)["non_embedding"]
+    n = param_breakdown(config)["non_embedding"] if n_non_embedding is None else n_non_embedding
     return 6.0 * n + 12.0 * config.n_layer * config.n_head * config.head_size * seq_len
 
 
@@ -155,7 +155,7 @@ def describe(config: Config, seq_len: int) -> dict[str, Any]:
         "params_total": p["total"],
         "params_embedding": p["embedding"],
         "params_non_embedding": p["non_embedding"],
-        "flops_per_token": flops_per_token(config, seq_len),
+        "flops_per_token": flops_per_token(config, seq_len, p["non_embedding"]),  # one meta build, not two
     }
 
 
