@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from litgpt import GPT, Config
 
+from stacking.growth.masks import ramp_value
+
 # Dense peak FLOP/s per device (never the 2:4-sparse figure, which doubles MFU by mistake; reference/ecosystem.md
 # §1.6). Keys are matched as substrings of torch.cuda.get_device_name(), most specific first.
 PEAK_FLOPS = {
@@ -120,9 +122,10 @@ class GPTModule(L.LightningModule):
         self.cfg, self.model_config = cfg, model_config
         self.flops_per_token, self.flops_offset = flops_per_token, flops_offset
         self.growth = growth or {}
-        self.model = GPT(model_config)
         torch.manual_seed(cfg.seed)
-        init_weights(self.model, model_config)
+        self.model = GPT(model_config)  # PyTorch's module defaults (init: torch_default), seeded
+        if getattr(cfg, "init", "tinyllama") == "tinyllama":
+            init_weights(self.model, model_config)
         self.mask = None
         # compile the loss function, not the module: checkpoint keys stay litgpt's (no `_orig_mod.`), and inductor
         # fuses the LM head with the cross-entropy (see docs/throughput.md)
@@ -147,8 +150,6 @@ class GPTModule(L.LightningModule):
 
     def _set_mask(self, tokens: int) -> None:
         if self.mask is not None:
-            from stacking.growth.masks import ramp_value
-
             self.mask.set_scale(ramp_value(tokens, self.growth["mask"].get("ramp_tokens", 0)))
 
     # ---- counters --------------------------------------------------------------------------------------------

@@ -52,6 +52,13 @@ class RunConfig:
     """litgpt Config fields to override on the preset, e.g. {n_layer: 2}."""
     seed: int = 0
     """Seed for the init and the data order."""
+    init: str = "tinyllama"
+    """Weight init of a run that does not start from a checkpoint: tinyllama (N(0, √(2/5d)), output projections
+    N(0, 1/(√d·L)); our default) | torch_default (PyTorch's module defaults: embeddings N(0, 1), Linear
+    Kaiming-uniform; what the paper's released code used for its scratch baselines and bases)."""
+    data_stream: str = "continue"
+    """With init_from: continue (the run's first micro-batch is the one after the parent's last, so a grown run
+    sees fresh data, as scratch does) | replay (restart the stream at micro-batch 0: re-read what the base saw)."""
     seq_len: int = 128
     """Tokens per training sequence (the model's block_size)."""
     micro_batch_size: int = 16
@@ -92,7 +99,14 @@ class RunConfig:
     checkpoint_every_tokens: int = 0
     """Refresh last.ckpt (exact resume) every this many tokens (0 = at every evaluation)."""
     init_from: str | None = None
-    """Checkpoint dir (e.g. written by `stacking grow`) to initialise the weights from; not a resume."""
+    """Checkpoint dir (e.g. written by `stacking grow`) to initialise the weights from; not a resume. The model is
+    built from the checkpoint's model_config.yaml (it must have the shape of ``model``)."""
+    save_state_at_tokens: list[int] = field(default_factory=list)
+    """Token counts at which to write the full training state (weights, AdamW moments, loops) to
+    states/tokens-….ckpt: the branch points of WSD cooldown runs (branch_from)."""
+    branch_from: str | None = None
+    """A full-state file (another run's states/tokens-….ckpt) to continue from with this run's schedule: a WSD
+    cooldown branch. Its tokens, FLOPs, data position and optimizer state carry on; metrics.csv starts there."""
     train_new_only: bool = True
     """With a llama_pro checkpoint that lists trainable params: train only the new blocks."""
     precision: str = "32-true"
@@ -131,9 +145,24 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
+def data_id(data_dir: str | Path) -> str:
+    """The identity of a dataset dir by content, not by path: a hash of its meta.json without the source paths
+    (token counts, tokenizer, vocab, the sha256 of every source file). Falls back to the path when there is no
+    meta.json (the run will then fail with a DataError before compute)."""
+    path = Path(data_dir) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return str(data_dir)
+    meta.pop("sources", None)
+    return "data:" + hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """Hash of everything that determines the run's numbers (out_dir and display options excluded)."""
+    """Hash of everything that determines the run's numbers (out_dir and display options excluded). The data
+    dir enters by content (`data_id`), so the same run in two checkouts or on two mounts has one identity."""
     d = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "progress_bar", "logger")}
+    d["data_dir"] = data_id(cfg.data_dir)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -161,6 +190,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         raise RunError(f"strategy must be auto, ddp or fsdp, got {cfg.strategy!r}")
     if cfg.logger not in ("csv", "tensorboard", "wandb"):
         raise RunError(f"logger must be csv, tensorboard or wandb, got {cfg.logger!r}")
+    if cfg.init not in ("tinyllama", "torch_default"):
+        raise RunError(f"init must be tinyllama or torch_default, got {cfg.init!r}")
+    if cfg.data_stream not in ("continue", "replay"):
+        raise RunError(f"data_stream must be continue or replay, got {cfg.data_stream!r}")
     for name in ("seq_len", "micro_batch_size", "global_batch_tokens", "max_tokens", "val_tokens"):
         if getattr(cfg, name) <= 0:
             raise RunError(f"{name} must be positive, got {getattr(cfg, name)}")
@@ -181,6 +214,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
             raise RunError(f"save_at_tokens entry {t} is beyond max_tokens = {cfg.max_tokens}")
         if t <= 0 or t % gb:
             raise RunError(f"save_at_tokens entry {t} must be a positive multiple of global_batch_tokens = {gb}")
+    for t in cfg.save_state_at_tokens:
+        if not 0 < t < cfg.max_tokens or t % gb:
+            raise RunError(f"save_state_at_tokens entry {t} must be a positive multiple of global_batch_tokens = "
+                           f"{gb} below max_tokens = {cfg.max_tokens}")
     if cfg.schedule == "wsd" and not 0 < cfg.decay_tokens <= cfg.max_tokens:
         raise RunError(f"wsd schedule needs 0 < decay_tokens <= max_tokens, got {cfg.decay_tokens}")
     if not 0 <= cfg.min_lr <= cfg.lr:
@@ -216,6 +253,39 @@ def load_litgpt_checkpoint(ckpt_dir: str | Path) -> tuple[dict, Config, dict, di
     return sd, mc, meta, growth
 
 
+SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
+                "padded_vocab_size", "bias", "mlp_class_name", "norm_class_name")
+"""Config fields that decide parameter shapes: an init_from checkpoint must agree with the run's model on all."""
+
+
+def data_stream(cfg: RunConfig, parent_meta: dict) -> dict:
+    """Where this run's training stream starts: {seed, offset_micro_batches} (global micro-batches before it).
+
+    A run initialised from a checkpoint continues the stream of the run that wrote it (``data_stream:
+    continue``): grown runs see data their base never saw, and chains continue likewise. The parent's
+    micro-batches were drawn with its seed, micro_batch_size and seq_len, so those must match this run's.
+    """
+    if not cfg.init_from or cfg.data_stream == "replay":
+        return {"seed": cfg.seed, "offset_micro_batches": 0}
+    parent = parent_meta.get("data") or {  # checkpoints written before the stream was recorded
+        "seed": parent_meta.get("seed", cfg.seed), "micro_batch_size": cfg.micro_batch_size, "seq_len": cfg.seq_len,
+        "micro_batches": int(parent_meta.get("tokens", 0)) // (cfg.micro_batch_size * cfg.seq_len)}
+    for name in ("micro_batch_size", "seq_len"):
+        if parent[name] != getattr(cfg, name):
+            raise RunError(f"data_stream: continue needs the parent's {name} = {parent[name]} (this run has "
+                           f"{getattr(cfg, name)}); match it or set data_stream: replay")
+    return {"seed": int(parent["seed"]), "offset_micro_batches": int(parent["micro_batches"])}
+
+
+def stream_start(stream: dict, cfg: RunConfig, world_size: int) -> int:
+    """The per-rank micro-batch index at which this run's stream starts (rank r reads global index i·world + r)."""
+    offset = stream["offset_micro_batches"]
+    if offset % world_size:
+        raise RunError(f"the parent's stream position ({offset} micro-batches) is not divisible by world size "
+                       f"{world_size}; use a device count that divides it or data_stream: replay")
+    return offset // world_size
+
+
 def _check_lightning_ckpt(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -232,8 +302,10 @@ def _check_lightning_ckpt(path: Path) -> dict:
 class RunBookkeeping(Callback):
     """metrics.csv rows, validation, exact-token checkpoints, last.ckpt, NaN stop — all on step boundaries."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, model_config: Config, log: logging.Logger, wall_offset: float):
+    def __init__(self, cfg: RunConfig, run_dir: Path, model_config: Config, log: logging.Logger, stream: dict,
+                 wall_offset: float):
         self.cfg, self.run_dir, self.model_config, self.runlog = cfg, run_dir, model_config, log
+        self.stream = stream
         self.wall_offset = wall_offset
         self.t_start = time.perf_counter()
         self.peak: float | None = None
@@ -249,6 +321,11 @@ class RunBookkeeping(Callback):
         self.t_last, self.tokens_last = time.perf_counter(), pl_module.tokens
         self.train_time_s, self.train_tokens = 0.0, 0  # this session's training steps only (no eval, no ckpt)
         self.seen_step = trainer.global_step
+        # The LR of the next step by this run's schedule: after a branch_from restore the optimizer still holds the
+        # main run's LR, which a cooldown branch must not use for its first decay step.
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = pl_module.lr_at_step(trainer.global_step)
         if trainer.strategy.root_device.type == "cuda":
             self.peak = peak_flops(torch.cuda.get_device_name(trainer.strategy.root_device), self.cfg.precision)
         else:
@@ -297,6 +374,8 @@ class RunBookkeeping(Callback):
         pl_module.log_dict({"tokens": float(tokens), "loss": train_loss}, prog_bar=True, logger=False)
         if tokens in cfg.save_at_tokens or is_end:
             self.save_exact(trainer, pl_module)
+        if tokens in cfg.save_state_at_tokens:
+            self.save_state(trainer, tokens)
         ck_every = cfg.checkpoint_every_tokens or cfg.val_every_tokens
         if tokens % ck_every == 0 or is_end:
             self.save_last(trainer, pl_module)
@@ -306,17 +385,31 @@ class RunBookkeeping(Callback):
         sd = {k.removeprefix("model."): v for k, v in trainer.strategy.lightning_module_state_dict().items()}
         if trainer.is_global_zero:
             tokens = pl_module.tokens
-            meta = {"tokens": tokens, "flops": pl_module.flops, "config_hash": config_hash(self.cfg),
-                    "run_dir": str(self.run_dir), "model": self.cfg.model, "seed": self.cfg.seed}
+            c = self.cfg
+            data = {"seed": self.stream["seed"], "micro_batch_size": c.micro_batch_size, "seq_len": c.seq_len,
+                    "micro_batches": self.stream["offset_micro_batches"] + tokens // (c.micro_batch_size * c.seq_len)}
+            meta = {"tokens": tokens, "flops": pl_module.flops, "config_hash": config_hash(c),
+                    "run_dir": str(self.run_dir), "model": c.model, "seed": c.seed, "data": data}
             path = self.run_dir / "checkpoints" / f"tokens-{tokens:012d}"
             save_litgpt_checkpoint(path, {k: v.detach().cpu() for k, v in sd.items()}, self.model_config, meta)
             self.runlog.info(f"saved checkpoint {path} (tokens={tokens:,}, flops={pl_module.flops:.4g})")
 
     def save_last(self, trainer, pl_module):
-        tmp = self.run_dir / "last.ckpt.tmp"
+        self._save_full(trainer, self.run_dir / "last.ckpt")
+
+    def save_state(self, trainer, tokens: int):
+        """The full training state at ``tokens``: a branch point for cooldown runs (``branch_from``)."""
+        path = self.run_dir / "states" / f"tokens-{tokens:012d}.ckpt"
+        if trainer.is_global_zero:
+            path.parent.mkdir(exist_ok=True)
+        self._save_full(trainer, path)
+        self.runlog.info(f"saved training state {path} (tokens={tokens:,})")
+
+    def _save_full(self, trainer, path: Path):
+        tmp = path.with_name(path.name + ".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizer + loops, for exact resume
         if trainer.is_global_zero:
-            os.replace(tmp, self.run_dir / "last.ckpt")
+            os.replace(tmp, path)
 
     def on_train_end(self, trainer, pl_module: GPTModule):
         # A cheap fingerprint of the weights on every rank: under DDP they must be identical (summary.json shows it).
@@ -388,19 +481,27 @@ def run(cfg: RunConfig) -> dict:
             raise RunError(f"run dir {str(run_dir)!r} holds a run with a different config (hash {old_hash} vs "
                            f"{config_hash(cfg)}); choose another out_dir or delete it")
 
-    # Resume (own last.ckpt) takes precedence over init_from; both are checked before any compute.
+    # Resume (own last.ckpt) takes precedence over branch_from and init_from; all are checked before any compute.
     last = run_dir / "last.ckpt"
-    resume_state = _check_lightning_ckpt(last) if last.exists() else None
+    resume_from = last if last.exists() else None
+    if resume_from is None and cfg.branch_from:
+        resume_from = Path(cfg.branch_from)
+        if not resume_from.is_file():
+            raise CheckpointError(f"branch_from {cfg.branch_from!r} does not exist (the main run writes it at one of "
+                                  "its save_state_at_tokens)")
+    resume_state = _check_lightning_ckpt(resume_from) if resume_from else None
     init_sd, growth, flops_offset, parent_meta = None, None, 0.0, {}
     if cfg.init_from:
         init_sd, init_cfg, parent_meta, growth = load_litgpt_checkpoint(cfg.init_from)
-        shape_fields = ("n_layer", "n_embd", "n_head", "n_query_groups", "intermediate_size", "padded_vocab_size")
-        mismatch = [f for f in shape_fields if getattr(init_cfg, f) != getattr(model_config, f)]
+        mismatch = [f for f in SHAPE_FIELDS if getattr(init_cfg, f) != getattr(model_config, f)]
         if mismatch:
             raise CheckpointError(
                 f"init_from {cfg.init_from!r} has a different shape than model {cfg.model!r} in "
                 + ", ".join(f"{f} ({getattr(init_cfg, f)} vs {getattr(model_config, f)})" for f in mismatch))
-        flops_offset = float(parent_meta.get("flops", 0.0))
+        # The checkpoint's own config (e.g. the norm_eps an exact width growth needs), at this run's seq_len.
+        model_config = Config(**{**asdict(init_cfg), "block_size": cfg.seq_len})
+        flops_offset = float(parent_meta.get("flops", 0.0)) + float((growth or {}).get("extra_flops", 0.0) or 0.0)
+    stream = data_stream(cfg, parent_meta)
 
     desc = models.describe(model_config, cfg.seq_len)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -427,10 +528,10 @@ def run(cfg: RunConfig) -> dict:
     elif init_sd is not None:
         module.attach_growth()  # weights come from last.ckpt; mask hooks and freezing still apply
 
-    dm = TokenDataModule(cfg.data_dir, cfg.seq_len, cfg.micro_batch_size, cfg.seed, cfg.val_tokens)
+    dm = TokenDataModule(cfg.data_dir, cfg.seq_len, cfg.micro_batch_size, stream["seed"], cfg.val_tokens)
     module.val_set = dm.val_set()
-    book = RunBookkeeping(cfg, run_dir, model_config, log,
-                          wall_offset=resume_state["wall_time_s"] if resume_state else 0.0)
+    book = RunBookkeeping(cfg, run_dir, model_config, log, stream,
+                          wall_offset=resume_state["wall_time_s"] if resume_state and resume_from == last else 0.0)
     callbacks: list[Callback] = [book]
     if cfg.progress_bar:
         total_micro = cfg.max_tokens // (cfg.micro_batch_size * cfg.seq_len)
@@ -449,23 +550,35 @@ def run(cfg: RunConfig) -> dict:
     if cfg.logger != "csv" and trainer.is_global_zero:
         book.extra_logger = _extra_logger(cfg, run_dir)
 
+    start = stream_start(stream, cfg, trainer.world_size)
     if resume_state is not None:
         step = resume_state["tokens"] // cfg.global_batch_tokens
-        dm.start_micro_batch = step * accum
+        dm.start_micro_batch = start + step * accum
         book.best_val, book.last_val = resume_state["best_val_loss"], resume_state["last_val_loss"]
+        branching = resume_from != last
         if trainer.is_global_zero:  # one writer under DDP
-            _truncate_metrics(run_dir / "metrics.csv", step)
-        log.info(f"resuming from {last} at tokens={resume_state['tokens']:,} (step {step})")
+            if branching:  # a cooldown branch: its own metrics.csv, from the branch point on
+                with open(run_dir / "metrics.csv", "w", newline="") as f:
+                    csv.writer(f).writerow(METRIC_COLUMNS)
+            else:
+                _truncate_metrics(run_dir / "metrics.csv", step)
+        log.info(f"{'branching' if branching else 'resuming'} from {resume_from} at "
+                 f"tokens={resume_state['tokens']:,} (step {step})")
     else:
+        dm.start_micro_batch = start
         if trainer.is_global_zero:
             with open(run_dir / "metrics.csv", "w", newline="") as f:
                 csv.writer(f).writerow(METRIC_COLUMNS)
         if not cfg.init_from:
             log.info("training from scratch")
+        elif stream["offset_micro_batches"]:
+            log.info(f"data: continuing the parent's stream after {stream['offset_micro_batches']:,} micro-batches "
+                     f"({stream['offset_micro_batches'] * cfg.micro_batch_size * cfg.seq_len:,} tokens, "
+                     f"seed {stream['seed']})")
     status = "running"
     write_json(summary_path, _summary(cfg, desc, flops_offset, book, module, status))
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume_state else None,
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_state else None,
                     weights_only=True)
         status = "done"
     except NaNLossError as e:
