@@ -39,7 +39,7 @@ def sweep_main(argv: list[str]) -> int:
     if argv and argv[0] == "status":
         return _status(argv[1:])
     args = _parser().parse_args(argv)
-    from experiments.grid import GridError, expand, load_grid, select
+    from experiments.grid import GridError, epoch_warnings, expand, load_grid, select
     from stacking.data import DataError
     from stacking.models import ModelConfigError
     from stacking.train import RunError
@@ -56,12 +56,19 @@ def sweep_main(argv: list[str]) -> int:
         print(f"stacking sweep: error: {e}", file=sys.stderr)
         return 2
     sweep_dir = Path(args.out) if args.out else Path("sweeps") / (grid.name or Path(args.grid).stem)
+    for line in epoch_warnings(todo):
+        print(f"[sweep] {line}", file=sys.stderr)
     jobs, threads, gpus = _resources(args, runs)
     if args.dry_run:
         print(format_plan(todo, sweep_dir, grid_path=args.grid, jobs=jobs, threads=threads,
                           executor=args.executor))
         return 0
     return _execute(args, grid, runs, todo, sweep_dir, jobs, threads, gpus)
+
+
+def _kinds(runs) -> str:
+    return ", ".join(f"{n} {k}" for k in ("base", "grown", "scratch", "cooldown")
+                     if (n := sum(r.kind == k for r in runs)) or k != "cooldown")
 
 
 def _resources(args, runs) -> tuple[int, int, int]:
@@ -83,7 +90,7 @@ def _execute(args, grid, runs, todo, sweep_dir: Path, jobs: int, threads: int, g
     from experiments.runner import LocalExecutor, submit_slurm, write_plan
 
     write_plan(sweep_dir, args.grid, grid, runs)
-    kinds = ", ".join(f"{sum(r.kind == k for r in todo)} {k}" for k in ("base", "grown", "scratch"))
+    kinds = _kinds(todo)
     if args.executor == "slurm":
         records = submit_slurm(sweep_dir, todo, grid.slurm, cluster=args.cluster, retries=args.retries,
                                name=grid.name or "sweep")
@@ -215,27 +222,45 @@ def simulate(runs, seconds: dict[str, float], jobs: int) -> float:
 def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: int, executor: str) -> str:
     from experiments.runner import is_done
 
+    from experiments.grid import epoch_warnings
+
     rates, flop_rate, source = measure_throughput(runs, sweep_dir, threads)
-    secs = {r.id: r.tokens / rates[r.model] if r.model in rates else r.tokens * r.flops_per_token / flop_rate
-            for r in runs}
-    kinds = ", ".join(f"{sum(r.kind == k for r in runs)} {k}" for k in ("base", "grown", "scratch"))
+    secs = {r.id: r.trained_tokens / rates[r.model] if r.model in rates
+            else r.trained_tokens * r.flops_per_token / flop_rate for r in runs}
+    by_id = {r.id: r for r in runs}
     w = max(len(r.id) for r in runs)
-    lines = [f"plan: {grid_path} → {sweep_dir}: {len(runs)} runs ({kinds}); executor {executor}"
+    lines = [f"plan: {grid_path} → {sweep_dir}: {len(runs)} runs ({_kinds(runs)}); executor {executor}"
              + (f", {jobs} job(s) × {threads} thread(s)" if executor == "local" else ""),
-             f"  {'run id':<{w}}  {'kind':<7} {'model':<14} {'tokens':>11} {'FLOPs':>9}  {'est. time':>9}  after"]
+             f"  {'run id':<{w}}  {'kind':<8} {'model':<14} {'tokens':>11} {'FLOPs':>9} {'tok/param':>9} "
+             f"{'epochs':>6} {'evals':>5}  {'est. time':>9}  after"]
     for r in runs:
-        after = f"{r.parent} @ d={r.grow_at_tokens:,} ({r.op} {r.direction} g={r.g}; FLOPs incl. " \
-                f"{r.flops_offset:.3g} of the base)" if r.kind == "grown" else "-"
+        # tokens per non-embedding parameter: a base at each d it is grown at, every other run at its end
+        if r.kind == "base":
+            tpp = "/".join(f"{d / r.params_non_embedding:.3g}" for d in r.config.save_at_tokens)
+        else:
+            tpp = f"{r.tokens / r.params_non_embedding:.3g}" if r.params_non_embedding else "?"
+        if r.kind == "grown":
+            base = by_id.get(r.parent)
+            at_d = f", base {r.grow_at_tokens / base.params_non_embedding:.3g} tok/param at d" if base else ""
+            after = f"{r.parent} @ d={r.grow_at_tokens:,} ({r.op} {r.direction} g={r.g}; FLOPs incl. " \
+                    f"{r.flops_offset:.3g} of the base{at_d})"
+        elif r.kind == "cooldown":
+            after = f"{r.branch_of} @ {r.tokens - r.decay_tokens:,} (decay {r.decay_tokens:,} tokens to " \
+                    f"{r.anneal_fraction:g} of its budget)"
+        else:
+            after = "-"
         done = "  [done]" if is_done(sweep_dir, r) else ""
-        lines.append(f"  {r.id:<{w}}  {r.kind:<7} {r.model:<14} {r.tokens:>11,} {r.flops:>9.3g}  "
-                     f"{_fmt_time(secs[r.id]):>9}  {after}{done}")
+        lines.append(f"  {r.id:<{w}}  {r.kind:<8} {r.model:<14} {r.tokens:>11,} {r.flops:>9.3g} {tpp:>9} "
+                     f"{r.epochs:>6.2f} {r.n_evals:>5}  {_fmt_time(secs[r.id]):>9}  {after}{done}")
     todo = [r for r in runs if not is_done(sweep_dir, r)]
     total = sum(secs[r.id] for r in todo)
     wall = simulate(todo, secs, jobs) if todo else 0.0
-    lines.append(f"total: {sum(r.tokens for r in runs):,} tokens, {sum(r.flops - r.flops_offset for r in runs):.3g} "
-                 f"FLOPs trained; {len(todo)} run(s) to do: est. {_fmt_time(total)} of compute, "
-                 f"{_fmt_time(wall)} wall with {jobs} job(s)")
+    trained = sum(r.trained_tokens * r.flops_per_token for r in runs)
+    lines.append(f"total: {sum(r.trained_tokens for r in runs):,} tokens, {trained:.3g} FLOPs trained; "
+                 f"{len(todo)} run(s) to do: est. {_fmt_time(total)} of compute, {_fmt_time(wall)} wall with "
+                 f"{jobs} job(s)")
     lines.append(f"throughput: {source}")
+    lines += epoch_warnings(runs)
     return "\n".join(lines)
 
 

@@ -9,7 +9,13 @@ and axes: ``targets`` × ``ops`` × ``g`` × ``d`` × ``seeds``. For each point 
 * a **grown** run: ``grow_checkpoint(base checkpoint at d → grown/<id>)`` and then the target shape trained from
   that dir (``init_from``), its FLOP counter starting at the base's FLOPs at ``d``;
 * a **scratch** baseline per target × seed: the target trained from scratch on at least the FLOPs of the largest
-  grown run of that target (base FLOPs included), tokens rounded up to a multiple of global_batch_tokens.
+  grown run of that target (base FLOPs included), tokens rounded up to a multiple of global_batch_tokens;
+* with ``anneal.fractions``, a **cooldown** run per scratch/grown (main) run and fraction f: a WSD branch from the
+  main run's full training state at ``f·T − decay`` that decays the LR over ``decay`` tokens and ends at ``f·T``.
+
+The controls are the paper's and the same for both arms (docs/sweeps.md, "Fair controls"): bases on a constant LR
+after warmup (every d at the same LR), grown runs at the target's own LR with fresh AdamW, continuing the base's
+data stream (no replay of the base's d tokens), every FLOP counted (the base's, G_learn's map training).
 
 Run ids are ``<readable name>-<first 8 hex of config_hash(resolved RunConfig)>``. Paths inside a config are
 relative to the sweep dir (``out_dir: runs/<id>``, ``init_from: grown/<id>``) and runs execute with the sweep dir
@@ -24,11 +30,12 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from experiments.schema import (
+    AnnealSpec,
     BaseSpec,
     Grid,
     GridError,
@@ -47,9 +54,9 @@ from stacking.data import read_meta
 from stacking.train import RunConfig, RunError, config_hash, validate
 
 # The grid API is this module: the schema's names are re-exported from here.
-__all__ = ["BaseSpec", "Grid", "GridError", "GrownSpec", "OpSpec", "OverrideSpec", "PlannedRun", "ScratchSpec",
-           "SlurmSpec", "apply_scale", "base_shape", "expand", "load_grid", "operators", "parse_grid", "select",
-           "shape_label"]
+__all__ = ["MAX_EPOCHS", "AnnealSpec", "BaseSpec", "Grid", "GridError", "GrownSpec", "OpSpec", "OverrideSpec",
+           "PlannedRun", "ScratchSpec", "SlurmSpec", "apply_scale", "base_shape", "epoch_warnings", "expand",
+           "load_grid", "operators", "parse_grid", "select", "shape_label"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Operators: which exist, in which direction
@@ -78,7 +85,7 @@ class PlannedRun:
     name: str
     """The readable part of the id (what ``overrides[].match`` and ``--only`` globs see)."""
     kind: str
-    """base | grown | scratch."""
+    """base | grown | scratch | cooldown."""
     target: str
     """Model preset of the final shape."""
     model: str
@@ -103,10 +110,39 @@ class PlannedRun:
     """Run ids that must be done before this one starts."""
     grow: dict[str, Any] | None = None
     """The grow step of a grown run: {src, dst, op, direction, g, seed, options} for grow_checkpoint."""
+    params_non_embedding: int = 0
+    """Non-embedding parameters of this run's model (LM head included)."""
+    data_tokens: int = 0
+    """Training tokens read from the data stream by the end of this run, its parents' included (a grown run
+    continues its base's stream)."""
+    epochs: float = 0.0
+    """data_tokens over the dataset's train tokens."""
+    branch_of: str | None = None
+    """The main run a cooldown run branches from."""
+    anneal_fraction: float | None = None
+    """f: a cooldown run ends at f × its main run's budget."""
+    decay_tokens: int | None = None
+    """A cooldown run's LR decay length (= the tokens it trains)."""
 
     @property
     def tokens(self) -> int:
+        """The run's final token count (a cooldown run's on its main run's counter)."""
         return self.config.max_tokens
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens this run trains itself (a cooldown run only its decay)."""
+        return self.decay_tokens if self.kind == "cooldown" else self.config.max_tokens
+
+    @property
+    def n_evals(self) -> int:
+        """Validation evaluations over the run (the start and the end included)."""
+        c = self.config
+        end, every = c.max_tokens, c.val_every_tokens
+        if self.kind == "cooldown":  # its own evaluations: from the branch point to the end
+            start = end - (self.decay_tokens or 0)
+            return end // every - start // every + (end % every > 0)
+        return end // every + (end % every > 0) + 1
 
     @property
     def flops(self) -> float:
@@ -139,7 +175,13 @@ class _Models:
     """litgpt Configs and FLOPs/token of (preset, overrides, seq_len), computed once each."""
 
     def __init__(self, vocab_size: int):
-        self.vocab_size, self._cache = vocab_size, {}
+        self.vocab_size, self._cache, self._params = vocab_size, {}, {}
+
+    def non_embedding(self, mc) -> int:
+        key = json.dumps(asdict(mc), sort_keys=True, default=str)
+        if key not in self._params:
+            self._params[key] = models.param_breakdown(mc)["non_embedding"]
+        return self._params[key]
 
     def config(self, name: str, overrides: dict, seq_len: int):
         key = (name, json.dumps(overrides, sort_keys=True), seq_len)
@@ -208,9 +250,17 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
             raise GridError(f"{where}: d is empty; give the base tokens at which to grow")
         if (grid.grown.tokens is None) == (grid.grown.total_flops is None):
             raise GridError(f"{where}: grown needs exactly one of tokens (tokens after growth) and total_flops")
-    if grid.grown.optimizer != "fresh":
-        raise GridError(f"{where}: grown.optimizer must be 'fresh' (new AdamW state, LR re-warmed), "
-                        f"got {grid.grown.optimizer!r}")
+    policies = [("base.schedule", grid.base.schedule, ("constant", "defaults")),
+                ("grown.optimizer", grid.grown.optimizer, ("fresh", "carry")),
+                ("grown.lr", grid.grown.lr, ("target", "base"))]
+    for name, value, valid in policies:
+        if value not in valid:
+            raise GridError(f"{where}: {name} must be one of {', '.join(valid)}, got {value!r}")
+    a = grid.anneal
+    if any(not 0 < f <= 1 for f in a.fractions) or len(set(a.fractions)) != len(a.fractions):
+        raise GridError(f"{where}: anneal.fractions must be distinct numbers in (0, 1], got {a.fractions}")
+    if not 0 < a.decay_fraction < 1:
+        raise GridError(f"{where}: anneal.decay_fraction must be in (0, 1), got {a.decay_fraction}")
     for g in grid.g + [g for o in grid.ops for g in (o.g or [])]:
         if g < 2:
             raise GridError(f"{where}: g = {g} must be an integer >= 2")
@@ -222,7 +272,8 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
     labels = _check_axes(grid, where)
     data_dir = grid.defaults.get("data_dir", RunConfig.data_dir)
     defaults = {"progress_bar": False, **grid.defaults, "data_dir": str(Path(data_dir).resolve())}
-    vocab = read_meta(defaults["data_dir"])["vocab_size"]  # DataError: missing / broken data dir
+    data_meta = read_meta(defaults["data_dir"])  # DataError: missing / broken data dir
+    vocab = data_meta["vocab_size"]
     for spec in [grid.base.set, grid.grown.set, grid.scratch.set] + [o.set for o in grid.overrides]:
         if "data_dir" in spec:
             spec["data_dir"] = str(Path(spec["data_dir"]).resolve())
@@ -256,9 +307,44 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
         h = config_hash(cfg)[:8]
         rid = f"{name}-{h}"
         cfg.out_dir = f"runs/{rid}"
-        _, fpt = mdl.config(cfg.model, cfg.model_overrides, cfg.seq_len)
+        mc, fpt = mdl.config(cfg.model, cfg.model_overrides, cfg.seq_len)
         return PlannedRun(id=rid, name=name, kind=kind, target=target, config=cfg, flops_per_token=fpt,
-                          model=shape_label(cfg.model, cfg.model_overrides), **kw)
+                          model=shape_label(cfg.model, cfg.model_overrides),
+                          params_non_embedding=mdl.non_embedding(mc), **kw)
+
+    def anneal_starts(name: str, cfg: RunConfig) -> list[tuple[float, int, int]]:
+        """(f, branch point, decay) of each cooldown of a main run with budget cfg.max_tokens."""
+        out = []
+        if not grid.anneal.fractions:
+            return out
+        if cfg.schedule != "constant":
+            raise GridError(f"{where}: run {name}: anneal branches need a constant LR on the main run (set "
+                            f"defaults.schedule: constant), got schedule {cfg.schedule!r}")
+        gb = cfg.global_batch_tokens
+        for f in sorted(grid.anneal.fractions):
+            end = max(gb, int(round(f * cfg.max_tokens / gb)) * gb)
+            decay = max(gb, int(round(grid.anneal.decay_fraction * end / gb)) * gb)
+            if end - decay < max(cfg.warmup_tokens, gb):
+                raise GridError(f"{where}: run {name}: the cooldown at {f:g} of the budget would branch at "
+                                f"{end - decay:,} tokens, inside the warmup ({cfg.warmup_tokens:,}); drop that "
+                                "fraction or lengthen the run")
+            out.append((f, end - decay, decay))
+        return out
+
+    def with_cooldowns(main: PlannedRun, points: list[tuple[float, int, int]]) -> list[PlannedRun]:
+        out = [main]
+        for f, start, decay in points:
+            cfg = replace(main.config, schedule="wsd", max_tokens=start + decay, decay_tokens=decay,
+                          save_state_at_tokens=[], save_at_tokens=[],
+                          branch_from=f"{main.config.out_dir}/states/tokens-{start:012d}.ckpt")
+            name = f"cooldown-{main.name.split('-', 1)[1]}-f{round(f * 100)}"
+            data_tokens = main.data_tokens - main.tokens + cfg.max_tokens
+            out.append(planned(name, "cooldown", main.target, cfg, flops_offset=main.flops_offset, op=main.op,
+                               direction=main.direction, g=main.g, grow_at_tokens=main.grow_at_tokens,
+                               parent=main.parent, deps=[main.id], branch_of=main.id, anneal_fraction=f,
+                               decay_tokens=decay, data_tokens=data_tokens,
+                               epochs=data_tokens / data_meta["train_tokens"]))
+        return out
 
     bases: dict[tuple, PlannedRun] = {}
     grown: list[PlannedRun] = []
@@ -273,7 +359,8 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                 shape = base_shape(tmc, o.direction, g, target)
                 name = _safe(f"base-{target}-{o.direction}-g{g}-s{seed}")
                 budget = grid.base.tokens if grid.base.tokens is not None else max(grid.d)
-                bgb = {**defaults, **grid.base.set}.get("global_batch_tokens", RunConfig.global_batch_tokens)
+                bfields = {**defaults, **grid.base.set}
+                bgb = bfields.get("global_batch_tokens", RunConfig.global_batch_tokens)
                 for dd in grid.d:
                     if dd <= 0 or dd % bgb:
                         raise GridError(f"{where}: d = {dd} must be a positive multiple of the base's "
@@ -281,14 +368,22 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                     if dd > budget:
                         raise GridError(f"{where}: d = {dd} is beyond the base's budget base.tokens = {budget}; "
                                         "grow at most at the end of base training")
-                cfg = resolve(name, grid.base.set, dict(model=target, seed=seed, max_tokens=budget,
-                                                        save_at_tokens=sorted(grid.d), model_overrides=shape))
-                bases[key] = planned(name, "base", target, cfg)
+                managed = dict(model=target, seed=seed, max_tokens=budget, save_at_tokens=sorted(grid.d),
+                               model_overrides=shape)
+                if grid.base.schedule == "constant":
+                    managed["schedule"] = "constant"
+                if grid.grown.optimizer == "carry":  # the full state at every d: AdamW moments to carry over
+                    managed["save_state_at_tokens"] = sorted(grid.d)
+                cfg = resolve(name, grid.base.set, managed)
+                bases[key] = planned(name, "base", target, cfg, data_tokens=budget,
+                                     epochs=budget / data_meta["train_tokens"])
             base = bases[key]
             for dd in grid.d:
                 name = _safe(f"grown-{target}-{label}-{o.direction}-g{g}-d{dd}-s{seed}")
                 base_flops = dd * base.flops_per_token
-                gcfg = {**defaults, **grid.grown.set}
+                lr_source = grid.scratch.set if grid.grown.lr == "target" else grid.base.set
+                lr_fields = {k: lr_source[k] for k in ("lr", "min_lr") if k in lr_source}
+                gcfg = {**defaults, **lr_fields, **grid.grown.set}
                 gb = gcfg.get("global_batch_tokens", RunConfig.global_batch_tokens)
                 if grid.grown.tokens is not None:
                     tokens = grid.grown.tokens
@@ -301,16 +396,24 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                                         f"grown.total_flops = {grid.grown.total_flops:.4g} for run {name}")
                 grow_id = _safe(f"{target}-{label}-{o.direction}-g{g}-d{dd}-s{seed}") + "-" + _short_hash(
                     [base.id, dd, o.op, o.direction, g, seed, o.options])
-                cfg = resolve(name, grid.grown.set, dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[],
-                                                         init_from=f"grown/{grow_id}"))
+                cfg = resolve(name, {**lr_fields, **grid.grown.set},
+                              dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[],
+                                   init_from=f"grown/{grow_id}"))
                 options = dict(o.options)
                 if o.op == "G_learn":  # LiGO learns its maps on the base's training data unless told otherwise
                     options["data"] = str(Path(options.get("data", base.config.data_dir)).resolve())
                 grow = {"src": f"{base.config.out_dir}/checkpoints/tokens-{dd:012d}", "dst": f"grown/{grow_id}",
                         "op": o.op, "direction": o.direction, "g": g, "seed": seed, "options": options}
-                grown.append(planned(name, "grown", target, cfg, flops_offset=base_flops, op=o.op,
-                                     direction=o.direction, g=g, grow_at_tokens=dd, parent=base.id, deps=[base.id],
-                                     grow=grow))
+                if grid.grown.optimizer == "carry":
+                    grow["carry_state"] = f"{base.config.out_dir}/states/tokens-{dd:012d}.ckpt"
+                points = anneal_starts(name, cfg)
+                cfg.save_state_at_tokens = sorted({s for _, s, _ in points})
+                data_tokens = (dd if cfg.data_stream == "continue" else 0) + tokens
+                main = planned(name, "grown", target, cfg, flops_offset=base_flops + _extra_flops(o, g, base, cfg, mdl),
+                               op=o.op, direction=o.direction, g=g, grow_at_tokens=dd, parent=base.id,
+                               deps=[base.id], grow=grow, data_tokens=data_tokens,
+                               epochs=data_tokens / data_meta["train_tokens"])
+                grown.extend(with_cooldowns(main, points))
 
     scratch: list[PlannedRun] = []
     for target in grid.targets:
@@ -319,14 +422,18 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
             gb = scfg.get("global_batch_tokens", RunConfig.global_batch_tokens)
             _, tfpt = mdl.config(target, scfg.get("model_overrides", {}), scfg.get("seq_len", RunConfig.seq_len))
             budgets = set(grid.scratch.tokens) | {_ceil_to(f / tfpt, gb) for f in grid.scratch.flops}
-            mine = [r.flops for r in grown if r.target == target]
+            mine = [r.flops for r in grown if r.target == target and r.kind == "grown"]
             if grid.scratch.flop_matched and mine:
                 budgets.add(_ceil_to(max(mine) / tfpt, gb))
             for tokens in sorted(budgets):
                 name = _safe(f"scratch-{target}-t{tokens}-s{seed}")
                 cfg = resolve(name, grid.scratch.set, dict(model=target, seed=seed, max_tokens=tokens,
                                                            save_at_tokens=[]))
-                scratch.append(planned(name, "scratch", target, cfg))
+                points = anneal_starts(name, cfg)
+                cfg.save_state_at_tokens = sorted({s for _, s, _ in points})
+                main = planned(name, "scratch", target, cfg, data_tokens=tokens,
+                               epochs=tokens / data_meta["train_tokens"])
+                scratch.extend(with_cooldowns(main, points))
 
     runs = list(bases.values()) + grown + scratch
     if not runs:
@@ -341,7 +448,37 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
             raise GridError(f"{where}: overrides[{i}].match {o.match!r} matches no run; names look like "
                             f"{runs[-1].name}")
     _check_growth(runs, mdl, where)
+    over = [r for r in runs if r.epochs > MAX_EPOCHS]
+    if over and not grid.allow_epochs:
+        worst = max(over, key=lambda r: r.epochs)
+        raise GridError(f"{where}: run {worst.name} reads {worst.epochs:.1f} epochs of {data_meta['train_tokens']:,} "
+                        f"training tokens (> {MAX_EPOCHS}); use a bigger corpus, shrink the budget, or set "
+                        "allow_epochs: true")
     return runs
+
+
+MAX_EPOCHS = 4
+"""Past this many epochs of its training data a plan is refused unless the grid sets ``allow_epochs``."""
+
+
+def epoch_warnings(runs: list[PlannedRun]) -> list[str]:
+    """One line per run that reads its training data more than once (shown by --dry-run and at sweep start)."""
+    return [f"warning: run {r.name} reads {r.epochs:.2f} epochs of its training data (repeated data)"
+            for r in runs if r.epochs > 1.0]
+
+
+def _extra_flops(o: OpSpec, g: int, base: PlannedRun, cfg: RunConfig, mdl: _Models) -> float:
+    """FLOPs a grow step spends besides the base's (G_learn trains its maps on the grown model)."""
+    if o.op != "G_learn":
+        return 0.0
+    from stacking.growth import learn
+
+    bmc, _ = mdl.config(base.config.model, base.config.model_overrides, base.config.seq_len)
+    tmc, _ = mdl.config(cfg.model, cfg.model_overrides, cfg.seq_len)
+    opts = o.options
+    return learn.learn_flops(tmc, bmc, learn_steps=opts.get("learn_steps", learn.DEFAULT_STEPS),
+                             batch_size=opts.get("batch_size", learn.DEFAULT_BATCH_SIZE),
+                             seq_len=opts.get("seq_len") or learn.default_seq_len(bmc), direction=o.direction)
 
 
 def _check_growth(runs: list[PlannedRun], mdl: _Models, where: str) -> None:
@@ -383,6 +520,3 @@ def select(runs: list[PlannedRun], pattern: str) -> list[PlannedRun]:
                 keep.add(dep)
                 stack.append(dep)
     return [r for r in runs if r.id in keep]
-
-
-__all__ = ["Grid", "GridError", "PlannedRun", "expand", "load_grid", "operators", "parse_grid", "select"]

@@ -24,7 +24,7 @@ from stacking.train import RunConfig
 RESULT_COLUMNS = [
     "run_id", "kind", "target", "model", "op", "direction", "g", "grow_at_tokens", "seed", "parent_run",
     "params_total", "params_non_embedding", "flops_per_token", "tokens", "flops_offset", "flops", "final_val_loss",
-    "best_val_loss", "tokens_per_s", "wall_time_s", "status", "run_dir",
+    "best_val_loss", "tokens_per_s", "wall_time_s", "status", "run_dir", "anneal_fraction", "decay_tokens",
 ]  # fmt: skip
 EXTRA_COLUMNS = ["state", "error_class", "attempts", "planned_tokens", "planned_flops", "grown_dir"]
 """After the cfg.* columns: state (done | failed | skipped | running | interrupted | pending), failure class,
@@ -87,12 +87,12 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
         summary = read_json(run_dir / "summary.json") or {}
         model = read_json(run_dir / "model.json") or {}
         state = run_state(sweep_dir, r)
+        grown = r.op is not None and r.kind in ("grown", "cooldown")
         row = {
             "run_id": r.id, "kind": r.kind, "target": r.target, "model": r.model,
-            "op": r.op if r.kind == "grown" else None, "direction": r.direction if r.kind == "grown" else None,
-            "g": r.g if r.kind == "grown" else None,
-            "grow_at_tokens": r.grow_at_tokens if r.kind == "grown" else None,
-            "seed": r.config.seed, "parent_run": r.parent,
+            "op": r.op if grown else None, "direction": r.direction if grown else None,
+            "g": r.g if grown else None, "grow_at_tokens": r.grow_at_tokens if grown else None,
+            "seed": r.config.seed, "parent_run": r.branch_of if r.kind == "cooldown" else r.parent,
             "params_total": summary.get("params_total", model.get("params_total")),
             "params_non_embedding": summary.get("params_non_embedding", model.get("params_non_embedding")),
             "flops_per_token": r.flops_per_token, "tokens": summary.get("tokens"),
@@ -100,6 +100,7 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
             "final_val_loss": summary.get("final_val_loss"), "best_val_loss": summary.get("best_val_loss"),
             "tokens_per_s": summary.get("tokens_per_s"), "wall_time_s": summary.get("wall_time_s"),
             "status": _status_text(state, summary), "run_dir": r.config.out_dir,
+            "anneal_fraction": r.anneal_fraction, "decay_tokens": r.decay_tokens,
         }
         for f in fields(RunConfig):
             row[f"cfg.{f.name}"] = _cell(getattr(r.config, f.name))
@@ -109,10 +110,10 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
     columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS
     df = pd.DataFrame(rows, columns=columns)
     for col in ("g", "grow_at_tokens", "seed", "params_total", "params_non_embedding", "tokens", "attempts",
-                "planned_tokens"):
+                "planned_tokens", "decay_tokens"):
         df[col] = df[col].astype("Int64")
     for col in ("flops_per_token", "flops_offset", "flops", "final_val_loss", "best_val_loss", "tokens_per_s",
-                "wall_time_s", "planned_flops"):
+                "wall_time_s", "planned_flops", "anneal_fraction"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for f in fields(RunConfig):  # mixed None/str or int/str config columns: one type each for Parquet
         col = f"cfg.{f.name}"

@@ -47,7 +47,7 @@ from experiments.grid import Grid, PlannedRun, SlurmSpec
 from stacking.fsutil import write_json
 from stacking.train import config_hash
 
-KIND_ORDER = {"base": 0, "grown": 1, "scratch": 2}
+KIND_ORDER = {"base": 0, "grown": 1, "scratch": 2, "cooldown": 3}
 """Start order among ready runs: bases first (they unblock grown runs), then grown runs, then baselines."""
 
 
@@ -304,10 +304,14 @@ class LocalExecutor:
                   f"{msg}")
 
     def _source_ready(self, r: PlannedRun, dep: str) -> bool:
-        """A grown run needs its base's checkpoint at d, not the whole base: it may start while the base trains
-        on, and it is not blocked by a base that fails later. (Checkpoint dirs are written atomically.)"""
-        return r.grow is not None and dep == r.parent and \
-            (self.sweep_dir / r.grow["src"] / "stacking_meta.json").is_file()
+        """A grown run needs its base's checkpoint at d (and, with carry, its state file), not the whole base; a
+        cooldown run needs its main run's state at the branch point. Either may start while its source trains on,
+        and is not blocked by a source that fails later. (Both are written atomically.)"""
+        if r.grow is not None and dep == r.parent:
+            carry = r.grow.get("carry_state")
+            return (self.sweep_dir / r.grow["src"] / "stacking_meta.json").is_file() and \
+                (carry is None or (self.sweep_dir / carry).is_file())
+        return r.kind == "cooldown" and dep == r.branch_of and (self.sweep_dir / r.config.branch_from).is_file()
 
     def _ready(self, r: PlannedRun) -> bool:
         return all(self.state[d] == "done" or self._source_ready(r, d) for d in r.deps)

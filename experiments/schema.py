@@ -46,6 +46,10 @@ class BaseSpec:
 
     tokens: int | None = None
     """Base budget in tokens (its max_tokens); default: the largest ``d``. Every ``d`` must be <= it."""
+    schedule: str = "constant"
+    """LR schedule of base runs: ``constant`` (warmup, then the peak LR to the end: every d is taken at the same,
+    un-annealed LR, like the paper's base checkpoints) | ``defaults`` (the ``defaults``' schedule over the base
+    budget: the LR phase at growth then depends on d — the old behaviour, kept for ablations)."""
     set: dict[str, Any] = field(default_factory=dict)
     """RunConfig fields for base runs only, on top of ``defaults``."""
 
@@ -61,9 +65,29 @@ class GrownSpec:
     (total_flops − base FLOPs at d) / target FLOPs per token, rounded down to a multiple of global_batch_tokens."""
     optimizer: str = "fresh"
     """Optimiser state at growth: ``fresh`` (new AdamW moments, LR re-warmed as a new run does — the paper's
-    policy). The only one supported: moments of grown tensors have no defined counterpart."""
+    policy) | ``carry`` (depth operators whose plan maps every new tensor to a source tensor, e.g. G_stack: the
+    base's AdamW moments at d mapped through the same plan)."""
+    lr: str = "target"
+    """Peak/min LR of grown runs: ``target`` (the target's own LR, as set for scratch runs: ``defaults`` +
+    ``scratch.set`` — the paper's policy) | ``base`` (the base runs' LR: ``defaults`` + ``base.set``).
+    ``set: {lr: …}`` still wins over both."""
     set: dict[str, Any] = field(default_factory=dict)
-    """RunConfig fields for grown runs only, e.g. {warmup_tokens: 0} for no re-warmup, {lr: 1e-3}."""
+    """RunConfig fields for grown runs only, e.g. {warmup_tokens: 0} for no re-warmup (the warmup length after
+    growth is ``defaults.warmup_tokens`` unless set here)."""
+
+
+@dataclass
+class AnnealSpec:
+    """WSD cooldown branches (Hägele et al. 2024) for annealed comparisons at several budgets. Each scratch and
+    grown run (the *main* run, on a constant LR after warmup) writes its full training state at
+    ``f·T − decay`` for every fraction f of its token budget T; a ``cooldown`` run branches from there and decays
+    the LR linearly to ``min_lr`` over ``decay = decay_fraction · f·T`` tokens, ending at ``f·T``. Its final loss
+    is the annealed loss at budget f·T, on the same FLOP counter as its main run."""
+
+    fractions: list[float] = field(default_factory=list)
+    """Budget fractions to anneal at, e.g. [0.25, 0.5, 0.75, 1.0]; empty = no cooldown runs."""
+    decay_fraction: float = 0.2
+    """Cooldown length as a fraction of the budget it ends at (rounded to whole optimizer steps, at least one)."""
 
 
 @dataclass
@@ -137,6 +161,11 @@ class Grid:
     """Grown runs: budget after growth and settings (LR policy at growth)."""
     scratch: ScratchSpec = field(default_factory=ScratchSpec)
     """Scratch baselines."""
+    anneal: AnnealSpec = field(default_factory=AnnealSpec)
+    """Cooldown branches for annealed readings (main runs then need ``schedule: constant``)."""
+    allow_epochs: bool = False
+    """Allow a run to read more than 4 epochs of its training data (past 1 epoch the plan warns; past 4 it
+    refuses unless this is true)."""
     overrides: list[OverrideSpec] = field(default_factory=list)
     """Per-run RunConfig overrides, by glob on run names."""
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
@@ -150,6 +179,8 @@ _MANAGED = {
     "seed": "use seeds",
     "max_tokens": "use base.tokens, grown.tokens / grown.total_flops, scratch.tokens / scratch.flops",
     "save_at_tokens": "use d",
+    "save_state_at_tokens": "use anneal.fractions",
+    "branch_from": "use anneal.fractions",
 }
 
 

@@ -215,9 +215,9 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         if t <= 0 or t % gb:
             raise RunError(f"save_at_tokens entry {t} must be a positive multiple of global_batch_tokens = {gb}")
     for t in cfg.save_state_at_tokens:
-        if not 0 < t < cfg.max_tokens or t % gb:
+        if not 0 < t <= cfg.max_tokens or t % gb:
             raise RunError(f"save_state_at_tokens entry {t} must be a positive multiple of global_batch_tokens = "
-                           f"{gb} below max_tokens = {cfg.max_tokens}")
+                           f"{gb} up to max_tokens = {cfg.max_tokens}")
     if cfg.schedule == "wsd" and not 0 < cfg.decay_tokens <= cfg.max_tokens:
         raise RunError(f"wsd schedule needs 0 < decay_tokens <= max_tokens, got {cfg.decay_tokens}")
     if not 0 <= cfg.min_lr <= cfg.lr:

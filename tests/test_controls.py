@@ -105,8 +105,8 @@ def test_cooldown_branch_equals_a_standalone_wsd_run(tiny_data, tmp_path):
                               decay_tokens=1024, branch_from=str(tmp_path / "nope.ckpt"))
     with pytest.raises(RunError, match="branch_from .* does not exist"):
         run(missing)
-    with pytest.raises(RunError, match="save_state_at_tokens entry 4096 must be"):
-        run(tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "b3"), save_state_at_tokens=[4096],
+    with pytest.raises(RunError, match="save_state_at_tokens entry 8192 must be"):
+        run(tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "b3"), save_state_at_tokens=[8192],
                             max_tokens=4096))
 
 

@@ -21,8 +21,12 @@ def _cases():
 def test_shipped_grid_plans(path, scale, tiny_data):
     raw, _ = apply_scale(yaml.safe_load(path.read_text()), scale, path.name)
     raw["defaults"]["data_dir"] = str(tiny_data)  # the paper's corpus is not on a CI machine; shapes still check
+    raw["allow_epochs"] = True  # the test corpus is tiny; epochs are checked against the real corpora below
     runs = expand(parse_grid(raw, path.name), where=path.name)
     assert len({r.id for r in runs}) == len(runs)
+    for r in runs:  # enough evaluations on every curve a speed-up is read from
+        if r.kind in ("grown", "scratch"):
+            assert r.n_evals >= 20, (r.name, r.n_evals)
     kinds = {r.kind for r in runs}
     assert "scratch" in kinds and ("grown" in kinds) == bool(raw.get("ops"))
     for r in runs:
