@@ -3,7 +3,7 @@
 The modules, in the order the data flows (docs/analysis.md has the commands):
 
     results   read a sweep dir (results.csv + runs/*/metrics.csv); tidy tables for the fits
-    speedup   FLOPs_scratch(L*) / FLOPs_grown(L*) − 1 per grown run, tables with CIs over seeds
+    speedup   FLOPs_scratch(L*) / FLOPs_grown(L*) − 1 per grown run at L*_p (mid and annealed readings), CIs
     fit       Chinchilla L(N, D) (Huber / LAD, 4500-start grid, bootstrap), L(C), IsoFLOP over d, Eq. 2
     lbfgs     the batched L-BFGS the fits run on
     plots     matplotlib figures (imported on demand: `from analysis import plots`)
@@ -34,9 +34,18 @@ from analysis.results import (
     loss_at_flops,
     loss_compute_points,
 )
-from analysis.speedup import compute_speedups, first_crossing, speedup_from_curves, speedup_table
+from analysis.speedup import (
+    BUDGET_FRACTIONS,
+    compute_annealed_speedups,
+    compute_speedups,
+    first_crossing,
+    loss_at_fraction,
+    speedup_from_curves,
+    speedup_table,
+)
 
 __all__ = [
+    "BUDGET_FRACTIONS",
     "PAPER_EQ2",
     "AnalysisError",
     "ChinchillaFit",
@@ -44,6 +53,7 @@ __all__ = [
     "LossComputeFit",
     "Sweep",
     "chinchilla_points",
+    "compute_annealed_speedups",
     "compute_frontier",
     "compute_speedups",
     "first_crossing",
@@ -54,6 +64,7 @@ __all__ = [
     "isoflop_points",
     "load_sweep",
     "loss_at_flops",
+    "loss_at_fraction",
     "loss_compute_points",
     "speedup_from_curves",
     "speedup_table",

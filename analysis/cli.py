@@ -52,8 +52,9 @@ def report_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="X",
-        help="compare at this validation loss L* for every pair (default: each matched scratch run's final loss; "
-        "the report then also shows speed-ups at each grown run's own final loss)",
+        help="compare the mid reading at this validation loss L* for every pair (default: each matched scratch "
+        "run's loss at 25/50/75/100%% of its tokens; the report then also shows speed-ups at each grown run's own "
+        "final loss)",
     )
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: SWEEP_DIR/report)")
     p.add_argument(
@@ -74,12 +75,16 @@ def _report(argv: list[str]) -> int:
     if args.bootstrap < 0:
         raise AnalysisError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
     rep = write_report(args.sweep_dir, args.out, target_loss=args.target_loss, bootstrap=args.bootstrap, seed=args.seed)
+    print(rep.headline)
     print("speed-up at L* = " + ("the given target loss" if args.target_loss is not None else
-                                 "the matched scratch run's final loss"))
+                                 "the matched scratch run's loss at p of its tokens (mid reading)"))
     print(format_table(rep.table) if len(rep.table) else "(no grown/scratch pairs)")
     if rep.table_own_final is not None and len(rep.table_own_final):
         print("speed-up at L* = each grown run's own final loss (negative: scratch got there first)")
         print(format_table(rep.table_own_final))
+    if rep.table_annealed is not None and len(rep.table_annealed):
+        print("speed-up at L*_f = the matched scratch run's annealed loss at f (annealed reading: cooldown runs)")
+        print(format_table(rep.table_annealed))
     for note in rep.notes:
         print(f"note: {note}")
     print(rep.path)

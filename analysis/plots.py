@@ -55,20 +55,22 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 
 
 def plot_loss_curves(sweep: Sweep, target: str) -> Figure:
-    """Validation loss vs tokens and vs FLOPs for every run of one target (and the bases of its grown runs).
+    """Validation loss vs tokens and vs FLOPs for every main run of one target (and the bases of its grown runs).
 
     Grown runs are drawn on the total axes: tokens d + tokens-since-growth, FLOPs including the base's
-    (as metrics.csv records them); the growth point is marked with a dot.
+    (as metrics.csv records them); the growth point is marked with a dot. The end points of a run's cooldown
+    branches (its annealed losses) are triangles in the run's colour; cooldown curves themselves are not drawn.
     """
     fig = Figure(figsize=(12, 4.5))
     ax_t, ax_f = fig.subplots(1, 2, sharey=True)
     runs = sweep.runs()
     mine = runs[runs["target"] == target]
-    parents = set(mine["parent_run"].dropna())
-    shown = pd.concat([mine[mine["kind"] != "base"], runs[runs["run_id"].isin(parents)]])
+    parents = set(mine.loc[mine["kind"] == "grown", "parent_run"].dropna())
+    shown = pd.concat([mine[mine["kind"].isin(("scratch", "grown"))], runs[runs["run_id"].isin(parents)]])
     seen: set[str] = set()
     methods = sorted({method_label(r) for _, r in shown.iterrows()})
     styles = ["-", "--", ":", "-."]
+    annealed_labelled = False
     for _, r in shown.iterrows():
         c = sweep.curve(r["run_id"])
         c = c[c["tokens"] > 0] if r["kind"] != "grown" else c
@@ -89,6 +91,13 @@ def plot_loss_curves(sweep: Sweep, target: str) -> Figure:
         if r["kind"] == "grown":
             ax_t.plot(offset + c["tokens"].iloc[0], c["val_loss"].iloc[0], "o", color=kw["color"], ms=4)
             ax_f.plot(c["flops"].iloc[0], c["val_loss"].iloc[0], "o", color=kw["color"], ms=4)
+        annealed = sweep.annealed_curve(r["run_id"]) if r["kind"] != "base" else pd.DataFrame()
+        if not annealed.empty:
+            mk = {"color": kw["color"], "ls": "none", "marker": "v", "ms": 5, "mec": "k", "mew": 0.5}
+            mk["label"] = None if annealed_labelled else "annealed (cooldown end)"
+            annealed_labelled = True
+            ax_t.plot(annealed["tokens"] + offset, annealed["val_loss"], **(mk | {"label": None}))
+            ax_f.plot(annealed["flops"], annealed["val_loss"], **mk)
     for ax, xl in ((ax_t, "tokens (grown: d + tokens after growth)"), (ax_f, "FLOPs (grown: incl. base)")):
         _log_x(ax)
         ax.set_xlabel(xl)
@@ -99,29 +108,53 @@ def plot_loss_curves(sweep: Sweep, target: str) -> Figure:
 
 
 def plot_speedups(table: pd.DataFrame, title: str = "speed-up vs scratch") -> Figure:
-    """Bars of the mean speed-up (%) per (target, op, g, d) with CI whiskers; runs that never reached L* → 'n/r'."""
+    """Bars of the mean speed-up (%) per (target, op, g, d) with CI whiskers; runs that never reached L* → 'n/r'.
+
+    With a `budget_fraction` column holding several fractions p, each configuration gets one bar per p (lighter
+    for smaller p), so the speed-up at L*_25% … L*_100% can be compared side by side.
+    """
+    keys = ["target", "op", "direction", "g", "grow_at_tokens"]
+    table = table.copy()
+    if "budget_fraction" not in table:
+        table["budget_fraction"] = np.nan
+    fractions = sorted(table["budget_fraction"].dropna().unique()) or [np.nan]
+    configs = table[keys].drop_duplicates().reset_index(drop=True)
     labels = [
-        f"{r['target']} {r['op']} g={r['g']:g} d={format_tokens(r['grow_at_tokens'])}" for _, r in table.iterrows()
+        f"{r['target']} {r['op']} g={r['g']:g} d={format_tokens(r['grow_at_tokens'])}" for _, r in configs.iterrows()
     ]
-    fig = Figure(figsize=(max(6.0, 0.45 * len(labels) + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, (0.3 + 0.15 * len(fractions)) * len(labels) + 2), 4.5))
     ax = fig.subplots()
-    x = np.arange(len(labels))
-    y = 100 * table["speedup"].to_numpy(float)
-    lo = 100 * table["speedup_lo"].to_numpy(float)
-    hi = 100 * table["speedup_hi"].to_numpy(float)
-    colours = [_colour(str(op)) for op in table["op"]]
-    ax.bar(x, np.nan_to_num(y), color=colours, alpha=0.8)
-    has_ci = np.isfinite(lo) & np.isfinite(hi)
-    ax.errorbar(
-        x[has_ci], y[has_ci], yerr=[y[has_ci] - lo[has_ci], hi[has_ci] - y[has_ci]], fmt="none", ecolor="k", capsize=3
-    )
-    for xi in x[~np.isfinite(y)]:
-        ax.text(xi, 0, "n/r", ha="center", va="bottom", fontsize=8)
+    width = 0.8 / len(fractions)
+    for k, p in enumerate(fractions):
+        sel = table["budget_fraction"].isna() if not np.isfinite(p) else table["budget_fraction"] == p
+        rows = configs.merge(table[sel], on=keys, how="left")
+        x = np.arange(len(labels)) + (k - (len(fractions) - 1) / 2) * width
+        y = 100 * rows["speedup"].to_numpy(float)
+        lo = 100 * rows["speedup_lo"].to_numpy(float)
+        hi = 100 * rows["speedup_hi"].to_numpy(float)
+        colours = [_colour(str(op)) for op in rows["op"]]
+        alpha = 0.85 if len(fractions) == 1 else 0.3 + 0.55 * (k + 1) / len(fractions)
+        ax.bar(x, np.nan_to_num(y), width=width, color=colours, alpha=alpha, edgecolor="k", lw=0.3)
+        if np.isfinite(p):  # legend entry in grey: the colour is the operator's, the shade is p
+            ax.bar([np.nan], [np.nan], color="0.3", alpha=alpha, edgecolor="k", lw=0.3, label=f"L* at p = {100 * p:g}%")
+        has_ci = np.isfinite(lo) & np.isfinite(hi)
+        ax.errorbar(
+            x[has_ci],
+            y[has_ci],
+            yerr=[y[has_ci] - lo[has_ci], hi[has_ci] - y[has_ci]],
+            fmt="none",
+            ecolor="k",
+            capsize=2,
+        )
+        for xi in x[~np.isfinite(y)]:
+            ax.text(xi, 0, "n/r", ha="center", va="bottom", fontsize=6, rotation=90)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("speed-up (%)  FLOPs_scratch/FLOPs_grown − 1")
     ax.set_title(title + " (n/r: L* not reached)")
     ax.grid(axis="y", alpha=0.3)
+    if len(fractions) > 1:
+        ax.legend(fontsize=7)
     return fig
 
 

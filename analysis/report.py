@@ -2,14 +2,17 @@
 
 Writes into OUT (default SWEEP_DIR/report/):
 
-    report.md       speed-up tables, fitted laws with CIs, notes on what was skipped and why, figures embedded
-    speedups.csv    the speed-up table (one row per target × op × direction × g × d × reference)
+    report.md       speed-up tables (mid and annealed readings), fitted laws with CIs, notes on what was skipped
+                    and why, figures embedded
+    speedups.csv    the speed-up tables (one row per target × op × direction × g × d × reading × budget fraction
+                    × reference)
     speedup_runs.csv  the per-run pairs behind it (L*, FLOPs and tokens at L*, reason when not reached)
     fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
-    figures/*.png   loss curves per target, speed-up bars, L(C), IsoFLOP, Chinchilla
+    figures/*.png   loss curves per target, speed-up bars (and annealed ones), L(C), IsoFLOP, Chinchilla
 
 Each analysis runs only when the sweep has the data it needs: Chinchilla needs ≥ 2 target sizes, IsoFLOP
-needs ≥ 3 growth timings d of one (target, op, g), Eq. 2 needs IsoFLOP argmins at ≥ 2 sizes and budgets.
+needs ≥ 3 growth timings d of one (target, op, g), Eq. 2 needs IsoFLOP argmins at ≥ 2 sizes and budgets, the
+annealed reading needs cooldown runs. Cooldown runs enter no analysis but the annealed speed-ups.
 """
 
 from __future__ import annotations
@@ -34,14 +37,24 @@ from analysis.results import (
     loss_compute_points,
     to_jsonable,
 )
-from analysis.speedup import compute_speedups, format_table, speedup_table
+from analysis.speedup import (
+    BUDGET_FRACTIONS,
+    TABLE_KEYS,
+    compute_annealed_speedups,
+    compute_speedups,
+    format_table,
+    headline,
+    speedup_table,
+)
 
 SPEEDUP_DEFINITION = (
-    "speed-up = FLOPs_scratch(L*) / FLOPs_grown(L*) − 1, FLOPs to first reach L* read by interpolating "
-    "log-loss over log-FLOPs of the validation curve; the grown run's FLOPs include its base's FLOPs up to d. "
-    "tokens ratio = tokens_scratch(L*) / (d + tokens_grown(L*)). Mean and Student-t 95% CI over seeds; "
-    "runs that never reach L* are left out of the mean and counted in the note."
+    "speed-up = FLOPs_scratch(L*) / FLOPs_grown(L*) − 1, FLOPs to first reach L* read on the running minimum of "
+    "the curve (best loss so far), interpolating log-loss over log-FLOPs; the grown run's FLOPs include its "
+    "base's FLOPs up to d. tokens ratio = tokens_scratch(L*) / (d + tokens_grown(L*)). p: L*_p is read at p × "
+    "the scratch run's tokens. Mean and Student-t 95% CI over seeds (none with 1 seed); runs that never reach L* "
+    "(or are already below it at their first point) are left out of the mean and counted in the note."
 )
+NO_COOLDOWNS = "no cooldown runs in this sweep: annealed reading not available"
 
 
 @dataclass
@@ -49,10 +62,12 @@ class Report:
     """What `write_report` produced."""
 
     path: Path  # report.md
-    table: pd.DataFrame  # the main speed-up table (L* as requested)
+    table: pd.DataFrame  # the main speed-up table: mid reading, L*_p of the scratch run (or the fixed L*)
     fits: dict
     table_own_final: pd.DataFrame | None = None  # L* = each grown run's own final loss (None with a fixed L*)
     notes: list[str] = field(default_factory=list)
+    table_annealed: pd.DataFrame | None = None  # annealed reading (None without cooldown runs)
+    headline: str = ""  # the first sentence of the speed-up section
 
 
 def _ci(fit_ci: dict, name: str, fmt: str = ".4g") -> str:
@@ -72,8 +87,7 @@ def write_report(
     """Analyse a sweep dir and write report.md, speedups.csv, speedup_runs.csv, fits.json and figures/."""
     sweep = load_sweep(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep.path / "report"
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out / "figures"  # created by the first figure; `out` once the inputs are checked
     notes: list[str] = []
     figures: list[tuple[str, str]] = []  # (caption, relative path)
     fits: dict = {}
@@ -86,21 +100,46 @@ def write_report(
     n_grown, n_scratch = len(sweep.runs("grown")), len(sweep.runs("scratch"))
     if n_grown == 0 or n_scratch == 0:
         notes.append(f"speed-ups: skipped, the sweep has {n_grown} finished grown and {n_scratch} scratch runs")
-    pairs = compute_speedups(sweep, target_loss=target_loss)
+    pairs = compute_speedups(sweep, target_loss=target_loss, fractions=BUDGET_FRACTIONS)
     table = speedup_table(pairs)
-    reference = "fixed" if target_loss is not None else "scratch final"
+    reference = "fixed" if target_loss is not None else "scratch"
     tables = [table.assign(reference=reference)]
     pairs_all = [pairs.assign(reference=reference)]
     grown_table = None
     if target_loss is None and n_grown and n_scratch:
         grown_pairs = compute_speedups(sweep, reference="grown")
         grown_table = speedup_table(grown_pairs)
-        tables.append(grown_table.assign(reference="grown final"))
-        pairs_all.append(grown_pairs.assign(reference="grown final"))
-    pd.concat(tables, ignore_index=True).to_csv(out / "speedups.csv", index=False)
+        tables.append(grown_table.assign(reference="grown"))
+        pairs_all.append(grown_pairs.assign(reference="grown"))
+    annealed_table = None
+    if sweep.runs("cooldown").empty:
+        notes.append(NO_COOLDOWNS)
+    else:
+        annealed_pairs = compute_annealed_speedups(sweep)
+        annealed_table = speedup_table(annealed_pairs)
+        tables.append(annealed_table.assign(reference="scratch"))
+        pairs_all.append(annealed_pairs.assign(reference="scratch"))
+        if annealed_table.empty:
+            notes.append("annealed reading: no finished grown run has cooldown runs")
+    out.mkdir(parents=True, exist_ok=True)
+    order = TABLE_KEYS + ["reference"]
+    speedups = pd.concat(tables, ignore_index=True)
+    speedups[order + [c for c in speedups.columns if c not in order]].to_csv(out / "speedups.csv", index=False)
     pd.concat(pairs_all, ignore_index=True).to_csv(out / "speedup_runs.csv", index=False)
+    main = table[(table["budget_fraction"] == 1.0) | table["budget_fraction"].isna()]
+    lead = headline(main, "scratch's final loss" if target_loss is None else f"L* = {target_loss:g}")
     if len(table):
-        figure(plots.plot_speedups(table), "speedups.png", "Speed-up per operator (bars: mean, whiskers: 95% CI)")
+        figure(
+            plots.plot_speedups(table),
+            "speedups.png",
+            "Speed-up per operator at L*_p, mid reading (bars: mean, whiskers: 95% CI)",
+        )
+    if annealed_table is not None and len(annealed_table):
+        figure(
+            plots.plot_speedups(annealed_table, title="annealed speed-up vs scratch"),
+            "speedups_annealed.png",
+            "Speed-up per operator at L*_f, annealed reading (bars: mean, whiskers: 95% CI)",
+        )
     for target in sorted(sweep.runs()["target"].dropna().unique()):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(target))
         figure(plots.plot_loss_curves(sweep, target), f"curves_{safe}.png", f"Loss curves, target {target}")
@@ -158,10 +197,19 @@ def write_report(
     fits["eq2_paper"] = PAPER_EQ2.to_dict() | {"predictions": eq2_rows}
 
     (out / "fits.json").write_text(json.dumps(to_jsonable(fits), indent=1, allow_nan=False) + "\n")
-    md = _markdown(sweep, table, grown_table, target_loss, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes)
+    speedup_md = _speedup_markdown(lead, table, grown_table, annealed_table, target_loss)
+    md = _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes)
     path = out / "report.md"
     path.write_text(md)
-    return Report(path=path, table=table, fits=fits, notes=notes, table_own_final=grown_table)
+    return Report(
+        path=path,
+        table=table,
+        fits=fits,
+        notes=notes,
+        table_own_final=grown_table,
+        table_annealed=annealed_table,
+        headline=lead,
+    )
 
 
 def _eq2_predictions(sweep, eq2, notes: list[str]) -> list[dict]:
@@ -189,21 +237,14 @@ def _eq2_predictions(sweep, eq2, notes: list[str]) -> list[dict]:
     return rows
 
 
-def _markdown(sweep, table, grown_table, target_loss, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes) -> str:
-    res = sweep.results
-    counts = ", ".join(f"{k}: {v}" for k, v in res["kind"].value_counts().sort_index().items())
-    n_done = int((res["status"] == "done").sum())
-    lines = [
-        f"# Sweep report: {sweep.path}",
-        "",
-        f"{len(res)} runs ({counts}); {n_done} done. Only finished runs are analysed.",
-        "",
-        "## Speed-ups",
-        "",
-        SPEEDUP_DEFINITION,
-        "",
-    ]
-    lstar = f"fixed L* = {target_loss:g}" if target_loss is not None else "L* = the matched scratch run's final loss"
+def _speedup_markdown(lead: str, table, grown_table, annealed_table, target_loss) -> list[str]:
+    """The speed-up section: the headline sentence, the definition, the mid tables, the annealed table or note."""
+    lines = ["## Speed-ups", "", lead, "", SPEEDUP_DEFINITION, "", "### Mid reading (the main runs' curves)", ""]
+    if target_loss is not None:
+        lstar = f"fixed L* = {target_loss:g}"
+    else:
+        ps = "/".join(f"{100 * p:g}" for p in BUDGET_FRACTIONS)
+        lstar = f"L\\*_p = the matched scratch run's loss at p = {ps} % of its tokens (p = 100 %: its final loss)"
     lines += [f"**{lstar}**", "", format_table(table) if len(table) else "_no grown/scratch pairs_", ""]
     if grown_table is not None and len(grown_table):
         lines += [
@@ -215,7 +256,36 @@ def _markdown(sweep, table, grown_table, target_loss, fits, chin, lc_fits, iso, 
             format_table(grown_table),
             "",
         ]
+    lines += ["### Annealed reading (WSD cooldown branches)", ""]
+    if annealed_table is None:
+        lines += [NO_COOLDOWNS, ""]
+    elif annealed_table.empty:
+        lines += ["No finished grown run has cooldown runs: annealed reading not available.", ""]
+    else:
+        lines += [
+            (
+                "**L\\*_f = the matched scratch run's annealed loss at f** (its cooldown ending at p = f of its "
+                "tokens); FLOPs_grown = first crossing of the grown run's annealed curve (its cooldowns' end "
+                "points, running minimum)"
+            ),
+            "",
+            format_table(annealed_table),
+            "",
+        ]
+    return lines
 
+
+def _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes) -> str:
+    res = sweep.results
+    counts = ", ".join(f"{k}: {v}" for k, v in res["kind"].value_counts().sort_index().items())
+    n_done = int((res["status"] == "done").sum())
+    lines = [
+        f"# Sweep report: {sweep.path}",
+        "",
+        f"{len(res)} runs ({counts}); {n_done} done. Only finished runs are analysed.",
+        "",
+    ]
+    lines += speedup_md
     lines += ["## Fitted laws", ""]
     if lc_fits:
         lines += [

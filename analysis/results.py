@@ -3,6 +3,10 @@
 The formats are docs/formats.md: `SWEEP_DIR/results.csv` (one row per run) and `SWEEP_DIR/<run_dir>/metrics.csv`
 (one row per logged step/evaluation; `flops` is cumulative and, for grown runs, already includes the parent's
 FLOPs). Rebuilding results.csv from runs/*/ is the sweep runner's job; here a missing table is an error.
+
+Run kinds: `base` (the small model a grown run starts from), `grown`, `scratch`, and `cooldown`: a WSD cooldown
+branch of a main (scratch or grown) run, whose final loss is that main run's *annealed* loss at the branch's end
+(`Sweep.annealed_curve`). Every analysis except the annealed speed-up reads main runs only.
 """
 
 from __future__ import annotations
@@ -44,8 +48,13 @@ REQUIRED_RESULTS_COLUMNS = (
 NUMERIC_RESULTS_COLUMNS = ("g", "grow_at_tokens", "seed", "params_total", "flops_per_token", "tokens",
                            "flops_offset", "flops", "final_val_loss")
 """The required columns read as numbers (blank → NaN, e.g. ``g`` of a scratch run)."""
+OPTIONAL_NUMERIC_COLUMNS = ("anneal_fraction", "decay_tokens")
+"""Columns of cooldown rows (blank for other kinds); added as NaN when absent, so sweeps written before
+cooldown runs existed still load."""
 REQUIRED_METRICS_COLUMNS = ("tokens", "flops", "val_loss")
-KINDS = ("base", "grown", "scratch")
+KINDS = ("base", "cooldown", "grown", "scratch")
+MAIN_KINDS = ("grown", "scratch")
+"""Kinds whose curves the analyses read (cooldown runs enter only through the annealed reading)."""
 
 
 def to_jsonable(obj):
@@ -93,7 +102,10 @@ def read_results(sweep_dir: str | Path) -> pd.DataFrame:
     bad = sorted(set(df["kind"].astype(str)) - set(KINDS))
     if bad:
         raise AnalysisError(f"{source}: column kind has value(s) {', '.join(bad)}; valid: {', '.join(KINDS)}")
-    for col in NUMERIC_RESULTS_COLUMNS:
+    for col in OPTIONAL_NUMERIC_COLUMNS:
+        if col not in df.columns:
+            df[col] = np.nan
+    for col in NUMERIC_RESULTS_COLUMNS + OPTIONAL_NUMERIC_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("op", "direction", "parent_run", "status", "target", "model"):
         df[col] = df[col].astype("string")
@@ -101,6 +113,18 @@ def read_results(sweep_dir: str | Path) -> pd.DataFrame:
     no_d = grown & df["grow_at_tokens"].isna()
     if no_d.any():
         raise AnalysisError(f"{source}: grown run {df.loc[no_d, 'run_id'].iloc[0]} has no grow_at_tokens")
+    cooldown = df["kind"] == "cooldown"
+    mains = set(df.loc[df["kind"].isin(MAIN_KINDS), "run_id"].astype(str))
+    no_parent = cooldown & ~df["parent_run"].isin(mains).fillna(False)
+    if no_parent.any():
+        r = df[no_parent].iloc[0]
+        raise AnalysisError(
+            f"{source}: cooldown run {r['run_id']} has parent_run {r['parent_run']!r}, which is not a scratch or "
+            "grown run of this table"
+        )
+    no_f = cooldown & ~(df["anneal_fraction"] > 0)
+    if no_f.any():
+        raise AnalysisError(f"{source}: cooldown run {df.loc[no_f, 'run_id'].iloc[0]} has no anneal_fraction > 0")
     return df
 
 
@@ -135,7 +159,11 @@ def format_tokens(t: float) -> str:
 
 
 def method_label(row) -> str:
-    """'scratch', or 'G_stack g=2 d=10M' (direction shown when not depth)."""
+    """'scratch', or 'G_stack g=2 d=10M' (direction shown when not depth); a cooldown run gets its main run's
+    label with ' cooldown f=0.5' appended."""
+    if row["kind"] == "cooldown":
+        main = "scratch" if pd.isna(row["grow_at_tokens"]) else method_label(dict(row) | {"kind": "grown"})
+        return f"{main} cooldown f={row['anneal_fraction']:g}"
     if row["kind"] == "scratch":
         return "scratch"
     if row["kind"] == "base":
@@ -181,6 +209,33 @@ class Sweep:
             self._curves[run_id] = c
         return self._curves[run_id]
 
+    def cooldowns(self, run_id: str) -> pd.DataFrame:
+        """The finished cooldown runs branched from main run `run_id`, sorted by FLOPs (may be empty)."""
+        cd = self.runs("cooldown")
+        return cd[cd["parent_run"] == run_id].sort_values("flops", kind="stable")
+
+    def annealed_curve(self, run_id: str) -> pd.DataFrame:
+        """Annealed curve of a main run: its cooldown runs' end points (tokens, flops, val_loss, anneal_fraction,
+        run_id), sorted by FLOPs; empty when it has no finished cooldown run.
+
+        `tokens` and `flops` are on the main run's counters (tokens since its start, FLOPs including a grown
+        run's base), like its validation curve, so `first_crossing` reads both alike. With several cooldowns at
+        one fraction (e.g. two decay lengths) the one listed last in results.csv is used.
+        """
+        cd = self.cooldowns(run_id)
+        cd = cd[(cd["final_val_loss"] > 0) & np.isfinite(cd["final_val_loss"])]
+        cd = cd.assign(_f=cd["anneal_fraction"].round(9)).drop_duplicates("_f", keep="last")
+        out = pd.DataFrame(
+            {
+                "tokens": cd["tokens"].to_numpy(float),
+                "flops": cd["flops"].to_numpy(float),
+                "val_loss": cd["final_val_loss"].to_numpy(float),
+                "anneal_fraction": cd["anneal_fraction"].to_numpy(float),
+                "run_id": cd["run_id"].astype(str).to_numpy(),
+            }
+        )
+        return out.sort_values("flops", kind="stable").reset_index(drop=True)
+
 
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     """Load a sweep dir (checks results.csv now; metrics.csv files are read when first needed)."""
@@ -206,14 +261,15 @@ def _post_warmup(curve: pd.DataFrame, skip_frac: float) -> pd.DataFrame:
 
 
 def loss_compute_points(sweep: Sweep, skip_frac: float = 0.1) -> pd.DataFrame:
-    """Validation points (flops, loss) of every finished scratch and grown run, labelled by method.
+    """Validation points (flops, loss) of every finished scratch and grown run, labelled by method (cooldown
+    runs are left out).
 
     A grown run's `flops` include its base's FLOPs (metrics.csv already holds them), so each method's points
     are on the same total-compute axis as scratch.
     """
     rows = []
     for _, r in sweep.runs().iterrows():
-        if r["kind"] not in ("scratch", "grown"):
+        if r["kind"] not in MAIN_KINDS:
             continue
         c = _post_warmup(sweep.curve(r["run_id"]), skip_frac)
         c = c[c["flops"] > 0]

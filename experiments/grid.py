@@ -394,17 +394,18 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                     if tokens <= 0:
                         raise GridError(f"{where}: d = {dd} uses {base_flops:.4g} base FLOPs, leaving no budget in "
                                         f"grown.total_flops = {grid.grown.total_flops:.4g} for run {name}")
+                carry = grid.grown.optimizer == "carry"
                 grow_id = _safe(f"{target}-{label}-{o.direction}-g{g}-d{dd}-s{seed}") + "-" + _short_hash(
-                    [base.id, dd, o.op, o.direction, g, seed, o.options])
+                    [base.id, dd, o.op, o.direction, g, seed, o.options] + (["carry"] if carry else []))
                 cfg = resolve(name, {**lr_fields, **grid.grown.set},
                               dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[],
-                                   init_from=f"grown/{grow_id}"))
+                                   init_from=f"grown/{grow_id}", optimizer_init="carry" if carry else "fresh"))
                 options = dict(o.options)
                 if o.op == "G_learn":  # LiGO learns its maps on the base's training data unless told otherwise
                     options["data"] = str(Path(options.get("data", base.config.data_dir)).resolve())
                 grow = {"src": f"{base.config.out_dir}/checkpoints/tokens-{dd:012d}", "dst": f"grown/{grow_id}",
                         "op": o.op, "direction": o.direction, "g": g, "seed": seed, "options": options}
-                if grid.grown.optimizer == "carry":
+                if carry:
                     grow["carry_state"] = f"{base.config.out_dir}/states/tokens-{dd:012d}.ckpt"
                 points = anneal_starts(name, cfg)
                 cfg.save_state_at_tokens = sorted({s for _, s, _ in points})
@@ -494,10 +495,13 @@ def _check_growth(runs: list[PlannedRun], mdl: _Models, where: str) -> None:
         try:
             fn = growth.resolve(spec["op"], spec["direction"], spec["options"])
             planner = getattr(fn, "planner", None)
+            base = by_id[r.parent].config
+            mc, _ = mdl.config(base.model, base.model_overrides, base.seq_len)
             if planner is not None:
-                base = by_id[r.parent].config
-                mc, _ = mdl.config(base.model, base.model_overrides, base.seq_len)
                 planner(mc, g=spec["g"], seed=spec["seed"], **spec["options"])
+            if spec.get("carry_state"):
+                growth.carry_plan(mc, spec["op"], direction=spec["direction"], g=spec["g"], seed=spec["seed"],
+                                  **spec["options"])
         except (ValueError, TypeError) as e:
             raise GridError(f"{where}: run {r.name}: {e}") from None
 

@@ -45,7 +45,7 @@ import submitit
 
 from experiments.grid import Grid, PlannedRun, SlurmSpec
 from stacking.fsutil import write_json
-from stacking.train import config_hash
+from stacking.train import CARRY_FILE, config_hash
 
 KIND_ORDER = {"base": 0, "grown": 1, "scratch": 2, "cooldown": 3}
 """Start order among ready runs: bases first (they unblock grown runs), then grown runs, then baselines."""
@@ -187,12 +187,36 @@ def _grow(run: PlannedRun) -> None:
     spec = run.grow
     assert spec is not None
     dst = Path(spec["dst"])
-    if (dst / "lit_model.pth").is_file() and (dst / "growth.json").is_file():
-        return
-    from stacking.growth import grow_checkpoint
+    if not ((dst / "lit_model.pth").is_file() and (dst / "growth.json").is_file()):
+        from stacking.growth import grow_checkpoint
 
-    grow_checkpoint(spec["src"], spec["dst"], spec["op"], direction=spec["direction"], g=spec["g"],
-                    seed=spec["seed"], **spec["options"])
+        grow_checkpoint(spec["src"], spec["dst"], spec["op"], direction=spec["direction"], g=spec["g"],
+                        seed=spec["seed"], **spec["options"])
+    if spec.get("carry_state") and not (dst / CARRY_FILE).is_file():
+        carry_optimizer_state(spec, dst / CARRY_FILE)
+
+
+def carry_optimizer_state(spec: dict, out: Path) -> None:
+    """grown.optimizer: carry — the base's AdamW moments at d (its full state file), keyed by name and mapped
+    through the operator's plan onto the grown model's parameters; written atomically to ``out``."""
+    import torch
+    from litgpt import GPT
+
+    from stacking.growth import carry_moments
+    from stacking.module import named_optimizer_state
+    from stacking.train import load_litgpt_checkpoint
+
+    _, base_cfg, _, _ = load_litgpt_checkpoint(spec["src"])
+    state = torch.load(spec["carry_state"], map_location="cpu", weights_only=True)
+    with torch.device("meta"):
+        model = GPT(base_cfg)
+    named = named_optimizer_state(state["optimizer_states"][0], model)
+    options = {k: v for k, v in spec["options"].items()}
+    grown = carry_moments(named, base_cfg, spec["op"], direction=spec["direction"], g=spec["g"], seed=spec["seed"],
+                          **options)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(grown, tmp)
+    os.replace(tmp, out)
 
 
 # --------------------------------------------------------------------------------------------------------------

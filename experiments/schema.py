@@ -181,6 +181,7 @@ _MANAGED = {
     "save_at_tokens": "use d",
     "save_state_at_tokens": "use anneal.fractions",
     "branch_from": "use anneal.fractions",
+    "optimizer_init": "use grown.optimizer",
 }
 
 

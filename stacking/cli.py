@@ -1,6 +1,6 @@
 """`stacking …` — one entry point, one subcommand per workflow.
 
-    stacking data     [--out DIR] [--sources PATH …] [--tokenizer bpe|bytes] [--vocab_size N] …
+    stacking data     [--out DIR] [--sources stdlib|site-packages|c-headers|PATH …] [--tokenizer bpe|bytes] …
     stacking train    CONFIG.yaml [--field value …]
     stacking grow     SRC_DIR DST_DIR --op OP [--direction depth|width] --g G [op options]
     stacking sweep    GRID.yaml [--out DIR] [--dry-run] [--executor local|slurm] [--jobs N] [--threads T]
@@ -38,14 +38,38 @@ def _parser(prog: str, description: str):
     return ArgumentParser(prog=prog, description=description)
 
 
+def _sources_as_list(argv: list[str]) -> list[str]:
+    """``--sources A B C`` (every value up to the next ``-…``) → ``--sources '["A", "B", "C"]'`` for jsonargparse;
+    a single value written as a list (``--sources '[A, B]'``) and ``--sources+ A`` pass through."""
+    import json
+
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] != "--sources":
+            out.append(argv[i])
+            i += 1
+            continue
+        j = i + 1
+        while j < len(argv) and not argv[j].startswith("-"):
+            j += 1
+        values = argv[i + 1: j]
+        out += ["--sources", *values] if len(values) == 1 and values[0].startswith("[") else ["--sources",
+                                                                                              json.dumps(values)]
+        i = j
+    return out
+
+
 def _data(argv: list[str]) -> int:
     from stacking.data import DataConfig, build_dataset
 
-    p = _parser("stacking data", "Build a token dataset dir (train.bin, val.bin, "
-                       "tokenizer.json, meta.json). Default corpus: the Python standard library source.")
+    p = _parser("stacking data", "Build a token dataset dir (train.bin, val.bin, tokenizer.json, meta.json) from "
+                "named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths, e.g. "
+                "`--sources stdlib site-packages c-headers my_dir/`. Files are split train/val by a hash of their "
+                "path. A run validates on fixed windows spread over every val.bin document "
+                "(`stacking.data.val_window_offsets`, docs/formats.md).")
     p.add_class_arguments(DataConfig, fail_untyped=False, as_group=False)
     p.add_argument("--config", action="config", help="YAML file with these fields")
-    ns = p.parse_args(argv)
+    ns = p.parse_args(_sources_as_list(argv))
     cfg = DataConfig(**{k: v for k, v in vars(ns).items() if k in DataConfig.__dataclass_fields__})
     print(build_dataset(cfg))
     return 0

@@ -1,13 +1,18 @@
 """Corpus → tokenizer → token memmaps, and the LightningDataModule that samples them deterministically.
 
-The default corpus is the Python standard library source of the running interpreter: real code written by
-people, on every machine, nothing to download. Test suites and ``site-packages`` are left out. Files are split
-train/val by a hash of their relative path (documents inside JSONL/Parquet files by path#index), so the split does not depend on the order files are found in or on
-which other files exist.
+A corpus is a list of sources: named ones (``stdlib``: the Python standard library source of the running
+interpreter, the default; ``site-packages``: the Python source of every package installed in it; ``c-headers``:
+the system C headers) and paths to text / JSONL / Parquet files or directories of them. Nothing is downloaded.
+Test suites are left out of the named sources. Files are split train/val by a hash of their key (the path relative
+to its source root; documents inside JSONL/Parquet files by key#index), so the split does not depend on the order
+files are found in or on which other files exist.
 
 Sampling is a pure function of (seed, micro-batch index): micro-batch ``i`` reads ``micro_batch_size`` windows at
 offsets drawn from ``np.random.default_rng([seed, i])``. The data position is therefore one integer (the number of
 micro-batches consumed), which makes exact resume and multi-process sharding trivial.
+
+The validation set is a fixed set of windows spread over all of val.bin (see :func:`val_window_offsets`): a pure
+function of (val.bin, seq_len, val_tokens), the same for every run on a data dir.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ from stacking.fsutil import atomic_dir
 
 EOT = "<|endoftext|>"
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+_C_HEADER_ROOTS = ("/usr/include", "/usr/local/include")
+NAMED_SOURCES = ("stdlib", "site-packages", "c-headers")
+"""Corpus sources ``--sources`` accepts by name (a path that is spelled the same needs a ``./`` in front)."""
+_DEDUP_SOURCES = {"site-packages", "c-headers"}
+"""Named sources whose files are skipped when their content equals an earlier file's (vendored packages, per-arch
+header copies). stdlib is kept whole, so stdlib datasets are the ones built before sources had names."""
 _TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".json", ".c", ".h", ".html", ".tex", ".csv", ".yaml", ".yml"}
 
 
@@ -44,7 +55,13 @@ class DataConfig:
     out: str = "data/stdlib-bpe4096"
     """Output dataset directory (train.bin, val.bin, tokenizer.json, meta.json)."""
     sources: list[str] = field(default_factory=list)
-    """Text / .jsonl / .parquet files or directories of them; empty = the Python standard library source."""
+    """Corpus sources, combined in the order given (`--sources A B C`). Named: 'stdlib' (the .py files of this
+    interpreter's standard library; the default), 'site-packages' (the .py files of every package installed in its
+    purelib/platlib), 'c-headers' (the .h files under /usr/include and /usr/local/include); test suites (test/tests
+    dirs, test_* files) left out of all three. Anything else is a path: a text, .jsonl or .parquet file, or a
+    directory of them (a path spelled like a name needs ./). A file reached twice is used once; a site-packages or
+    c-headers file whose content equals an earlier file's is skipped. meta.json records the sources, the named
+    ones' roots and file counts. Empty = stdlib."""
     tokenizer: str = "bpe"
     """'bpe' (byte-level BPE trained here on the train split) or 'bytes' (raw UTF-8 bytes, vocab 257)."""
     vocab_size: int = 4096
@@ -52,7 +69,7 @@ class DataConfig:
     val_fraction: float = 0.05
     """Fraction of files (by hash of their path) held out for validation."""
     max_files: int = 0
-    """Use only the first N files after sorting (0 = all); for quick tests."""
+    """Use only the first N files (sources in the order given, each sorted by path; 0 = all); for quick tests."""
     text_field: str = "text"
     """Field (JSONL) or column (Parquet) that holds the text."""
     overwrite: bool = False
@@ -63,30 +80,115 @@ class DataConfig:
 # Corpus
 
 
-def stdlib_files() -> list[Path]:
-    """The standard library's ``.py`` files, test suites and third-party packages excluded."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def _walk(root: Path, suffix: str) -> list[Path]:
+    """The ``suffix`` files under ``root``, sorted: test suites (``test``/``tests`` dirs, ``test_*`` files),
+    nested ``site-packages``, caches and hidden dirs left out. Symlinked dirs are not followed."""
     files = []
     for dirpath, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
-        files += [Path(dirpath) / n for n in names if n.endswith(".py") and not n.startswith("test_")]
+        files += [Path(dirpath) / n for n in names if n.endswith(suffix) and not n.startswith("test_")]
     return sorted(files)
 
 
-def _expand(sources: list[str]) -> list[Path]:
-    files: list[Path] = []
+def named_source_roots(name: str) -> list[Path]:
+    """The directories a named source reads, in order: one for ``stdlib``, this interpreter's purelib and platlib
+    (once if they are the same) for ``site-packages``, the existing ones of /usr/include and /usr/local/include for
+    ``c-headers``."""
+    if name == "stdlib":
+        return [Path(sysconfig.get_paths()["stdlib"])]
+    if name == "site-packages":
+        paths = sysconfig.get_paths()
+        roots = dict.fromkeys(Path(paths[k]) for k in ("purelib", "platlib"))
+    elif name == "c-headers":
+        roots = dict.fromkeys(Path(r) for r in _C_HEADER_ROOTS)
+    else:
+        raise DataError(f"unknown named source {name!r}; valid: {', '.join(NAMED_SOURCES)}")
+    return [r for r in roots if r.is_dir()]
+
+
+def _existing_roots(name: str) -> list[Path]:
+    """:func:`named_source_roots`, or a DataError when the named source has none on this machine."""
+    roots = named_source_roots(name)
+    if not roots:
+        raise DataError(f"named source {name!r} has no directory on this machine (looked in "
+                        f"{' and '.join(_C_HEADER_ROOTS) if name == 'c-headers' else 'purelib/platlib'})")
+    return roots
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's ``.py`` files, test suites and third-party packages excluded."""
+    return _walk(named_source_roots("stdlib")[0], ".py")
+
+
+def named_source_files(name: str) -> list[tuple[Path, str]]:
+    """(file, split key) for every file of a named source, in root order, each root sorted by path.
+
+    The keys do not depend on where the interpreter is installed: ``stdlib`` keys are the path relative to the
+    stdlib (as before named sources existed, so stdlib-only datasets keep their split), ``site-packages`` keys the
+    path relative to site-packages prefixed ``site-packages/`` (``site-packages/numpy/__init__.py``), ``c-headers``
+    keys the absolute path prefixed ``c-headers`` (``c-headers/usr/include/stdio.h``).
+    """
+    roots = _existing_roots(name)
+    if name == "stdlib":
+        return [(f, str(f.relative_to(roots[0]))) for f in stdlib_files()]
+    if name == "site-packages":
+        return [(f, f"site-packages/{f.relative_to(r)}") for r in roots for f in _walk(r, ".py")]
+    return [(f, f"c-headers{f}") for r in roots for f in _walk(r, ".h")]
+
+
+def _path_files(source: str) -> list[tuple[Path, str]]:
+    """(file, split key) for a path source: a file (key: the path as given) or a directory of text, .jsonl and
+    .parquet files (keys relative to it)."""
+    p = Path(source)
+    if p.is_dir():
+        return [(q, str(q.relative_to(p))) for q in sorted(p.rglob("*"))
+                if q.is_file() and q.suffix in _TEXT_SUFFIXES | {".jsonl", ".parquet"}]
+    return [(p, str(p))]
+
+
+def _check_sources(sources: list[str]) -> None:
+    """One-line errors for a source list, before any file is read."""
+    for i, s in enumerate(sources):
+        if s in sources[:i]:
+            raise DataError(f"data source {s!r} is given twice")
+        if s in NAMED_SOURCES:
+            _existing_roots(s)
+        elif not Path(s).exists():
+            raise DataError(f"data source {s!r} does not exist (give {', '.join(NAMED_SOURCES)}, or text, "
+                            ".jsonl or .parquet files or directories)")
+
+
+def collect_files(sources: list[str]) -> tuple[list[tuple[Path, str, str]], list[str]]:
+    """Every file of ``sources`` (empty = ``["stdlib"]``) in order, a file reached twice kept once.
+
+    Returns (file, split key, source it came from) triples and a description of each source for meta.json.
+    """
+    sources = sources or ["stdlib"]
+    _check_sources(sources)
+    found: list[tuple[Path, str, str]] = []
+    desc: list[str] = []
     for s in sources:
-        p = Path(s)
-        if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and
-                            (q.suffix in _TEXT_SUFFIXES | {".jsonl", ".parquet"}))
-        elif p.is_file():
-            files.append(p)
+        if s in NAMED_SOURCES:
+            pairs = named_source_files(s)
+            roots = [str(r) for r in named_source_roots(s)]
+            if s == "stdlib":
+                desc.append(f"python-stdlib:{roots[0]} (Python {sys.version.split()[0]})")
+            else:
+                desc += [f"{'python-' if s == 'site-packages' else ''}{s}:{r}" for r in roots]
         else:
-            raise DataError(f"data source {s!r} does not exist (give text, .jsonl or .parquet files or directories)")
-    if not files:
-        raise DataError(f"data sources {sources} contain no text, .jsonl or .parquet files")
-    return files
+            pairs = _path_files(s)
+            desc.append(str(Path(s).resolve()))
+        if not pairs:
+            kind = "matching" if s in NAMED_SOURCES else "text, .jsonl or .parquet"
+            raise DataError(f"data source {s!r} contains no {kind} files")
+        found += [(f, key, s) for f, key in pairs]
+    seen: set[Path] = set()
+    unique = []
+    for f, key, s in found:
+        if (r := f.resolve()) not in seen:
+            seen.add(r)
+            unique.append((f, key, s))
+    return unique, desc
 
 
 def _documents(path: Path, text_field: str) -> list[str]:
@@ -133,43 +235,45 @@ def build_dataset(cfg: DataConfig) -> Path:
         raise DataError(f"vocab_size must be in (256, 1048576] for bpe, got {cfg.vocab_size}")
     if not 0 < cfg.val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    if cfg.max_files < 0:
+        raise DataError(f"max_files must be >= 0 (0 = all), got {cfg.max_files}")
+    _check_sources(cfg.sources)
     if (out / "meta.json").exists() and not cfg.overwrite:
         _log(f"{out} already holds a dataset (meta.json); reusing it (pass --overwrite to rebuild)")
         return out
 
     t0 = time.time()
-    if cfg.sources:
-        files = _expand(cfg.sources)
-        roots = [Path(s) for s in cfg.sources]
-        rels = [str(f) for f in files]
-        for i, f in enumerate(files):
-            for r in roots:
-                if r.is_dir() and f.is_relative_to(r):
-                    rels[i] = str(f.relative_to(r))
-        source_desc = [str(Path(s).resolve()) for s in cfg.sources]
-    else:
-        files = stdlib_files()
-        root = Path(sysconfig.get_paths()["stdlib"])
-        rels = [str(f.relative_to(root)) for f in files]
-        source_desc = [f"python-stdlib:{root} (Python {sys.version.split()[0]})"]
+    found, source_desc = collect_files(cfg.sources)
     if cfg.max_files:
-        files, rels = files[: cfg.max_files], rels[: cfg.max_files]
-    _log(f"corpus: {len(files)} files from {', '.join(source_desc)}")
+        found = found[: cfg.max_files]
+    named = {s: {"roots": [str(r) for r in named_source_roots(s)], "n_files": 0, "n_duplicates_skipped": 0}
+             for s in dict.fromkeys(t for *_, t in found) if s in NAMED_SOURCES}
+    _log(f"corpus: {len(found)} files from {', '.join(source_desc)}")
 
     train_docs: list[str] = []
     val_docs: list[str] = []
     hashes: dict[str, str] = {}
-    for f, rel in zip(files, rels):
-        hashes[rel] = hashlib.sha256(f.read_bytes()).hexdigest()
+    seen: set[str] = set()
+    for f, rel, src in found:
+        h = hashlib.sha256(f.read_bytes()).hexdigest()
+        if src in _DEDUP_SOURCES and h in seen:  # a vendored copy would otherwise land in both splits
+            named[src]["n_duplicates_skipped"] += 1
+            continue
+        seen.add(h)
+        hashes[rel] = h
+        if src in named:
+            named[src]["n_files"] += 1
         docs = _documents(f, cfg.text_field)
         for i, doc in enumerate(docs):  # a JSONL/Parquet file holds many documents: split those by document
             key = rel if len(docs) == 1 else f"{rel}#{i}"
             (val_docs if _is_val(key, cfg.val_fraction) else train_docs).append(doc)
+    n_files = len(found) - sum(v["n_duplicates_skipped"] for v in named.values())
     if not train_docs or not val_docs:
         raise DataError(f"split left {len(train_docs)} train and {len(val_docs)} val documents; "
                         "give more files or change val_fraction")
+    chars = {"train": sum(map(len, train_docs)), "val": sum(map(len, val_docs))}
     _log(f"split by file: {len(train_docs)} train docs, {len(val_docs)} val docs "
-         f"({sum(map(len, train_docs)) / 1e6:.1f}M / {sum(map(len, val_docs)) / 1e6:.1f}M chars)")
+         f"({chars['train'] / 1e6:.1f}M / {chars['val'] / 1e6:.1f}M chars)")
 
     with atomic_dir(out) as tmp:
         if cfg.tokenizer == "bpe":
@@ -194,7 +298,10 @@ def build_dataset(cfg: DataConfig) -> Path:
             "val_tokens": counts["val"],
             "val_fraction": cfg.val_fraction,
             "sources": source_desc,
-            "n_files": len(files),
+            "named_sources": named,
+            "n_files": n_files,
+            "n_docs": {"train": len(train_docs), "val": len(val_docs)},
+            "chars": chars,
             "sha256": {"corpus": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(),
                        "files": hashes},
         }
@@ -294,16 +401,95 @@ class _TrainStream(torch.utils.data.IterableDataset):
             i += 1
 
 
-def val_windows(data_dir: str | Path, seq_len: int, val_tokens: int) -> torch.Tensor:
-    """The fixed validation set: the first ``val_tokens`` of val.bin as non-overlapping (seq_len+1) windows.
+def _document_lengths(tokens: np.ndarray, eot_id: int | None) -> np.ndarray:
+    """Lengths of the documents of a token array, each ending with (and counting) its EOT token; trailing tokens
+    without an EOT form a last document. No ``eot_id``: the whole array is one document."""
+    ends = np.flatnonzero(tokens == eot_id) + 1 if eot_id is not None else np.zeros(0, np.int64)
+    if not len(ends) or ends[-1] != len(tokens):
+        ends = np.append(ends, len(tokens))
+    return np.diff(ends, prepend=0).astype(np.int64)
 
-    Every run on the same data and seq_len sees exactly the same tokens, so val losses are comparable across a grid.
+
+def _window_points(lengths: np.ndarray, n: int) -> np.ndarray:
+    """``n`` sorted token positions spread over documents of these lengths (laid end to end).
+
+    Each document gets a stretch of a warped axis and the points sit evenly on that axis, at the middle of ``n``
+    equal parts. With ``n >= len(lengths)`` a document's stretch is ``max(length, g)`` tokens, where the water level
+    ``g`` is chosen so that the stretches add up to ``n * g``: every stretch holds at least one point, a document
+    shorter than ``g`` exactly one, a longer one ``≈ length / g`` placed evenly inside it. With fewer points than
+    documents the stretches are the lengths themselves: the points are evenly spaced over the whole array.
+    Integer arithmetic throughout (exact, the same on every machine).
     """
-    tokens = load_tokens(data_dir, "val")
-    n_windows = min(val_tokens, len(tokens) - 1) // seq_len
-    if n_windows < 1:
+    d = len(lengths)
+    if n >= d:
+        # the smallest t such that, with the t shortest documents raised, the others all reach the level
+        # g = S / (n - t), S = their total length; weights are scaled by (n - t) to stay integers
+        srt = np.sort(lengths)
+        longer = np.cumsum(srt[::-1])[::-1]  # longer[t] = total length of srt[t:]
+        t = int(np.argmax(srt * (n - np.arange(d)) >= longer))
+        level = int(longer[t])
+        weights = np.maximum(lengths * (n - t), level)  # sums to n * level
+        spacing = level
+    else:
+        weights, spacing = lengths, None
+    total = int(weights.sum())
+    j = np.arange(n, dtype=np.int64)
+    # doubled units: point j at (2j + 1) * total / (2n), i.e. (2j + 1) * total / n in half-steps
+    x = (2 * j + 1) * spacing if spacing is not None else ((2 * j + 1) * total) // n
+    edges = 2 * np.cumsum(weights)  # document i spans [edges[i-1], edges[i]) in half-steps
+    doc = np.searchsorted(edges, x, side="right")
+    start_w = np.concatenate([[0], edges[:-1]])[doc]
+    start_t = np.concatenate([[0], np.cumsum(lengths)[:-1]])[doc]
+    # offset * length can pass 2**63 for long val splits: Python ints for this product (n is small)
+    inside = [int(o) * int(ln) // (2 * int(w)) for o, ln, w in zip(x - start_w, lengths[doc], weights[doc])]
+    return start_t + np.asarray(inside, dtype=np.int64)
+
+
+def val_window_offsets(data_dir: str | Path, seq_len: int, val_tokens: int) -> np.ndarray:
+    """Start offsets (sorted int64) of the fixed validation windows; each window is ``seq_len + 1`` tokens of
+    val.bin, its first ``seq_len`` the input and its last ``seq_len`` the targets.
+
+    A pure function of (val.bin, seq_len, val_tokens), so every run on a data dir sees the same tokens.
+
+    * Count: ``min(val_tokens // seq_len, (len(val.bin) - 1) // seq_len)``, the second term when val.bin is too
+      short for ``val_tokens``.
+    * No token is a target twice: consecutive windows start ≥ ``seq_len`` apart (they share at most one token, the
+      last target of one being the first input of the next); all windows lie inside val.bin.
+    * Spread: documents end with the EOT token. When there are at least as many windows as documents, each
+      document gets windows in proportion to its length and at least one (see :func:`_window_points`), else the
+      windows are evenly spaced over the file. Each window is centred on its point; where centred windows would
+      overlap or leave the file they are pushed apart (forward pass) and back inside (backward pass), which keeps
+      every point among some window's targets. Hence with ``n >= documents`` every document has at least one of its
+      tokens among the targets (except a one-token document at offset 0, which cannot be a target).
+    """
+    if seq_len < 1:
+        raise DataError(f"seq_len must be >= 1, got {seq_len}")
+    if val_tokens < seq_len:
+        raise DataError(f"val_tokens ({val_tokens}) must be >= seq_len ({seq_len}): no full validation window")
+    meta = read_meta(data_dir)
+    tokens = np.asarray(load_tokens(data_dir, "val"))
+    usable = len(tokens) - 1  # the last token can only be a target
+    n = min(val_tokens // seq_len, usable // seq_len)
+    if n < 1:
         raise DataError(f"val split has {len(tokens)} tokens, fewer than seq_len+1 = {seq_len + 1}")
-    idx = np.arange(n_windows)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+    points = _window_points(_document_lengths(tokens, meta.get("eot_id")), n)
+    half = (seq_len + 1) // 2
+    q = np.clip(points - half, 0, usable - seq_len)  # targets q+1 … q+seq_len contain the point (if it is > 0)
+    step = np.arange(n, dtype=np.int64) * seq_len
+    r = np.maximum.accumulate(q - step)  # forward: q[j] >= q[j-1] + seq_len
+    r = np.minimum.accumulate(np.minimum(r, usable - seq_len - step[-1])[::-1])[::-1]  # backward: q[-1] fits
+    return (r + step).astype(np.int64)
+
+
+def val_windows(data_dir: str | Path, seq_len: int, val_tokens: int) -> torch.Tensor:
+    """The fixed validation set: (n, seq_len + 1) int64 windows of val.bin at :func:`val_window_offsets`.
+
+    Every run on the same data, seq_len and val_tokens sees exactly the same tokens, so val losses are comparable
+    across a grid.
+    """
+    offsets = val_window_offsets(data_dir, seq_len, val_tokens)
+    tokens = load_tokens(data_dir, "val")
+    idx = offsets[:, None] + np.arange(seq_len + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))
 
 

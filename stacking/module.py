@@ -109,6 +109,39 @@ def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> tor
     return total / y.numel()
 
 
+def optimizer_groups(model: torch.nn.Module) -> list[tuple[list[str], list[torch.nn.Parameter]]]:
+    """The trainable parameters as AdamW's two groups, (names, params) each: matrices (weight-decayed), then vectors.
+    Their order is the optimizer's state index order, which `named_optimizer_state` relies on."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [([n for n, p in named if p.dim() >= 2], [p for _, p in named if p.dim() >= 2]),
+            ([n for n, p in named if p.dim() < 2], [p for _, p in named if p.dim() < 2])]
+
+
+def named_optimizer_state(optimizer_state: dict, model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW state of a saved optimizer (``optimizer.state_dict()``, e.g. a Lightning checkpoint's
+    ``optimizer_states[0]``) keyed by the parameter names of ``model`` (any device, the meta device too)."""
+    names = [n for group_names, _ in optimizer_groups(model) for n in group_names]
+    order = [i for g in optimizer_state["param_groups"] for i in g["params"]]
+    if len(order) != len(names):
+        raise ValueError(f"the optimizer state has {len(order)} parameters, the model {len(names)} trainable ones")
+    return {names[k]: dict(optimizer_state["state"][i]) for k, i in enumerate(order) if i in optimizer_state["state"]}
+
+
+def load_named_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                               named: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Put per-parameter AdamW state keyed by name into ``optimizer`` (every trainable parameter must have one)."""
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in named]
+    if missing:
+        raise ValueError(f"carried optimizer state has no entry for {missing[0]} (and {len(missing) - 1} more)")
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            st = named[n]
+            if st["exp_avg"].shape != p.shape:
+                raise ValueError(f"carried optimizer state for {n} has shape {tuple(st['exp_avg'].shape)}, "
+                                 f"the parameter {tuple(p.shape)}")
+            optimizer.state[p] = {k: (v.to(p.device) if k != "step" else v.clone()) for k, v in st.items()}
+
+
 class NaNLossError(RuntimeError):
     """Training produced a non-finite loss; the run stops with status ``failed: nan at tokens=…``."""
 
@@ -131,6 +164,7 @@ class GPTModule(L.LightningModule):
         # fuses the LM head with the cross-entropy (see docs/throughput.md)
         self._loss_fn = torch.compile(lm_loss) if cfg.compile else lm_loss
         self.val_set: torch.Tensor | None = None
+        self.carry_state: dict[str, dict[str, torch.Tensor]] | None = None
         self._loss_sum = torch.zeros(())
         self._loss_count = 0
 
@@ -210,12 +244,16 @@ class GPTModule(L.LightningModule):
         self.train(was_training)
         return float(total / count)
 
+    def on_train_start(self) -> None:
+        if self.carry_state is not None:  # grown.optimizer: carry, on a fresh start (a resume restores its own)
+            load_named_optimizer_state(self.optimizers().optimizer, self.model, self.carry_state)
+            self.carry_state = None
+
     def configure_optimizers(self):
         cfg = self.cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
         # Weight decay on matrices only (not on norm gains), as in litgpt / nanoGPT.
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        (_, matrices), (_, vectors) = optimizer_groups(self.model)
+        groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
         fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_at_step(step) / cfg.lr)

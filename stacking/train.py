@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from litgpt import Config
 
 from stacking import models
-from stacking.data import DataError, TokenDataModule, read_meta
+from stacking.data import DataError, TokenDataModule, read_meta, val_window_offsets
 from stacking.fsutil import atomic_dir, write_json
 from stacking.module import GPTModule, NaNLossError, mfu, peak_flops
 
@@ -56,6 +56,9 @@ class RunConfig:
     """Weight init of a run that does not start from a checkpoint: tinyllama (N(0, √(2/5d)), output projections
     N(0, 1/(√d·L)); our default) | torch_default (PyTorch's module defaults: embeddings N(0, 1), Linear
     Kaiming-uniform; what the paper's released code used for its scratch baselines and bases)."""
+    optimizer_init: str = "fresh"
+    """With init_from: fresh (new AdamW moments: the paper's policy) | carry (the moments in
+    init_from/optimizer_state.pt, which a grow step with carry mapped from the base's state at d)."""
     data_stream: str = "continue"
     """With init_from: continue (the run's first micro-batch is the one after the parent's last, so a grown run
     sees fresh data, as scratch does) | replay (restart the stream at micro-batch 0: re-read what the base saw)."""
@@ -192,6 +195,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         raise RunError(f"logger must be csv, tensorboard or wandb, got {cfg.logger!r}")
     if cfg.init not in ("tinyllama", "torch_default"):
         raise RunError(f"init must be tinyllama or torch_default, got {cfg.init!r}")
+    if cfg.optimizer_init not in ("fresh", "carry"):
+        raise RunError(f"optimizer_init must be fresh or carry, got {cfg.optimizer_init!r}")
+    if cfg.optimizer_init == "carry" and not cfg.init_from:
+        raise RunError("optimizer_init: carry needs init_from (a grown checkpoint dir with optimizer_state.pt)")
     if cfg.data_stream not in ("continue", "replay"):
         raise RunError(f"data_stream must be continue or replay, got {cfg.data_stream!r}")
     for name in ("seq_len", "micro_batch_size", "global_batch_tokens", "max_tokens", "val_tokens"):
@@ -252,6 +259,9 @@ def load_litgpt_checkpoint(ckpt_dir: str | Path) -> tuple[dict, Config, dict, di
     growth = json.loads((d / "growth.json").read_text()) if (d / "growth.json").exists() else None
     return sd, mc, meta, growth
 
+
+CARRY_FILE = "optimizer_state.pt"
+"""In a grown checkpoint dir: AdamW moments keyed by the grown model's parameter names (grown.optimizer: carry)."""
 
 SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
                 "padded_vocab_size", "bias", "mlp_class_name", "norm_class_name")
@@ -436,6 +446,13 @@ class _Bar(TQDMProgressBar):
 # The run
 
 
+def rank_zero() -> bool:
+    """Whether this process is global rank 0 (from the launcher's environment; before the Trainer exists)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 def _logger(run_dir: Path) -> logging.Logger:
     log = logging.getLogger(f"stacking.run.{run_dir}")
     log.setLevel(logging.INFO)
@@ -501,6 +518,9 @@ def run(cfg: RunConfig) -> dict:
         # The checkpoint's own config (e.g. the norm_eps an exact width growth needs), at this run's seq_len.
         model_config = Config(**{**asdict(init_cfg), "block_size": cfg.seq_len})
         flops_offset = float(parent_meta.get("flops", 0.0)) + float((growth or {}).get("extra_flops", 0.0) or 0.0)
+        if cfg.optimizer_init == "carry" and not (Path(cfg.init_from) / CARRY_FILE).is_file():
+            raise CheckpointError(f"optimizer_init: carry, but {cfg.init_from!r} has no {CARRY_FILE} (grow with "
+                                  "grown.optimizer: carry, or use optimizer_init: fresh)")
     stream = data_stream(cfg, parent_meta)
 
     desc = models.describe(model_config, cfg.seq_len)
@@ -523,6 +543,9 @@ def run(cfg: RunConfig) -> dict:
             raise CheckpointError(f"init_from {cfg.init_from!r}: keys/shapes do not match the model "
                                   f"({str(e).splitlines()[0][:160]})") from None
         module.attach_growth()
+        if cfg.optimizer_init == "carry":
+            module.carry_state = torch.load(Path(cfg.init_from) / CARRY_FILE, map_location="cpu", weights_only=True)
+            log.info(f"optimizer: AdamW moments carried from {Path(cfg.init_from) / CARRY_FILE}")
         log.info(f"initialised from {cfg.init_from} (parent tokens={parent_meta.get('tokens', '?')}, "
                  f"flops offset={flops_offset:.4g}" + (f", growth op={growth['op']}" if growth else "") + ")")
     elif init_sd is not None:
@@ -530,6 +553,10 @@ def run(cfg: RunConfig) -> dict:
 
     dm = TokenDataModule(cfg.data_dir, cfg.seq_len, cfg.micro_batch_size, stream["seed"], cfg.val_tokens)
     module.val_set = dm.val_set()
+    if rank_zero():  # which validation windows every evaluation of this run reads (the same for the whole data dir)
+        offsets = val_window_offsets(cfg.data_dir, cfg.seq_len, cfg.val_tokens)
+        write_json(run_dir / "val_windows.json", {"data_id": data_id(cfg.data_dir), "seq_len": cfg.seq_len,
+                                                  "n_windows": len(offsets), "offsets": offsets.tolist()})
     book = RunBookkeeping(cfg, run_dir, model_config, log, stream,
                           wall_offset=resume_state["wall_time_s"] if resume_state and resume_from == last else 0.0)
     callbacks: list[Callback] = [book]

@@ -15,6 +15,26 @@ from analysis.fit import fit_chinchilla
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SWEEP = FIXTURES / "sweep_small"
+SPEEDUPS_COLUMNS = [
+    "target",
+    "op",
+    "direction",
+    "g",
+    "grow_at_tokens",
+    "reading",
+    "budget_fraction",
+    "reference",
+    "n_runs",
+    "n_reached",
+    "target_loss",
+    "speedup",
+    "speedup_lo",
+    "speedup_hi",
+    "tokens_ratio",
+    "tokens_ratio_lo",
+    "tokens_ratio_hi",
+    "note",
+]
 
 
 def one_error_line(capsys, prog: str) -> str:
@@ -31,12 +51,22 @@ def test_report_writes_every_artefact(tmp_path, capsys):
     assert report_main([str(SWEEP), "--out", str(out), "--bootstrap", "50"]) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
     assert stdout[-1] == str(out / "report.md")
-    assert stdout[0].startswith("speed-up at L* = the matched scratch run")
-    assert stdout[1].startswith("| target | op | g | d |") and any("G_stack" in line for line in stdout)
+    lead = (
+        "At scratch's final loss, the best of 15 grown configurations, G_stack g=2 d=10M on toy-4M, needs 33 % fewer "
+        "FLOPs than scratch (speed-up +50 %, 2 seeds, 95 % CI +42 % to +57 %); 3 of 15 never reach it."
+    )
+    assert stdout[0] == lead
+    assert stdout[1].startswith("speed-up at L* = the matched scratch run's loss at p of its tokens (mid reading)")
+    assert stdout[2].startswith("| target | op | g | d | p |") and any("G_stack" in line for line in stdout)
+    assert any(line.startswith("speed-up at L*_f = the matched scratch run's annealed loss") for line in stdout)
 
     md = (out / "report.md").read_text()
+    assert md.split("## Speed-ups\n\n", 1)[1].split("\n")[0] == lead  # the section's first line
+    assert "| toy-4M | G_stack | 2 | 10M | 75% | 2/2 | 3.204 | +50.0% | [+24.6%, +75.4%] | 1.364 |  |" in md
     for section in (
         "## Speed-ups",
+        "### Mid reading (the main runs' curves)",
+        "### Annealed reading (WSD cooldown branches)",
         "### L(C) per method",
         "### Chinchilla L(N, D)",
         "IsoFLOP argmins",
@@ -54,16 +84,23 @@ def test_report_writes_every_artefact(tmp_path, capsys):
         "isoflop.png",
         "loss_compute.png",
         "speedups.png",
+        "speedups_annealed.png",
     ]
     for name in figures:
         assert f"](figures/{name})" in md
         assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 
     table = pd.read_csv(out / "speedups.csv")
-    assert set(table["reference"]) == {"scratch final", "grown final"}
-    main = table[table["reference"] == "scratch final"]
-    assert len(main) == 15 and main.loc[main["op"] == "G_random", "speedup"].isna().all()
-    assert (pd.read_csv(out / "speedup_runs.csv")["run_id"].nunique()) == 30
+    assert list(table.columns) == SPEEDUPS_COLUMNS
+    assert set(table["reference"]) == {"scratch", "grown"} and set(table["reading"]) == {"mid", "annealed"}
+    main = table[(table["reference"] == "scratch") & (table["reading"] == "mid")]
+    assert len(main) == 15 * 4 and sorted(main["budget_fraction"].unique()) == [0.25, 0.5, 0.75, 1.0]
+    assert main.loc[(main["op"] == "G_random") & (main["budget_fraction"] == 1), "speedup"].isna().all()
+    assert len(table[table["reference"] == "grown"]) == 15
+    annealed = table[table["reading"] == "annealed"]
+    assert len(annealed) == 3 * 2 * 4  # targets × (G_stack, G_random at d = 10M) × f
+    runs = pd.read_csv(out / "speedup_runs.csv")
+    assert runs["run_id"].nunique() == 30 and len(runs) == 30 * 4 + 30 + 12 * 4
 
     fits = json.loads((out / "fits.json").read_text())
     assert set(fits) == {"loss_compute", "chinchilla", "isoflop", "eq2_fit", "eq2_paper"}
@@ -88,10 +125,46 @@ def test_report_on_one_target_skips_what_it_cannot_fit(tmp_path, capsys):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Chinchilla L(N, D): skipped, the scratch runs cover 1 model size(s)" in md
     assert "IsoFLOP over d: skipped" in md
-    assert "### L(C) per method" in md and "| toy-4M | G_stack | 2 | 10M | 2/2 |" in md
+    assert "### L(C) per method" in md and "| toy-4M | G_stack | 2 | 10M | 100% | 2/2 |" in md
     assert "note: Chinchilla L(N, D): skipped" in stdout
     fits = json.loads((tmp_path / "report" / "fits.json").read_text())
     assert "chinchilla" not in fits and "isoflop" not in fits and "scratch" in fits["loss_compute"]
+
+
+def test_report_without_cooldowns_and_one_seed(tmp_path, capsys):
+    # An old sweep: results.csv without cooldown rows or columns, one seed: no annealed table, no CIs.
+    res = pd.read_csv(SWEEP / "results.csv")
+    res = res[(res["target"] == "toy-4M") & (res["seed"] == 0) & (res["kind"] != "cooldown")]
+    res = res.drop(columns=["anneal_fraction", "decay_tokens"])
+    res.to_csv(tmp_path / "results.csv", index=False)
+    for rd in res["run_dir"]:
+        shutil.copytree(SWEEP / rd, tmp_path / rd)
+    assert report_main([str(tmp_path), "--bootstrap", "0"]) == 0
+    stdout = capsys.readouterr().out
+    assert "note: no cooldown runs in this sweep: annealed reading not available" in stdout
+    md = (tmp_path / "report" / "report.md").read_text()
+    section = md.split("### Annealed reading (WSD cooldown branches)\n\n", 1)[1]
+    assert section.startswith("no cooldown runs in this sweep: annealed reading not available\n")
+    assert "annealed loss at f" not in md and "speedups_annealed.png" not in md
+    assert "| toy-4M | G_stack | 2 | 10M | 100% | 1/1 | 3.233 | +50.2% | 1 seed: no CI | 1.397 |  |" in md
+    assert (
+        "\n\nAt scratch's final loss, the best of 5 grown configurations, G_stack g=2 d=10M, needs 33 % fewer FLOPs "
+        "than scratch (speed-up +50 %, 1 seed: no CI); 1 of 5 never reach it.\n\n"
+    ) in md
+    table = pd.read_csv(tmp_path / "report" / "speedups.csv")
+    assert set(table["reading"]) == {"mid"} and table["speedup_lo"].isna().all() and table["speedup_hi"].isna().all()
+    main = table[table["reference"] == "scratch"]
+    assert main["speedup"].notna().sum() == 4 * 4 + 3  # G_random reaches L*_p for p < 100% only
+
+
+def test_report_with_fixed_target_loss(tmp_path, capsys):
+    assert report_main([str(SWEEP), "--out", str(tmp_path), "--target-loss", "3.3", "--bootstrap", "0"]) == 0
+    assert capsys.readouterr().out.startswith("At L* = 3.3, the best of 15 grown configurations")
+    table = pd.read_csv(tmp_path / "speedups.csv")
+    fixed = table[table["reference"] == "fixed"]
+    assert len(fixed) == 15 and fixed["budget_fraction"].isna().all() and (fixed["target_loss"] == 3.3).all()
+    assert set(table["reference"]) == {"fixed", "scratch"}  # the annealed reading keeps its own L*_f
+    assert "| toy-4M | G_zero | 2 | 10M | — | 2/2 | 3.3 |" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -107,6 +180,7 @@ def test_report_user_errors(tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert report_main(argv) == 2
     assert message.format(tmp=tmp_path) in one_error_line(capsys, "stacking report")
+    assert not (SWEEP / "report").exists()  # nothing written on an error
 
 
 def test_help_documents_every_option(capsys):

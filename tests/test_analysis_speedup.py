@@ -1,4 +1,5 @@
-"""Speed-up by the paper's definition on curves with a known answer, and on the committed fixture sweep."""
+"""Speed-up by the paper's definition on curves with a known answer, and on the committed fixture sweep: running-min
+crossings, L* at several budget fractions, CIs over seeds, and the annealed reading from cooldown runs."""
 
 from __future__ import annotations
 
@@ -13,16 +14,31 @@ from scipy import stats
 
 from analysis.results import AnalysisError, load_sweep
 from analysis.speedup import (
+    BUDGET_FRACTIONS,
+    Crossing,
+    compute_annealed_speedups,
     compute_speedups,
     first_crossing,
     format_table,
+    headline,
+    loss_at_fraction,
     speedup_from_curves,
     speedup_table,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from make_sweep_fixture import expected_speedup
+from make_sweep_fixture import (
+    ANNEAL_FRACTIONS,
+    ANNEAL_SEED_SHIFT,
+    D_DEFAULT,
+    MAX_TOKENS,
+    TARGETS,
+    expected_annealed_speedup,
+    expected_speedup,
+)
+
+T_975_1 = 12.706204736174698  # Student-t 97.5% quantile, 1 degree of freedom (two seeds)
 
 N = 4e6  # target parameters
 FPT = 6 * N  # FLOPs per token
@@ -65,6 +81,36 @@ def test_first_crossing_interpolates_log_loss_over_log_flops():
     )
     # the first crossing counts, not a later dip
     assert first_crossing(curve([0, 1, 2, 3], [1, 2, 3, 4], [5.0, 3.0, 3.5, 2.0]), 3.2).flops < 2
+
+
+def test_crossing_is_read_on_the_running_minimum():
+    # A noisy bump (3.6) just before the crossing: the bracket starts at the best loss so far (3.0), not at 3.6.
+    c = curve([0, 1, 2, 3], [100, 200, 300, 400], [5.0, 3.0, 3.6, 2.0])
+    hit = first_crossing(c, 2.5)
+    frac = (math.log(3.0) - math.log(2.5)) / (math.log(3.0) - math.log(2.0))
+    assert hit.flops == pytest.approx(math.exp(math.log(300) + frac * math.log(400 / 300)), rel=1e-12)
+    raw_frac = (math.log(3.6) - math.log(2.5)) / (math.log(3.6) - math.log(2.0))  # what raw points would give
+    assert hit.flops < math.exp(math.log(300) + raw_frac * math.log(400 / 300)) - 10
+    assert hit.tokens == pytest.approx(2 + (hit.flops - 300) / 100, rel=1e-12)
+    # The crossing evaluation is the same as on raw points: an early noisy dip below L* still counts.
+    dip = curve([0, 1, 2, 3], [100, 200, 300, 400], [5.0, 2.4, 3.0, 2.0])
+    assert first_crossing(dip, 2.5).flops < 200
+
+
+def test_curve_already_below_target_at_its_first_point_is_not_bracketed():
+    c = curve([0, 1], [100, 200], [3.0, 2.0])
+    hit = first_crossing(c, 3.5)
+    assert math.isnan(hit.flops) and math.isnan(hit.tokens)
+    assert hit.reason == "already below L*=3.5 at its first point (3 at 100 FLOPs): crossing not bracketed"
+    assert first_crossing(c, 3.0) == Crossing(100.0, 0.0)  # exactly at it: that point
+
+
+def test_loss_at_fraction_reads_the_running_min_linearly_in_tokens():
+    c = curve([0, 10, 20, 30, 40], [0, 1, 2, 3, 4], [8.0, 5.0, 4.5, 4.7, 4.0])  # noisy 4.7 at 30 tokens
+    assert loss_at_fraction(c, 0.25) == pytest.approx(5.0)
+    assert loss_at_fraction(c, 0.625) == pytest.approx(4.5)  # 25 tokens: best so far is 4.5 on both sides
+    assert loss_at_fraction(c, 0.875) == pytest.approx(4.25)  # 35 tokens: halfway from 4.5 to 4.0 (raw: 4.35)
+    assert loss_at_fraction(c, 1.0) == pytest.approx(4.0)
 
 
 def test_never_reached_is_nan_with_reason():
@@ -179,3 +225,152 @@ def test_fixed_target_loss_and_matching_without_same_seed(sweep, tmp_path):
         compute_speedups(sweep, target_loss=-1.0)
     with pytest.raises(AnalysisError, match="reference must be one of scratch, grown"):
         compute_speedups(sweep, reference="base")
+
+
+def test_budget_fractions_read_lstar_off_the_scratch_curve(sweep):
+    pairs = compute_speedups(sweep, fractions=BUDGET_FRACTIONS)
+    assert len(pairs) == 4 * len(sweep.runs("grown")) and set(pairs["reading"]) == {"mid"}
+    for _, p in pairs.iterrows():
+        s = sweep.curve(p["scratch_run_id"])
+        at = s[s["tokens"] == p["budget_fraction"] * MAX_TOKENS]  # the fixture evaluates every 5M tokens
+        assert p["target_loss"] == pytest.approx(s.loc[: at.index[0], "val_loss"].min(), rel=1e-12)
+        # the scratch crossing of L*_p is the evaluation at p·T itself (the fixture's curves decrease)
+        assert p["flops_scratch"] == pytest.approx(float(at["flops"].iloc[0]), rel=1e-9)
+        assert p["tokens_scratch"] == pytest.approx(p["budget_fraction"] * MAX_TOKENS, rel=1e-9)
+    # Where the grown curve brackets L*_p, the speed-up is the law's at every p (G_stack at 10M, past its spike).
+    stack = pairs[(pairs["op"] == "G_stack") & (pairs["grow_at_tokens"] == D_DEFAULT)]
+    for _, p in stack.iterrows():
+        assert p["speedup"] == pytest.approx(expected_speedup("G_stack", p["target"], D_DEFAULT), abs=0.03)
+    with pytest.raises(AnalysisError, match=r"budget fractions must be in \(0, 1\], got \[0.0, 0.5\]"):
+        compute_speedups(sweep, fractions=[0.0, 0.5])
+    # reference="grown" at p: the grown run's own running-min curve
+    own = compute_speedups(sweep, reference="grown", fractions=(0.5,))
+    row = own.iloc[0]
+    assert row["target_loss"] == pytest.approx(loss_at_fraction(sweep.curve(row["run_id"]), 0.5))
+
+
+def test_seed_ci_matches_a_hand_computation(sweep):
+    pairs = compute_speedups(sweep, fractions=BUDGET_FRACTIONS)
+    key = (pairs["target"] == "toy-4M") & (pairs["op"] == "G_zero") & (pairs["budget_fraction"] == 0.5)
+    v = pairs.loc[key].sort_values("seed")["speedup"].to_numpy()
+    assert len(v) == 2
+    mean, sd = (v[0] + v[1]) / 2, abs(v[0] - v[1]) / math.sqrt(2)  # sample sd of two values
+    row = speedup_table(pairs).set_index(["target", "op", "grow_at_tokens", "budget_fraction"])
+    row = row.loc[("toy-4M", "G_zero", D_DEFAULT, 0.5)]
+    assert row["speedup"] == pytest.approx(mean, rel=1e-12)
+    assert row["speedup_hi"] - row["speedup"] == pytest.approx(T_975_1 * sd / math.sqrt(2), rel=1e-9)
+    assert row["speedup"] - row["speedup_lo"] == pytest.approx(T_975_1 * sd / math.sqrt(2), rel=1e-9)
+
+
+def test_annealed_speedup_matches_a_hand_computation(sweep):
+    pairs = compute_annealed_speedups(sweep)
+    assert set(pairs["reading"]) == {"annealed"}
+    assert set(pairs["op"]) == {"G_stack", "G_random"}  # the grown runs that have cooldown runs
+    res = sweep.results
+    g = res[(res["kind"] == "grown") & (res["target"] == "toy-4M") & (res["op"] == "G_stack")]
+    g = g[(g["grow_at_tokens"] == D_DEFAULT) & (g["seed"] == 0)].iloc[0]
+    s = res[(res["kind"] == "scratch") & (res["target"] == "toy-4M") & (res["seed"] == 0)].iloc[0]
+    cd = res[res["kind"] == "cooldown"].set_index(["parent_run", "anneal_fraction"])
+    # f = 0.5: L* = scratch's cooldown loss; the grown annealed curve crosses it between its f = 0.25 and 0.5 points
+    lstar, flops_s = cd.loc[(s["run_id"], 0.5), ["final_val_loss", "flops"]]
+    (l1, f1), (l2, f2) = (cd.loc[(g["run_id"], f), ["final_val_loss", "flops"]] for f in (0.25, 0.5))
+    assert l1 > lstar > l2
+    frac = (math.log(l1) - math.log(lstar)) / (math.log(l1) - math.log(l2))
+    flops_g = math.exp(math.log(f1) + frac * (math.log(f2) - math.log(f1)))
+    row = pairs[(pairs["run_id"] == g["run_id"]) & (pairs["budget_fraction"] == 0.5)].iloc[0]
+    assert row["scratch_run_id"] == s["run_id"]
+    assert row["flops_scratch"] == flops_s and row["tokens_scratch"] == 0.5 * MAX_TOKENS
+    assert row["flops_grown"] == pytest.approx(flops_g, rel=1e-12)
+    assert row["speedup"] == pytest.approx(flops_s / flops_g - 1, rel=1e-12)
+    tokens_g = 0.25 * MAX_TOKENS + (flops_g - f1) / (f2 - f1) * 0.25 * MAX_TOKENS
+    assert row["tokens_ratio"] == pytest.approx(0.5 * MAX_TOKENS / (D_DEFAULT + tokens_g), rel=1e-12)
+    # ... which is the fixture's law: the annealed curves are power laws, so log-log interpolation is exact
+    assert row["speedup"] == pytest.approx(expected_annealed_speedup("G_stack", "toy-4M", D_DEFAULT, 0), abs=1e-4)
+
+
+def test_annealed_speedups_against_the_fixture_law(sweep):
+    pairs = compute_annealed_speedups(sweep)
+    assert len(pairs) == len(ANNEAL_FRACTIONS) * 2 * 2 * len(TARGETS)  # f × ops × seeds × targets
+    for _, p in pairs.iterrows():
+        truth = expected_annealed_speedup(p["op"], p["target"], p["grow_at_tokens"], int(p["seed"]))
+        if p["op"] == "G_stack" and p["budget_fraction"] == 0.25:
+            # faster than scratch and starting later (base FLOPs): its first annealed point is already below L*
+            assert math.isnan(p["speedup"]) and "crossing not bracketed" in p["reason"]
+        elif p["op"] == "G_random" and p["budget_fraction"] == 1.0:
+            assert math.isnan(p["speedup"]) and p["reason"].startswith("grown never reached")
+        else:
+            assert p["speedup"] == pytest.approx(truth, abs=1e-4), (p["run_id"], p["budget_fraction"])
+    # CI over the two seeds, by hand: speed-ups s − 0.02 and s + 0.02 → mean s, half-width t(0.975, 1)·0.02
+    table = speedup_table(pairs)
+    row = table[(table["target"] == "toy-4M") & (table["op"] == "G_stack") & (table["budget_fraction"] == 0.75)]
+    row = row.iloc[0]
+    s = expected_speedup("G_stack", "toy-4M", D_DEFAULT)
+    half = T_975_1 * ANNEAL_SEED_SHIFT[1]
+    assert row["reading"] == "annealed" and row["n_runs"] == 2 and row["n_reached"] == 2
+    assert row["speedup"] == pytest.approx(s, abs=1e-4)
+    # (the 6-digit losses of results.csv perturb each seed by ~1e-5; t = 12.7 magnifies that in the bounds)
+    assert (row["speedup_lo"], row["speedup_hi"]) == pytest.approx((s - half, s + half), abs=1e-3)
+    assert "[+24.6%, +75.4%]" in format_table(row.to_frame().T)
+
+
+def test_annealed_matching_and_missing_cooldowns(sweep, tmp_path):
+    (tmp_path / "runs").symlink_to(FIXTURES / "sweep_small" / "runs")
+    res = sweep.results.copy()
+    # No same-seed scratch run: each grown run is compared with both scratch runs of its target.
+    res.loc[res["kind"] == "scratch", "seed"] += 10
+    res.to_csv(tmp_path / "results.csv", index=False)
+    pairs = compute_annealed_speedups(load_sweep(tmp_path))
+    assert len(pairs) == 2 * len(compute_annealed_speedups(sweep))
+    # A scratch run without cooldowns: one row with the reason; a sweep without any: no rows.
+    res = sweep.results
+    scratch_ids = set(res.loc[res["kind"] == "scratch", "run_id"])
+    res[~((res["kind"] == "cooldown") & res["parent_run"].isin(scratch_ids))].to_csv(
+        tmp_path / "results.csv", index=False
+    )
+    pairs = compute_annealed_speedups(load_sweep(tmp_path))
+    assert len(pairs) == 12 and pairs["speedup"].isna().all()
+    assert pairs["reason"].str.fullmatch(r"scratch run scratch-.* has no cooldown runs").all()
+    assert "1/1 not reached" not in format_table(speedup_table(pairs))  # 2 seeds per row
+    res[res["kind"] != "cooldown"].to_csv(tmp_path / "results.csv", index=False)
+    assert compute_annealed_speedups(load_sweep(tmp_path)).empty
+
+
+def _table_row(**kw) -> pd.DataFrame:
+    row = {
+        "target": "t",
+        "op": "G_stack",
+        "direction": "depth",
+        "g": 2.0,
+        "grow_at_tokens": 1e7,
+        "reading": "mid",
+        "budget_fraction": 1.0,
+        "n_runs": 1,
+        "n_reached": 1,
+        "target_loss": 3.0,
+        "speedup": 0.12,
+        "speedup_lo": math.nan,
+        "speedup_hi": math.nan,
+        "tokens_ratio": 1.1,
+        "tokens_ratio_lo": math.nan,
+        "tokens_ratio_hi": math.nan,
+        "note": "",
+    }
+    return pd.DataFrame([row | kw])
+
+
+def test_headline_and_one_seed_without_ci():
+    one = _table_row()
+    assert headline(one) == (
+        "At scratch's final loss, G_stack g=2 d=10M needs 11 % fewer FLOPs than scratch (speed-up +12 %, 1 seed: no CI)."
+    )
+    assert "| 100% | 1/1 | 3 | +12.0% | 1 seed: no CI | 1.100 |" in format_table(one)
+    three = _table_row(n_runs=3, n_reached=3, speedup_lo=-0.02, speedup_hi=0.25)
+    assert headline(three).endswith("(speed-up +12 %, 3 seeds, 95 % CI -2 % to +25 %).")
+    never = _table_row(n_runs=2, n_reached=0, speedup=math.nan)
+    assert headline(never) == "G_stack g=2 d=10M never reaches scratch's final loss (2 seeds)."
+    both = pd.concat([one, never.assign(op="G_zero"), one.assign(target="u", speedup=-0.2)], ignore_index=True)
+    assert headline(both, "L* = 3") == (
+        "At L* = 3, the best of 3 grown configurations, G_stack g=2 d=10M on t, needs 11 % fewer FLOPs than "
+        "scratch (speed-up +12 %, 1 seed: no CI); 1 of 3 never reach it."
+    )
+    assert "needs 25 % more FLOPs" in headline(one.assign(speedup=-0.2))

@@ -4,6 +4,7 @@ from its checkpoint's config, the init option, and run identity by data content.
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,10 +70,13 @@ def test_grown_run_continues_the_base_stream(base_run, tmp_path):
     with pytest.raises(RunError, match="not divisible by world size 3"):
         stream_start(stream, grown_cfg, 3)
 
-    # the grown run trains and its own checkpoints record the continued position
+    # the grown run trains, records its validation windows, and its checkpoints record the continued position
     summary = run(tiny_run_config(tmp_path, base_cfg.data_dir, model="tiny-L4-D64", init_from=str(grown_dir),
                                   out_dir=str(tmp_path / "grown_run"), max_tokens=1024))
     assert summary["status"] == "done"
+    windows = json.loads((tmp_path / "grown_run" / "val_windows.json").read_text())
+    assert windows["n_windows"] == 2048 // 32 == len(windows["offsets"])
+    assert windows == json.loads((Path(base_cfg.out_dir) / "val_windows.json").read_text())  # same windows
     _, _, end_meta, _ = load_litgpt_checkpoint(tmp_path / "grown_run" / "checkpoints" / "tokens-000000001024")
     assert end_meta["data"]["micro_batches"] == 2 * 1024 // (4 * 32)
 

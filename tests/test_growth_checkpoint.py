@@ -7,12 +7,13 @@ import hashlib
 import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from litgpt import GPT, Config
 
-from stacking.growth import GrowthError, grow, grow_checkpoint
+from stacking.growth import GrowthError, grow, grow_checkpoint, learn_flops
 from stacking.growth import depth as depth_mod
 from stacking.growth.cli import main
 from stacking.growth.io import TensorFileWriter, release_pages, save_state_dict
@@ -97,7 +98,7 @@ def test_grow_checkpoint_dir_contents(tmp_path):
         "op": "G_random", "direction": "depth", "g": 2, "seed": 4, "options": {"ramp_tokens": 5000},
         "source_dir": str(src.resolve()),
         "source_sha256": hashlib.sha256((src / "lit_model.pth").read_bytes()).hexdigest(),
-        "mask": {"direction": "depth", "ramp_tokens": 5000, "layers": [2, 3]}, "trainable": None,
+        "mask": {"direction": "depth", "ramp_tokens": 5000, "layers": [2, 3]}, "trainable": None, "extra_flops": 0.0,
     }
     _, config, model = load_dir(dst)
     assert config.n_layer == 4
@@ -144,6 +145,26 @@ def test_width_and_trainable_records(tmp_path):
     sd, config, _ = load_dir(dst)
     assert config.n_layer == 3 and not sd["transformer.h.2.mlp.proj.weight"].any()
     assert record["trainable"] == [k for k in sd if k.startswith("transformer.h.2.")]
+
+
+def test_extra_flops_and_split_records(tmp_path):
+    """growth.json: extra_flops is G_learn's map training (learn_flops of the two configs), 0.0 for every other op;
+    G_direct width records its split."""
+    data = tmp_path / "tokens"
+    data.mkdir()
+    np.tile(np.arange(20, dtype=np.uint16), 50).tofile(data / "train.bin")
+    (data / "meta.json").write_text(json.dumps({"vocab_size": 50, "dtype": "uint16"}))
+    src = write_checkpoint(tmp_path / "base")
+    dst = grow_checkpoint(src, tmp_path / "ligo", "G_learn", data=str(data), learn_steps=2, batch_size=2)
+    record = json.loads((dst / "growth.json").read_text())
+    config = load_dir(dst)[1]
+    assert record["options"]["learn_steps"] == 2 and record["options"]["seq_len"] == 16
+    assert record["extra_flops"] == learn_flops(config, make_config(), learn_steps=2, batch_size=2, seq_len=16) > 0
+    dst = grow_checkpoint(src, tmp_path / "wide", "G_direct", direction="width", seed=3)
+    record = json.loads((dst / "growth.json").read_text())
+    assert record["options"] == {"symmetric": False} and record["extra_flops"] == 0.0
+    dst = grow_checkpoint(src, tmp_path / "wide_sym", "G_direct", direction="width", symmetric=True)
+    assert json.loads((dst / "growth.json").read_text())["options"] == {"symmetric": True}
 
 
 def test_growth_failure_leaves_no_output(tmp_path, monkeypatch):
@@ -206,6 +227,8 @@ def test_cli_grow_and_errors(tmp_path, capsys):
     assert main([str(src), str(tmp_path / "g2"), "--op", "G_direct", "--direction", "width", "--to",
                  str(target)]) == 0
     assert load_dir(tmp_path / "g2")[1].n_embd == 64
+    assert main([str(src), str(tmp_path / "g3"), "--op", "G_direct", "--direction", "width", "--symmetric"]) == 0
+    assert json.loads((tmp_path / "g3" / "growth.json").read_text())["options"] == {"symmetric": True}
 
     for argv, expected in [
         ([str(src), str(tmp_path / "e1"), "--op", "solar_dus", "--m", "2"], "m must be an integer in 0..1"),
@@ -213,6 +236,7 @@ def test_cli_grow_and_errors(tmp_path, capsys):
         ([str(src), str(tmp_path / "e3"), "--op", "interpolate", "--m", "1"], "--m not used by interpolate"),
         ([str(tmp_path / "nope"), str(tmp_path / "e4"), "--op", "G_stack"], "does not exist"),
         ([str(src), str(tmp_path / "e5"), "--op", "G_zero", "--g", "2", "--to", str(target)], "either --g or --to"),
+        ([str(src), str(tmp_path / "e7"), "--op", "G_stack", "--symmetric"], "--symmetric not used by G_stack"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err
@@ -220,7 +244,7 @@ def test_cli_grow_and_errors(tmp_path, capsys):
         assert "Traceback" not in err
     assert main([str(src), str(tmp_path / "e6"), "--op", "G_bogus"]) == 2  # argparse choices
     assert "invalid choice" in capsys.readouterr().err
-    assert not any((tmp_path / f"e{i}").exists() for i in range(1, 7))
+    assert not any((tmp_path / f"e{i}").exists() for i in range(1, 8))
 
 
 def test_cli_help_documents_every_op_and_option(capsys):
@@ -228,7 +252,8 @@ def test_cli_help_documents_every_op_and_option(capsys):
     text = capsys.readouterr().out
     for word in ("G_stack", "G_direct", "interpolate", "G_zero", "G_random", "G_learn", "llama_pro", "solar_dus",
                  "--layers", "--order", "--ramp-tokens", "--learn-steps", "--data", "--seq-len", "--batch-size",
-                 "--lr", "--groups", "--copies", "--train-new-only", "--m", "--to", "--seed", "--direction"):
+                 "--lr", "--groups", "--copies", "--train-new-only", "--m", "--to", "--seed", "--direction",
+                 "--symmetric"):
         assert word in text, word
 
 

@@ -1,5 +1,6 @@
-"""Growth operators as pure functions: function preservation (logits before == after), exact layer maps, purity,
-determinism, G_random masks, G_learn, and the one-line errors. Tiny Llama-style models, fp32, CPU."""
+"""Growth operators as pure functions: function preservation (logits before == after), G_direct width's uneven split
+(copies get different gradients), exact layer maps, purity, determinism, G_random masks, G_learn and its FLOPs,
+optimizer moments carried through depth plans, and the one-line errors. Tiny Llama-style models, fp32, CPU."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from litgpt import GPT, Config
+from torch.utils.flop_counter import FlopCounterMode
 
-from stacking.growth import OPERATORS, GrowthError, grow, width
+from stacking.growth import OPERATORS, GrowthError, carry_moments, grow, learn_flops, width
 from stacking.growth.io import split_layer_key
+from stacking.growth.learn import map_flops_per_step
 from stacking.growth.masks import GrowthMask, apply_trainable, ramp_value
+from stacking.models import flops_per_token
 
 LLAMA = dict(bias=False, norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", parallel_residual=False,
              rotary_percentage=1.0, block_size=16, vocab_size=50, padded_vocab_size=64, norm_eps=1e-5)
@@ -63,14 +68,16 @@ def rel_err(a, b) -> float:
 TOKENS = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
 
 # ---- function preservation -------------------------------------------------------------------------------------
-FP_OPS = [("G_direct", "width", {}), ("G_zero", "width", {}), ("G_zero", "depth", {}),
+FP_OPS = [("G_direct", "width", {}), ("G_direct", "width", {"symmetric": True}), ("G_zero", "width", {}),
+          ("G_zero", "depth", {}),
           ("G_zero", "depth", {"order": "stack"}), ("llama_pro", "depth", {}),
           ("G_random", "depth", {}), ("G_random", "width", {})]
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
 @pytest.mark.parametrize("g", [2, 3])
-@pytest.mark.parametrize("op,direction,opts", FP_OPS, ids=lambda v: str(v) if not isinstance(v, dict) else "")
+@pytest.mark.parametrize("op,direction,opts", FP_OPS, ids=lambda v: str(v) if not isinstance(v, dict) else
+                         "-".join(v))
 def test_function_preserving(kind, g, op, direction, opts):
     config = make_config(kind)
     sd = random_state_dict(config)
@@ -115,6 +122,73 @@ def test_width_growth_with_target_config_and_fractional_g():
     res = grow(sd, config, "G_random", direction="width", g=1.5, return_info=True)
     assert (res.config.n_embd, res.config.n_head, res.config.n_query_groups) == (48, 6, 3)
     assert rel_err(logits(res.state_dict, res.config, TOKENS, res.mask, 0.0), ref) <= 1e-5
+
+
+# ---- G_direct width: uneven split -------------------------------------------------------------------------------
+def _grads(sd, config) -> dict[str, torch.Tensor]:
+    """Parameter gradients after one backward pass of next-token loss on TOKENS."""
+    model = GPT(config)
+    model.load_state_dict(sd, strict=True)
+    out = model(TOKENS[:, :-1])
+    F.cross_entropy(out.reshape(-1, out.size(-1)), TOKENS[:, 1:].reshape(-1)).backward()
+    return {k: p.grad for k, p in model.named_parameters()}
+
+
+def _copies(key: str, t: torch.Tensor, old: Config, new: Config) -> list[torch.Tensor] | None:
+    """The f copies of a grown tensor's units, flattened: rows (a unit's incoming weights, per q/k/v piece of the
+    fused qkv) or, for the embedding, columns. None for tensors whose rows are the vocabulary (LM head)."""
+    ow, nw = width.Widths.of(old), width.Widths.of(new)
+    spaces = width.layout(key)
+    if key == "transformer.wte.weight":
+        return list(t.reshape(t.shape[0], nw.embd // ow.embd, ow.embd).unbind(1))
+    if spaces[0] == "vocab":
+        return None
+    pieces = list(zip(t.split((nw.q, nw.kv, nw.kv)), ("q", "kv", "kv"))) if spaces[0] == "qkv" else [(t, spaces[0])]
+    blocks = [p.reshape(nw.size(s) // ow.size(s), ow.size(s), *p.shape[1:]) for p, s in pieces]
+    return [torch.cat([b[k].reshape(-1) for b in blocks]) for k in range(blocks[0].shape[0])]
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+@pytest.mark.parametrize("g", [2, 3])
+def test_direct_width_copies_get_different_gradients(kind, g):
+    """Uneven split (default): every unit's gradient differs from its copies' (>= 5% of its size) after one backward;
+    symmetric: identical up to fp rounding, so the copies could never diverge."""
+    config = make_config(kind)
+    sd = random_state_dict(config)
+    for symmetric in (False, True):
+        res = grow(sd, config, "G_direct", direction="width", g=g, seed=3, symmetric=symmetric, return_info=True)
+        assert res.options == {"symmetric": symmetric}
+        diffs = {}
+        for key, grad in _grads(res.state_dict, res.config).items():
+            copies = _copies(key, grad, config, res.config)
+            if copies is not None:
+                diffs[key] = min(float((c - copies[0]).abs().max() / copies[0].abs().max()) for c in copies[1:])
+        assert len(diffs) == len(res.state_dict) - 1  # every tensor but the LM head
+        if symmetric:
+            assert max(diffs.values()) <= 1e-5, diffs
+        else:
+            assert min(diffs.values()) >= 0.05, diffs
+
+
+def test_direct_width_split_shares():
+    """Rows tiled; the column copies of every weight sum to it, with shares in [1/4, 3/4] (g=2); embedding columns
+    copied; symmetric is HyperCloning's exact halving; different seeds split differently."""
+    config = make_config("gqa")
+    sd = random_state_dict(config)
+    out, _ = grow(sd, config, "G_direct", direction="width", g=2, seed=1)
+    w = sd["transformer.h.0.mlp.proj.weight"]  # (embd, ffn)
+    grown = out["transformer.h.0.mlp.proj.weight"]
+    tiled = w.repeat(2, 1)
+    a, b = grown[:, :40], grown[:, 40:]
+    assert torch.allclose(a + b, tiled, rtol=1e-6, atol=1e-7)
+    share = a / tiled
+    assert 0.25 - 1e-6 <= float(share.min()) and float(share.max()) <= 0.75 + 1e-6
+    assert float(share.std()) > 0.1 and not torch.allclose(share[:32], share[32:])  # per element, rows too
+    assert torch.equal(out["transformer.wte.weight"], sd["transformer.wte.weight"].repeat(1, 2))
+    sym, _ = grow(sd, config, "G_direct", direction="width", g=2, symmetric=True)
+    assert torch.equal(sym["transformer.h.0.mlp.proj.weight"], w.repeat(2, 2) / 2)
+    other, _ = grow(sd, config, "G_direct", direction="width", g=2, seed=2)
+    assert not torch.equal(other["transformer.h.0.mlp.proj.weight"], grown)
 
 
 # ---- exact layer maps ------------------------------------------------------------------------------------------
@@ -211,7 +285,7 @@ def test_pure_and_deterministic(data_dir):
     input_ptrs = {v.untyped_storage().data_ptr() for v in sd.values()}
     # seed drives new random parameters and, for G_learn, the sampled batches
     random_ops = {("G_random", "depth"), ("G_random", "width"), ("G_zero", "width"), ("G_learn", "width"),
-                  ("G_learn", "depth")}
+                  ("G_learn", "depth"), ("G_direct", "width")}
     for op, direction, opts in _all_ops(data_dir):
         a, cfg_a = grow(sd, config, op, direction=direction, seed=1, **opts)
         b, _ = grow(sd, config, op, direction=direction, seed=1, **opts)
@@ -347,6 +421,132 @@ def test_learn_needs_data(tmp_path):
         grow(random_state_dict(config), config, "G_learn", data=tmp_path, learn_steps=1)
 
 
+@pytest.mark.parametrize("direction", ["depth", "width"])
+def test_learn_flops(data_dir, direction):
+    """learn_flops = steps · (tokens · the trainer's flops_per_token + map materialisation); G_learn records it; it is
+    close to (and, being the trainer's 6N convention, not below) what torch's FLOP counter measures. At 36 tokens a
+    step the width maps cost more than the model itself, so the measurement checks map_flops_per_step too."""
+    config = make_config("gqa")
+    sd = random_state_dict(config)
+    opts = {"data": data_dir, "learn_steps": 2, "seq_len": 12, "batch_size": 3}
+    with FlopCounterMode(display=False) as trained:
+        res = grow(sd, config, "G_learn", direction=direction, return_info=True, **opts)
+    with FlopCounterMode(display=False) as untrained:  # the final materialisation alone
+        grow(sd, config, "G_learn", direction=direction, **{**opts, "learn_steps": 0})
+    expected = 2 * (3 * 12 * flops_per_token(res.config, 12) + map_flops_per_step(res.config, config, direction))
+    assert res.extra_flops == expected == learn_flops(res.config, config, learn_steps=2, batch_size=3, seq_len=12,
+                                                      direction=direction)
+    assert 1.0 <= expected / (trained.get_total_flops() - untrained.get_total_flops()) <= 1.3
+    # defaults: the paper's 100 steps, batch 8, seq_len min(block_size, 256) = 16; no steps, no FLOPs
+    assert learn_flops(res.config, config, direction=direction) == 100 * (
+        8 * 16 * flops_per_token(res.config, 16) + map_flops_per_step(res.config, config, direction))
+    assert learn_flops(res.config, config, learn_steps=0, direction=direction) == 0.0
+    assert grow(sd, config, "G_stack", return_info=True).extra_flops == 0.0
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"learn_steps": -1}, "learn_steps must be an integer >= 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"seq_len": 17}, r"seq_len must be an integer in 1..block_size=16"),
+    ({"direction": "sideways"}, "direction must be 'depth' or 'width'"),
+    ({"direction": "width"}, r"G_learn \(width\) needs grown_config to keep n_layer=2"),
+    ({"base": "gqa-wide"}, r"G_learn \(depth\) needs grown_config"),
+    ({"grown": None}, "grown_config must be a litgpt.Config"),
+])
+def test_learn_flops_errors(kw, match):
+    base = make_config("gqa")
+    grown = kw.pop("grown", make_config("gqa", n_layer=4))
+    if kw.pop("base", None):
+        base = make_config("gqa", n_embd=16, n_head=2, n_query_groups=1, intermediate_size=20)
+    with pytest.raises(GrowthError, match=match) as e:
+        learn_flops(grown, base, **kw)
+    assert "\n" not in str(e.value)
+
+
+# ---- optimizer moments through depth plans ---------------------------------------------------------------------
+def _adamw_state(config: Config) -> dict[str, dict[str, torch.Tensor]]:
+    """Real AdamW state after two steps, keyed by litgpt parameter name."""
+    torch.manual_seed(0)
+    model = GPT(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        out = model(TOKENS[:, :-1])
+        F.cross_entropy(out.reshape(-1, out.size(-1)), TOKENS[:, 1:].reshape(-1)).backward()
+        opt.step()
+        opt.zero_grad()
+    return {name: opt.state[p] for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("op,opts,sources", [
+    ("G_stack", {"g": 2}, [0, 1, 2, 0, 1, 2]),
+    ("G_direct", {"g": 3}, [0, 1, 2] * 3),
+    ("G_stack", {"layers": [0, 2, 2, 1]}, [0, 2, 2, 1]),
+    ("interpolate", {"g": 2}, [0, 0, 1, 1, 2, 2]),
+    ("solar_dus", {"m": 1}, [0, 1, 1, 2]),
+])
+def test_carry_moments(op, opts, sources):
+    config = make_config("gqa3")
+    state = _adamw_state(config)
+    before = {k: {n: t.clone() for n, t in v.items()} for k, v in state.items()}
+    carried = carry_moments(state, config, op, **opts)
+    _, grown_cfg = grow(random_state_dict(config), config, op, **opts)
+    model = GPT(grown_cfg)
+    params = dict(model.named_parameters())
+    assert list(carried) == list(params)
+    for key, st in carried.items():
+        parsed = split_layer_key(key)
+        src = f"transformer.h.{sources[parsed[0]]}.{parsed[1]}" if parsed else key
+        assert set(st) == {"exp_avg", "exp_avg_sq", "step"}
+        assert st["exp_avg"].shape == st["exp_avg_sq"].shape == params[key].shape
+        assert all(torch.equal(st[n], state[src][n]) for n in st)
+        assert all(st[n].untyped_storage().data_ptr() != state[src][n].untyped_storage().data_ptr() for n in st)
+    assert all(torch.equal(state[k][n], before[k][n]) for k in before for n in before[k])
+    # the result loads into the grown model's AdamW and steps
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt_state = opt.state_dict()
+    opt_state["state"] = {i: carried[name] for i, name in enumerate(params)}
+    opt.load_state_dict(opt_state)
+    model(TOKENS).sum().backward()
+    opt.step()
+    assert int(opt.state[params["lm_head.weight"]]["step"]) == 3
+
+
+@pytest.mark.parametrize("op,direction,opts,match", [
+    ("G_zero", "depth", {}, r"carry is not defined for G_zero \(depth\): layers \[1, 3, 5\] have zeroed"),
+    ("llama_pro", "depth", {}, r"carry is not defined for llama_pro \(depth\): layers .* zeroed"),
+    ("G_random", "depth", {}, r"carry is not defined for G_random \(depth\): new layers \[3, 4, 5\] are fresh"),
+    ("G_learn", "depth", {}, r"carry is not defined for G_learn \(depth\): its layers are learned mixtures"),
+    ("G_direct", "width", {}, r"carry is not defined for G_direct \(width\): grown tensors change shape"),
+    ("G_zero", "width", {}, r"carry is not defined for G_zero \(width\)"),
+    ("G_random", "width", {}, r"carry is not defined for G_random \(width\)"),
+    ("G_learn", "width", {}, r"carry is not defined for G_learn \(width\)"),
+    ("G_stack", "depth", {"order": "stack"}, r"option\(s\) \['order'\] are not used by G_stack"),
+    ("G_stack", "depth", {"g": 1.5}, "g must be an integer"),
+])
+def test_carry_refused(op, direction, opts, match):
+    config = make_config("gqa3")
+    state = {k: {"exp_avg": torch.zeros(v.shape)} for k, v in GPT(config).named_parameters()}
+    with pytest.raises(GrowthError, match=match) as e:
+        carry_moments(state, config, op, direction=direction, **opts)
+    assert "\n" not in str(e.value)
+
+
+def test_carry_bad_state():
+    config = make_config("gqa")
+    state = {k: {"exp_avg": torch.zeros(v.shape), "step": torch.tensor(1.0)} for k, v in GPT(config).named_parameters()}
+    for bad, match in [
+        ({k: v for k, v in state.items() if k != "lm_head.weight"}, "missing: lm_head.weight"),
+        ({**state, "model.lm_head.weight": state["lm_head.weight"]}, "unexpected: model.lm_head.weight"),
+        ({**state, "lm_head.weight": {"exp_avg": torch.zeros(3, 3)}}, r"has shape \(3, 3\); the parameter's is"),
+        ({**state, "lm_head.weight": torch.zeros(2, 2)}, "must be a dict of name -> tensor"),
+        ([1, 2], "must be a dict of parameter name"),
+    ]:
+        with pytest.raises(GrowthError, match=match):
+            carry_moments(bad, config, "G_stack")
+    with pytest.raises(GrowthError, match="config must be a litgpt.Config"):
+        carry_moments(state, asdict(config), "G_stack")
+
+
 # ---- errors ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("op,direction,kw,match", [
     ("G_sideways", "depth", {}, "unknown op 'G_sideways'; valid depth ops"),
@@ -364,6 +564,8 @@ def test_learn_needs_data(tmp_path):
     ("interpolate", "depth", {"layers": [0]}, r"option\(s\) \['layers'\] are not used by interpolate"),
     ("G_random", "depth", {"ramp_tokens": -1}, "ramp_tokens must be"),
     ("G_zero", "depth", {"order": "random"}, "order must be"),
+    ("G_direct", "width", {"symmetric": "yes"}, "symmetric must be true or false"),
+    ("G_direct", "depth", {"symmetric": True}, r"option\(s\) \['symmetric'\] are not used by G_direct \(depth\)"),
 ])
 def test_errors(op, direction, kw, match):
     config = make_config("gqa", n_layer=4)

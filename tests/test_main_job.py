@@ -23,9 +23,10 @@ def test_demo_grid_shrunk_runs_end_to_end_and_reports(tiny_data, tmp_path, capsy
     sweep = tmp_path / "sweep"
     assert cli_main(["sweep", str(path), "--out", str(sweep), "--jobs", "2", "--threads", "1"]) == 0
     results = pd.read_csv(sweep / "results.csv")
-    assert sorted(results["kind"]) == ["base", "grown", "grown", "scratch"]
+    n_cool = 3 * len(grid["anneal"]["fractions"])  # 2 grown + 1 scratch main runs, one cooldown per fraction each
+    assert sorted(results["kind"]) == ["base"] + ["cooldown"] * n_cool + ["grown", "grown", "scratch"]
     assert set(results["status"]) == {"done"}
-    assert sorted(results["op"].dropna()) == ["G_stack", "G_zero"]
+    assert sorted(results.loc[results["kind"] == "grown", "op"]) == ["G_stack", "G_zero"]
     capsys.readouterr()
 
     assert cli_main(["report", str(sweep)]) == 0
@@ -39,3 +40,4 @@ def test_demo_grid_shrunk_runs_end_to_end_and_reports(tiny_data, tmp_path, capsy
         assert (report / "figures" / name).stat().st_size > 10_000
     speedups = pd.read_csv(report / "speedups.csv")
     assert set(speedups["op"]) == {"G_stack", "G_zero"}
+    assert set(speedups["reading"]) == {"mid", "annealed"}  # both readings, from the curves and the cooldowns

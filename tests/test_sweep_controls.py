@@ -103,3 +103,27 @@ def test_grid_schema_rejects_owned_fields(tmp_path, tiny_data):
     raw["defaults"]["branch_from"] = "x.ckpt"
     with pytest.raises(GridError, match="branch_from is set by the sweep: use anneal.fractions"):
         parse_grid(raw, "g.yaml")
+
+
+def test_carry_moments_end_to_end(tmp_path, tiny_data):
+    with pytest.raises(GridError, match="carry is not defined for G_zero .depth.: layers .* zeroed output"):
+        plan(tmp_path, tiny_data, grown={"tokens": 3072, "optimizer": "carry"})
+    grid = write_grid(tmp_path / "carry.yaml", tiny_data,
+                      {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "grown": {"tokens": 1024, "optimizer": "carry"}})
+    runs = expand(load_grid(grid), where="carry.yaml")
+    fresh = expand(load_grid(write_grid(tmp_path / "fresh.yaml", tiny_data,
+                                        {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "grown": {"tokens": 1024}})),
+                   where="fresh.yaml")
+    g_carry = [r for r in runs if r.kind == "grown"][0]
+    g_fresh = [r for r in fresh if r.kind == "grown"][0]
+    assert g_carry.id != g_fresh.id and g_carry.config.optimizer_init == "carry"
+    proc = run_sweep(grid, "--out", tmp_path / "sweep", "--threads", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import torch
+
+    state = torch.load(tmp_path / "sweep" / g_carry.grow["dst"] / "optimizer_state.pt", weights_only=True)
+    assert torch.equal(state["transformer.h.3.attn.qkv.weight"]["exp_avg"],
+                       state["transformer.h.1.attn.qkv.weight"]["exp_avg"])  # layer 3 of G_stack copies layer 1
+    assert state["transformer.h.0.attn.qkv.weight"]["exp_avg"].abs().sum() > 0
+    log = (tmp_path / "sweep" / g_carry.config.out_dir / "train.log").read_text()
+    assert "AdamW moments carried from" in log

@@ -86,8 +86,9 @@ def test_dry_run_prints_the_plan(e2e, tmp_path, capsys):
     assert sweep_main([str(grid), "--out", str(tmp_path / "fresh"), "--dry-run", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "6 runs (1 base, 4 grown, 1 scratch)" in out and "throughput: measured here: 3 timed optimizer steps" in out
-    assert re.search(r"grown-tiny-L4-D32-G_zero-depth-g2-d2048-s0-\w{8}\s+grown\s+tiny-L4-D32\s+3,072\s+\S+\s+\S+s\s+"
-                     r"base-tiny-L4-D32-depth-g2-s0-\w{8} @ d=2,048", out), out
+    # id, kind, model, tokens, FLOPs, tokens/param, epochs, evaluations, est. time, parent @ d
+    assert re.search(r"grown-tiny-L4-D32-G_zero-depth-g2-d2048-s0-\w{8}\s+grown\s+tiny-L4-D32\s+3,072\s+\S+\s+0.0439\s+"
+                     r"0.02\s+4\s+\S+s\s+base-tiny-L4-D32-depth-g2-s0-\w{8} @ d=2,048", out), out
     assert not (tmp_path / "fresh").exists()
     assert sweep_main([str(grid), "--out", str(sweep), "--dry-run"]) == 0  # a finished sweep: its own tokens/s
     out = capsys.readouterr().out

@@ -2,14 +2,15 @@
 
     from stacking.growth import grow, grow_checkpoint
     sd2, cfg2 = grow(sd, cfg, "G_stack", g=2)                                 # 0..L-1, 0..L-1
-    sd2, cfg2 = grow(sd, cfg, "G_direct", direction="width", g=2)             # exact HyperCloning
+    sd2, cfg2 = grow(sd, cfg, "G_direct", direction="width", g=2)             # FP, uneven split (LEMON)
     res = grow(sd, cfg, "G_random", g=2, ramp_tokens=10**6, return_info=True)  # res.mask for the training module
     grow_checkpoint(src_dir, dst_dir, "llama_pro", g=2, train_new_only=True)  # writes growth.json too
+    state2 = carry_moments(adamw_state_by_name, cfg, "G_stack", g=2)          # moments through the depth plan
 
 | op          | depth                                   | width                                          |
 |-------------|-----------------------------------------|------------------------------------------------|
 | G_stack     | whole model g times (= G_direct depth)  | -                                              |
-| G_direct    | alias of G_stack                        | tile heads/groups/features, divide fan-in (FP) |
+| G_direct    | alias of G_stack                        | tile heads/groups/features, split fan-in (FP)  |
 | G_zero      | copies with zeroed output proj (FP)     | new fan-out zero, RMSNorm × √(d/D) (FP)        |
 | G_random    | random new blocks + 0→1 mask (FP at 0)  | random new units + 0→1 mask (FP at 0)          |
 | G_learn     | LiGO depth maps (start = G_stack)       | LiGO width maps                                |
@@ -29,6 +30,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from litgpt import Config
 
 from stacking.growth import depth, learn, width
@@ -48,8 +50,10 @@ from stacking.growth.io import (
     save_state_dict,
     sha256_file,
 )
+from stacking.growth.learn import learn_flops
 
-__all__ = ["OPERATORS", "GrowthError", "GrowthResult", "grow", "grow_checkpoint", "operator_options"]
+__all__ = ["OPERATORS", "GrowthError", "GrowthResult", "carry_moments", "carry_plan", "grow", "grow_checkpoint", "learn_flops",
+           "operator_options"]
 
 _stack = depth.as_operator(depth.plan_stack)
 OPERATORS = {
@@ -114,13 +118,44 @@ def grow(state_dict, config: Config, op: str, *, direction: str = "depth", g=2, 
     return result if return_info else (result.state_dict, result.config)
 
 
+def carry_plan(config: Config, op: str, *, direction: str = "depth", g=2, seed: int = 0, **options):
+    """The DepthPlan through which `carry_moments` maps optimizer state, or a GrowthError saying why ``op`` has
+    none. Needs no weights, so a sweep checks ``grown.optimizer: carry`` against every op before compute."""
+    fn = resolve(op, direction, options)
+    if not isinstance(config, Config):
+        raise GrowthError(f"config must be a litgpt.Config (got {type(config).__name__})")
+    if direction != "depth":
+        raise GrowthError(f"carry is not defined for {op} (width): grown tensors change shape, so their moments have "
+                          f"no source tensor to copy; use the fresh optimizer")
+    planner = getattr(fn, "planner", None)
+    if planner is None:
+        raise GrowthError(f"carry is not defined for {op} (depth): its layers are learned mixtures of source layers, "
+                          f"not copies; use the fresh optimizer")
+    plan = planner(config, g=g, seed=seed, **options)
+    depth.check_carry(plan, op)
+    return plan
+
+
+def carry_moments(named_state: dict[str, dict[str, torch.Tensor]], config: Config, op: str, *,
+                  direction: str = "depth", g=2, seed: int = 0, **options) -> dict[str, dict[str, torch.Tensor]]:
+    """Optimizer state (e.g. AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) keyed by the base's litgpt parameter
+    names, mapped to the grown model's parameter names through the same DepthPlan `grow` uses for the weights.
+
+    Pure: the result's tensors are clones. Defined only for depth plans that copy every tensor (G_stack / G_direct,
+    interpolate, solar_dus); every other operator raises GrowthError saying why (`carry_plan`).
+    """
+    plan = carry_plan(config, op, direction=direction, g=g, seed=seed, **options)
+    return depth.carry_state(plan, named_state, config, op)
+
+
 def grow_checkpoint(src_dir, dst_dir, op: str, *, direction: str = "depth", g=2, seed: int = 0,
                     **options) -> Path:
     """Grow a checkpoint dir into a new one (written atomically; see docs/formats.md).
 
     Writes lit_model.pth, model_config.yaml, a copy of stacking_meta.json (tokens/flops unchanged: the grown run
     starts its FLOP counter there) and growth.json (op, direction, g, seed, options, source_dir, source_sha256,
-    mask, trainable). Depth ops other than G_learn stream tensor by tensor from the memory-mapped source.
+    mask, trainable, extra_flops: the operator's own training FLOPs, G_learn's map training, else 0.0). Depth ops
+    other than G_learn stream tensor by tensor from the memory-mapped source.
     """
     fn = resolve(op, direction, options)
     src, dst = Path(src_dir), Path(dst_dir)
@@ -158,5 +193,6 @@ def _write_side_files(tmp: Path, ckpt, result: GrowthResult, op: str, direction:
         "source_sha256": sha256_file(ckpt.path / WEIGHTS),
         "mask": result.mask,
         "trainable": result.trainable,
+        "extra_flops": float(result.extra_flops),
     }
     (tmp / GROWTH).write_text(json.dumps(record, indent=1))

@@ -35,7 +35,9 @@ operators (--direction depth unless noted; FP = function preserving at growth):
                       --train-new-only  growth.json lists only the new blocks as trainable
   solar_dus    depth  two copies, last m dropped from one, first m from the other: 2*(L-m) layers (--g 2)
                       --m M (default n_layer//4)
-  G_direct     width  HyperCloning: tile heads, KV groups, features; divide fan-in (FP, exact). Integer g.
+  G_direct     width  tile heads, KV groups, features; split each input's weight over its copies (FP). Integer g.
+                      default: uneven seeded shares u/sum(u), u~U(0.5,1.5), so copies get different gradients
+                      --symmetric  even 1/g shares (HyperCloning); copies then never diverge
   G_zero       width  new fan-out zero, rest random, RMSNorm*sqrt(d/D), norm_eps*d/D (FP)
   G_random     width  random new units gated by c ramping 0->1 (FP at c=0). --ramp-tokens N
   G_learn      width  LiGO width maps [I; N(0,1/D)], trained on data. Same options as G_learn depth.
@@ -78,11 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--copies", type=int, help="llama_pro: zeroed copies per group P")
     o.add_argument("--train-new-only", action="store_true", default=None, help="llama_pro: train only new blocks")
     o.add_argument("--m", type=int, help="solar_dus: layers dropped from each copy")
+    o.add_argument("--symmetric", action="store_true", default=None,
+                   help="G_direct width: split fan-in evenly (HyperCloning) instead of unevenly")
     return p
 
 
 _OPTION_NAMES = ("layers", "order", "ramp_tokens", "learn_steps", "data", "seq_len", "batch_size", "lr", "groups",
-                 "copies", "train_new_only", "m")
+                 "copies", "train_new_only", "m", "symmetric")
 
 
 def resolve_target(value: str, source: Config) -> Config:

@@ -302,6 +302,48 @@ def stream_plan(plan: DepthPlan, state_dict: Mapping[str, torch.Tensor], src_con
     return _result(plan, {}, src_config)
 
 
+def check_carry(plan: DepthPlan, op: str) -> None:
+    """GrowthError unless every tensor of ``plan`` is a copy of a source tensor (what carrying moments needs)."""
+    fresh = [i for i, s in enumerate(plan.sources) if s is None]
+    if fresh:
+        raise GrowthError(f"carry is not defined for {op} (depth): new layers {fresh} are freshly initialised, so "
+                          f"their moments have no source tensor; use the fresh optimizer")
+    if plan.zeroed:
+        raise GrowthError(f"carry is not defined for {op} (depth): layers {sorted(plan.zeroed)} have zeroed output "
+                          f"projections, which are not copies of a source tensor; use the fresh optimizer")
+
+
+def carry_state(plan: DepthPlan, named_state: Mapping[str, Mapping[str, torch.Tensor]], src_config: Config,
+                op: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-parameter optimizer state of the source mapped through ``plan``: every grown parameter gets a clone of its
+    source parameter's state (layer keys from their source layer, embeddings / final norm / LM head from themselves).
+
+    Defined only for plans whose every tensor is a copy: a fresh block (``sources[i] is None``) or a zeroed output
+    projection has no source tensor whose moments would describe it. Validates everything before copying anything.
+    """
+    check_carry(plan, op)
+    if not isinstance(named_state, Mapping):
+        raise GrowthError(f"optimizer state must be a dict of parameter name -> state dict "
+                          f"(got {type(named_state).__name__})")
+    want = expected_shapes(src_config)
+    missing = [k for k in want if k not in named_state]
+    extra = [k for k in named_state if k not in want]
+    if missing or extra:
+        parts = [f"{label}: {', '.join(map(str, items[:2]))}{f' (+{len(items) - 2} more)' if len(items) > 2 else ''}"
+                 for label, items in (("missing", missing), ("unexpected", extra)) if items]
+        raise GrowthError(f"optimizer state keys must be the base model's parameter names ({'; '.join(parts)})")
+    for key, state in named_state.items():
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise GrowthError(f"optimizer state of {key!r} must be a dict of name -> tensor "
+                              f"(got {type(state).__name__})")
+        for name, t in state.items():
+            if t.numel() != 1 and tuple(t.shape) != tuple(want[key]):
+                raise GrowthError(f"optimizer state {key!r}[{name!r}] has shape {tuple(t.shape)}; the parameter's is "
+                                  f"{tuple(want[key])} (only per-element or scalar state can be carried)")
+    return {key: {name: t.detach().clone() for name, t in named_state[src_key].items()}
+            for key, src_key, _ in plan_entries(plan)}
+
+
 def as_operator(planner):
     """Turn a planner into a `grow` operator ``(state_dict, config, *, g, seed, **options) -> GrowthResult``."""
 

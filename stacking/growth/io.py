@@ -388,6 +388,9 @@ class GrowthResult:
     """llama_pro train_new_only: names of the only parameters to train (growth.json "trainable")."""
     log: dict = field(default_factory=dict)
     """Diagnostics not written to growth.json (e.g. G_learn's loss per step)."""
+    extra_flops: float = 0.0
+    """Training FLOPs the operator itself spent (G_learn's map training, `learn.learn_flops`); growth.json
+    "extra_flops"."""
 
 
 def check_g(g: Any, op: str, *, integer: bool) -> float | int:

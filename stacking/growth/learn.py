@@ -14,6 +14,9 @@ materialised into a plain litgpt state dict (the official code, tongxuluo/prts `
   Maps start at ``[I; N(0, 1/new)]`` (prts ligo.py); not function preserving.
 
 Data is a token dataset dir (docs/formats.md): ``train.bin`` read with ``np.memmap`` and ``meta.json``'s dtype.
+
+Compute: learning the maps is training, so `learn_flops` counts it (from the two configs alone, no weights) and
+`grow_checkpoint` records it as growth.json ``extra_flops``; a grid planner adds it to the grown run's FLOPs.
 """
 
 from __future__ import annotations
@@ -29,23 +32,36 @@ from litgpt import GPT, Config
 from torch.func import functional_call
 
 from stacking.growth import depth, width
-from stacking.growth.io import GrowthError, GrowthResult, layer_key, split_layer_key
+from stacking.growth.io import GrowthError, GrowthResult, expected_shapes, layer_key, split_layer_key
+from stacking.models import flops_per_token
 
 # LiGO's README trains the operator for 100 steps at lr 2e-4 (RoBERTa); prts issue #2 also uses 100 steps.
 DEFAULT_STEPS = 100
 DEFAULT_LR = 2e-4
+DEFAULT_BATCH_SIZE = 8
+
+
+def default_seq_len(config: Config) -> int:
+    """G_learn's default sequence length: min(block_size, 256)."""
+    return min(config.block_size, 256)
+
+
+def _check_sizes(learn_steps, seq_len, batch_size, config: Config) -> int:
+    """Validate the options that set G_learn's token count; returns seq_len with its default filled in."""
+    if isinstance(learn_steps, bool) or not isinstance(learn_steps, int) or learn_steps < 0:
+        raise GrowthError(f"learn_steps must be an integer >= 0 for G_learn (got {learn_steps!r})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise GrowthError(f"batch_size must be an integer >= 1 for G_learn (got {batch_size!r})")
+    seq_len = default_seq_len(config) if seq_len is None else seq_len
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= config.block_size:
+        raise GrowthError(f"seq_len must be an integer in 1..block_size={config.block_size} (got {seq_len!r})")
+    return seq_len
 
 
 def _check_learn_options(learn_steps, lr, seq_len, batch_size, data, config: Config) -> int:
-    if isinstance(learn_steps, bool) or not isinstance(learn_steps, int) or learn_steps < 0:
-        raise GrowthError(f"learn_steps must be an integer >= 0 for G_learn (got {learn_steps!r})")
-    if not isinstance(lr, (int, float)) or not lr > 0:
+    seq_len = _check_sizes(learn_steps, seq_len, batch_size, config)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise GrowthError(f"lr must be a positive number for G_learn (got {lr!r})")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise GrowthError(f"batch_size must be an integer >= 1 for G_learn (got {batch_size!r})")
-    seq_len = min(config.block_size, 256) if seq_len is None else seq_len
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= config.block_size:
-        raise GrowthError(f"seq_len must be an integer in 1..block_size={config.block_size} (got {seq_len!r})")
     if learn_steps > 0:
         open_tokens(data)  # fail on a missing or unreadable data dir before any compute
     return seq_len
@@ -97,17 +113,109 @@ def _train_maps(maps: dict[str, torch.Tensor], materialise, config: Config, data
     return losses
 
 
-def _finish(dtype_of, materialise, config: Config, g: float, options: dict, losses: list[float]) -> GrowthResult:
+def _finish(dtype_of, materialise, config: Config, g: float, options: dict, losses: list[float],
+            extra_flops: float) -> GrowthResult:
     """Materialise the grown weights once more without autograd, in the source's dtypes."""
     with torch.no_grad():
         grown = materialise()
     out = {k: v.detach().to(dtype_of(k)).contiguous() for k, v in grown.items()}
-    return GrowthResult(out, config, g, options, log={"learn_losses": losses})
+    return GrowthResult(out, config, g, options, log={"learn_losses": losses}, extra_flops=extra_flops)
+
+
+# ---- compute ---------------------------------------------------------------------------------------------------
+def _check_pair(grown_config: Config, base_config: Config, direction: str) -> None:
+    """The two configs must be a G_learn (direction) pair: same blocks and more layers, or same depth and wider."""
+    for name, c in (("grown_config", grown_config), ("base_config", base_config)):
+        if not isinstance(c, Config):
+            raise GrowthError(f"{name} must be a litgpt.Config (got {type(c).__name__})")
+    if direction == "depth":
+        if width.Widths.of(grown_config) != width.Widths.of(base_config) or (
+                grown_config.n_layer < base_config.n_layer or grown_config.n_layer % base_config.n_layer):
+            raise GrowthError(f"G_learn (depth) needs grown_config to be base_config with n_layer a multiple of "
+                              f"{base_config.n_layer} and the same widths (got n_layer={grown_config.n_layer}, "
+                              f"n_embd={grown_config.n_embd} from n_embd={base_config.n_embd})")
+    elif direction == "width":
+        old, new = width.Widths.of(base_config), width.Widths.of(grown_config)
+        if grown_config.n_layer != base_config.n_layer or any(
+                new.size(s) < old.size(s) for s in ("embd", "q", "kv", "ffn")):
+            raise GrowthError(f"G_learn (width) needs grown_config to keep n_layer={base_config.n_layer} and not "
+                              f"shrink any width (got n_layer={grown_config.n_layer}, {old} -> {new})")
+    else:
+        raise GrowthError(f"direction must be 'depth' or 'width' for G_learn (got {direction!r})")
+
+
+def _map_products(key: str, shape: tuple[int, ...], old: width.Widths, new: width.Widths
+                  ) -> list[tuple[int, int, int, int, bool, bool]]:
+    """(r0, c0, r1, c1, row map?, column map?) of each product ``R·W·Cᵀ`` that width materialisation computes for
+    one parameter (the fused qkv is three: q, k, v)."""
+    spaces = width.layout(key)
+    c0 = shape[1] if len(shape) > 1 else 1
+    col = spaces[1] if len(spaces) > 1 and spaces[1] != "vocab" else None
+    c1 = new.size(col) if col else c0
+    rows = [("q", old.q, new.q), ("kv", old.kv, new.kv), ("kv", old.kv, new.kv)] if spaces[0] == "qkv" else \
+        [(spaces[0], shape[0], shape[0] if spaces[0] == "vocab" else new.size(spaces[0]))]
+    return [(r0, c0, r1, c1, space != "vocab", col is not None) for space, r0, r1 in rows]
+
+
+def map_flops_per_step(grown_config: Config, base_config: Config, direction: str) -> float:
+    """FLOPs of one step's materialisation of the grown weights from the maps, forward + backward (gradients flow to
+    the maps only; the source weights are frozen). Matmuls only, 2 FLOPs per multiply-add.
+
+    depth: ``W'_l = Σ_j D[l, j]·W_j`` is a (L'×L)·(L×P) product over the P parameters of a block: 2·L'·L·P forward,
+    the same again for dD. width, per parameter ``R·W·Cᵀ`` (R: r1×r0, C: c1×c0): forward 2·r1·r0·c0 + 2·r1·c0·c1;
+    backward dC, d(RW) and dR = 4·r1·c0·c1 + 2·r1·r0·c0. One-sided products (norms, biases: R·w; embedding and
+    LM head: W·Cᵀ) cost 4·m·n·k.
+    """
+    _check_pair(grown_config, base_config, direction)
+    shapes = expected_shapes(base_config)
+    if direction == "depth":
+        block = sum(math.prod(s) for k, s in shapes.items() if (p := split_layer_key(k)) and p[0] == 0)
+        return 4.0 * grown_config.n_layer * base_config.n_layer * block
+    old, new = width.Widths.of(base_config), width.Widths.of(grown_config)
+    total = 0
+    for key, shape in shapes.items():
+        for r0, c0, r1, c1, has_r, has_c in _map_products(key, tuple(shape), old, new):
+            if has_r and has_c:
+                total += 4 * r1 * r0 * c0 + 6 * r1 * c0 * c1
+            elif has_r:
+                total += 4 * r1 * r0 * c0
+            elif has_c:
+                total += 4 * r0 * c0 * c1
+    return float(total)
+
+
+def learn_flops(grown_config: Config, base_config: Config, *, learn_steps: int = DEFAULT_STEPS,
+                batch_size: int = DEFAULT_BATCH_SIZE, seq_len: int | None = None, direction: str = "depth") -> float:
+    """Training FLOPs G_learn spends learning its maps; from the configs alone (no weights), so a planner can call it.
+
+    ``learn_steps · (batch_size · seq_len · flops_per_token(grown_config, seq_len) + map_flops_per_step(...))``:
+
+    * the grown model's forward + backward on every token, with `stacking.models.flops_per_token` (6·N_non-embedding
+      + attention, the trainer's count). The full backward is needed: the maps' gradients come through the
+      gradients of the materialised weights;
+    * materialising the grown weights from the maps every step, forward + backward (`map_flops_per_step`). In depth
+      it is ≈ 2L/(3·tokens per step) of the first term (negligible); in width the products are dense and their
+      share grows like D/(tokens per step): for g=2 with 8×256 tokens a step and a 4·d MLP, about 2% of the first
+      term at D=64 and about 115% at D=2048.
+
+    Left out: the Adam update of the maps (a few FLOPs per map entry), building ``kron(B, I_hs)`` (elementwise), the
+    final no-grad materialisation (a weight copy, like any other operator's), the loss and data loading.
+    ``learn_steps=0`` (G_learn = G_stack) costs 0. ``seq_len`` defaults to G_learn's own default, min(block_size of
+    the base, 256).
+    """
+    _check_pair(grown_config, base_config, direction)
+    seq_len = _check_sizes(learn_steps, seq_len, batch_size, base_config)
+    if learn_steps == 0:
+        return 0.0
+    tokens = batch_size * seq_len
+    per_step = tokens * flops_per_token(grown_config, seq_len) + map_flops_per_step(grown_config, base_config,
+                                                                                   direction)
+    return float(learn_steps * per_step)
 
 
 # ---- depth -----------------------------------------------------------------------------------------------------
 def grow_depth_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=None, learn_steps: int = DEFAULT_STEPS,
-                     lr: float = DEFAULT_LR, seq_len: int | None = None, batch_size: int = 8,
+                     lr: float = DEFAULT_LR, seq_len: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      to: Config | None = None) -> GrowthResult:
     """G_learn (depth): per-parameter-kind layer-mixing matrices, starting at G_stack, trained on ``data``."""
     seq_len = _check_learn_options(learn_steps, lr, seq_len, batch_size, data, config)
@@ -152,7 +260,9 @@ def grow_depth_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=Non
         parsed = split_layer_key(key)
         return state_dict[layer_key(0, parsed[1]) if parsed else key].dtype
 
-    return _finish(dtype_of, materialise, new_cfg, L2 / L, options, losses)
+    flops = learn_flops(new_cfg, config, learn_steps=learn_steps, batch_size=batch_size, seq_len=seq_len,
+                        direction="depth")
+    return _finish(dtype_of, materialise, new_cfg, L2 / L, options, losses, flops)
 
 
 # ---- width -----------------------------------------------------------------------------------------------------
@@ -163,7 +273,7 @@ def _init_map(new: int, old: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def grow_width_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=None, learn_steps: int = DEFAULT_STEPS,
-                     lr: float = DEFAULT_LR, seq_len: int | None = None, batch_size: int = 8,
+                     lr: float = DEFAULT_LR, seq_len: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      to: Config | None = None) -> GrowthResult:
     """G_learn (width): LiGO width maps (residual, per-layer heads / KV groups / MLP units), trained on ``data``."""
     seq_len = _check_learn_options(learn_steps, lr, seq_len, batch_size, data, config)
@@ -214,4 +324,6 @@ def grow_width_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=Non
 
     losses = _train_maps(maps, materialise, new_cfg, data, learn_steps, lr, seq_len, batch_size, seed)
     options = {"data": data, "learn_steps": learn_steps, "lr": lr, "seq_len": seq_len, "batch_size": batch_size}
-    return _finish(lambda k: state_dict[k].dtype, materialise, new_cfg, new.embd / old.embd, options, losses)
+    flops = learn_flops(new_cfg, config, learn_steps=learn_steps, batch_size=batch_size, seq_len=seq_len,
+                        direction="width")
+    return _finish(lambda k: state_dict[k].dtype, materialise, new_cfg, new.embd / old.embd, options, losses, flops)

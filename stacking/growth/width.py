@@ -9,8 +9,15 @@ Why head_size and heads-per-group are kept: head_size fixes RoPE frequencies and
 query head j reads KV group j // (n_head/n_query_groups); keeping that ratio keeps every old head on its old group
 and puts new heads on new groups.
 
-* G_direct (HyperCloning): every space tiled f times (``W.repeat(f_out, f_in) / f_in``; embedding ``repeat`` without
-  the division). Input [x, x] gives output [y, y]: exact. RMSNorm of [x, x] equals RMSNorm of x, weights tiled.
+* G_direct (HyperCloning / Net2Net): every space tiled f times; the embedding's columns are copied. Rows (a unit's
+  incoming weights) are tiled; the f column blocks that read the f copies of one input feature share its weight:
+  ``W'[i, k·c + j] = a_k[i, j]·W[i mod r, j]`` with ``Σ_k a_k = 1`` elementwise. Input [x, x] therefore gives output
+  [y, y]: exact. RMSNorm of [x, x] equals RMSNorm of x, weights tiled.
+  - default (uneven, LEMON / the paper's App. A): ``a_k = u_k / Σ_m u_m`` with ``u_k ~ U(0.5, 1.5)`` drawn per element
+    and seeded (for f = 2 each share lies in [1/4, 3/4]). A copy of a feature then gets a different back-propagated
+    gradient (``a_k·Wᵀ·δ``) than the original, so copies drift apart and the grown model can learn past the base.
+  - ``symmetric=True``: ``a_k = 1/f`` (HyperCloning's ``W.repeat(f_out, f_in) / f_in``). Every copy then receives
+    exactly the same gradient forever: the grown model trains like the base at f² times the FLOPs.
 * G_zero: old weights top-left, new outputs read from old inputs through zeros, everything else random; embedding
   gets zero new columns. New dims therefore stay 0 through the network. RMSNorm over [x, 0] sees a mean square
   d/D times smaller: weights × √(d/D) and norm_eps × d/D compensate exactly.
@@ -149,7 +156,33 @@ def _random(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.T
     return torch.empty(shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
 
 
-def _grow_piece(t, row_space, col_space, old: Widths, new: Widths, op: str, key: str, std: float, gen):
+# Uneven split of G_direct: shares u / Σu with u ~ U(_SPLIT_LOW, _SPLIT_HIGH), so no share exceeds 3× another.
+_SPLIT_LOW, _SPLIT_HIGH = 0.5, 1.5
+
+
+def split_shares(copies: int, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """``copies`` fp32 tensors of ``shape`` (stacked on dim 0) that sum to 1 elementwise: ``u_k / Σ_m u_m`` with
+    ``u_k ~ U(0.5, 1.5)`` i.i.d. For two copies each share lies in [1/4, 3/4], mean 1/2."""
+    u = torch.empty((copies, *shape), dtype=torch.float32).uniform_(_SPLIT_LOW, _SPLIT_HIGH, generator=gen)
+    return u / u.sum(dim=0, keepdim=True)
+
+
+def _direct_matrix(t: torch.Tensor, r1: int, c1: int, key: str, symmetric: bool, gen) -> torch.Tensor:
+    """G_direct for one matrix: rows tiled; each input feature's weight split over its column copies (see module
+    docstring). The embedding is a lookup, not a sum over inputs: its columns are copied, not split."""
+    r0, c0 = t.shape
+    fan_in = c1 // c0
+    tiled = t.repeat(r1 // r0, 1)
+    if key == "transformer.wte.weight" or fan_in == 1:
+        return tiled.repeat(1, fan_in)
+    if symmetric:
+        return tiled.repeat(1, fan_in) / fan_in
+    shares = split_shares(fan_in, (r1, c0), gen)
+    return torch.cat([share * tiled for share in shares], dim=1)
+
+
+def _grow_piece(t, row_space, col_space, old: Widths, new: Widths, op: str, key: str, std: float, gen,
+                symmetric: bool = False):
     """Grow one matrix or vector (in fp32) according to `op`; see the module docstring for the three rules."""
     t = t.float()
     r0 = t.shape[0]
@@ -166,10 +199,7 @@ def _grow_piece(t, row_space, col_space, old: Widths, new: Widths, op: str, key:
     c0 = t.shape[1]
     c1 = new.size(col_space)
     if op == "G_direct":
-        fan_in = c1 // c0
-        out = t.repeat(r1 // r0, fan_in)
-        # the embedding is a lookup, not a sum over inputs: its columns are copied, not split
-        return out if key == "transformer.wte.weight" else out / fan_in
+        return _direct_matrix(t, r1, c1, key, symmetric, gen)
     out = _random((r1, c1), std, gen)
     out[:r0, :c0] = t
     if op == "G_zero":
@@ -179,27 +209,36 @@ def _grow_piece(t, row_space, col_space, old: Widths, new: Widths, op: str, key:
     return out
 
 
-def grow_tensor(key: str, t: torch.Tensor, old_cfg: Config, new_cfg: Config, op: str, seed: int) -> torch.Tensor:
+def grow_tensor(key: str, t: torch.Tensor, old_cfg: Config, new_cfg: Config, op: str, seed: int,
+                symmetric: bool = False) -> torch.Tensor:
+    """One parameter grown by `op` (random draws from a generator seeded by (seed, key)), in the source dtype."""
     spaces = layout(key)
     old, new = Widths.of(old_cfg), Widths.of(new_cfg)
     gen = generator_for(seed, key)
     std = init_std(key, new_cfg)
-    parts = [_grow_piece(p, space, spaces[1] if len(spaces) > 1 else None, old, new, op, key, std, gen)
+    parts = [_grow_piece(p, space, spaces[1] if len(spaces) > 1 else None, old, new, op, key, std, gen, symmetric)
              for p, space in _pieces(t, spaces[0], old)]
     return torch.cat(parts, dim=0).to(t.dtype)
 
 
-def _grow(state_dict, config, op, new_cfg, seed) -> dict:
-    return {key: grow_tensor(key, t, config, new_cfg, op, seed) for key, t in state_dict.items()}
+def _grow(state_dict, config, op, new_cfg, seed, symmetric: bool = False) -> dict:
+    return {key: grow_tensor(key, t, config, new_cfg, op, seed, symmetric) for key, t in state_dict.items()}
 
 
 # ---- operators -------------------------------------------------------------------------------------------------
-def grow_width_direct(state_dict, config: Config, *, g=2, seed: int = 0, to: Config | None = None) -> GrowthResult:
-    """G_direct (width), HyperCloning-style exact function preservation. Integer factors only."""
+def grow_width_direct(state_dict, config: Config, *, g=2, seed: int = 0, symmetric: bool = False,
+                      to: Config | None = None) -> GrowthResult:
+    """G_direct (width): tiled units, exact function preservation. Integer factors only.
+
+    Each input feature's weight is split unevenly over its copies (seeded shares summing to 1) so copies get
+    different gradients; ``symmetric=True`` splits it evenly (HyperCloning), and copies then never diverge.
+    """
+    if not isinstance(symmetric, bool):
+        raise GrowthError(f"symmetric must be true or false for G_direct (width) (got {symmetric!r})")
     check_supported(config, "G_direct")
     new = target_config(config, g, to, "G_direct", integer=True)
-    sd = _grow(state_dict, config, "G_direct", new, seed)
-    return GrowthResult(sd, new, new.n_embd / config.n_embd, {})
+    sd = _grow(state_dict, config, "G_direct", new, seed, symmetric)
+    return GrowthResult(sd, new, new.n_embd / config.n_embd, {"symmetric": symmetric})
 
 
 def grow_width_zero(state_dict, config: Config, *, g=2, seed: int = 0, to: Config | None = None) -> GrowthResult:
