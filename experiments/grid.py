@@ -246,7 +246,7 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
             raise GridError(f"{where}: ops[{i}] ({labels[i]}, {o.direction}) repeats an earlier entry "
                             "(duplicate run ids); give it a distinct label")
     if grid.ops:
-        if not grid.d:
+        if not grid.d and not all(o.d for o in grid.ops):
             raise GridError(f"{where}: d is empty; give the base tokens at which to grow")
         if (grid.grown.tokens is None) == (grid.grown.total_flops is None):
             raise GridError(f"{where}: grown needs exactly one of tokens (tokens after growth) and total_flops")
@@ -351,34 +351,40 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
     for target in grid.targets:
         tmc, _ = mdl.config(target, defaults.get("model_overrides", {}), defaults.get("seq_len", RunConfig.seq_len))
         all_g = sorted(set(grid.g).union(*[o.g or [] for o in grid.ops]))
-        points = [(g, ol, s) for g in all_g for ol in zip(grid.ops, labels, strict=True) for s in grid.seeds
+        points = [(g, ol, s) for g in all_g for ol in zip(grid.ops, labels, strict=True)
+                  for s in (ol[0].seeds or grid.seeds)
                   if g in (ol[0].g or grid.g)]
+        # each base checkpoints at (and trains to) the d's of the ops grown from it
+        base_d: dict[tuple, set[int]] = {}
+        for g, (o, _), seed in points:
+            base_d.setdefault((target, o.direction, g, seed), set()).update(o.d or grid.d)
         for g, (o, label), seed in points:
             key = (target, o.direction, g, seed)
             if key not in bases:
                 shape = base_shape(tmc, o.direction, g, target)
                 name = _safe(f"base-{target}-{o.direction}-g{g}-s{seed}")
-                budget = grid.base.tokens if grid.base.tokens is not None else max(grid.d)
+                my_d = sorted(base_d[key])
+                budget = grid.base.tokens if grid.base.tokens is not None else max(my_d)
                 bfields = {**defaults, **grid.base.set}
                 bgb = bfields.get("global_batch_tokens", RunConfig.global_batch_tokens)
-                for dd in grid.d:
+                for dd in my_d:
                     if dd <= 0 or dd % bgb:
                         raise GridError(f"{where}: d = {dd} must be a positive multiple of the base's "
                                         f"global_batch_tokens = {bgb}")
                     if dd > budget:
                         raise GridError(f"{where}: d = {dd} is beyond the base's budget base.tokens = {budget}; "
                                         "grow at most at the end of base training")
-                managed = dict(model=target, seed=seed, max_tokens=budget, save_at_tokens=sorted(grid.d),
+                managed = dict(model=target, seed=seed, max_tokens=budget, save_at_tokens=my_d,
                                model_overrides=shape)
                 if grid.base.schedule == "constant":
                     managed["schedule"] = "constant"
                 if grid.grown.optimizer == "carry":  # the full state at every d: AdamW moments to carry over
-                    managed["save_state_at_tokens"] = sorted(grid.d)
+                    managed["save_state_at_tokens"] = my_d
                 cfg = resolve(name, grid.base.set, managed)
                 bases[key] = planned(name, "base", target, cfg, data_tokens=budget,
                                      epochs=budget / data_meta["train_tokens"])
             base = bases[key]
-            for dd in grid.d:
+            for dd in (o.d or grid.d):
                 name = _safe(f"grown-{target}-{label}-{o.direction}-g{g}-d{dd}-s{seed}")
                 base_flops = dd * base.flops_per_token
                 lr_source = grid.scratch.set if grid.grown.lr == "target" else grid.base.set
@@ -418,7 +424,7 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
 
     scratch: list[PlannedRun] = []
     for target in grid.targets:
-        for seed in grid.seeds:
+        for seed in sorted(set(grid.seeds).union(*[o.seeds or [] for o in grid.ops])):
             scfg = {**defaults, **grid.scratch.set}
             gb = scfg.get("global_batch_tokens", RunConfig.global_batch_tokens)
             _, tfpt = mdl.config(target, scfg.get("model_overrides", {}), scfg.get("seq_len", RunConfig.seq_len))

@@ -38,6 +38,10 @@ class OpSpec:
     g: list[int] | None = None
     """Growth factors for this op only (default: the grid's ``g`` axis), e.g. 4 in depth but 2 in width, where g
     multiplies the width and so roughly g² the parameters."""
+    d: list[int] | None = None
+    """Growth points for this op only (default: the grid's ``d`` axis), e.g. width ops at the main d only."""
+    seeds: list[int] | None = None
+    """Seeds for this op only (default: the grid's ``seeds``), e.g. 3 seeds at the main d, 1 elsewhere."""
 
 
 @dataclass

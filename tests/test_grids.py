@@ -7,7 +7,7 @@ import yaml
 
 from experiments.grid import GridError, apply_scale, expand, parse_grid
 
-GRIDS = sorted((Path(__file__).parent.parent / "experiments" / "grids").glob("*.yaml"))
+GRIDS = sorted((Path(__file__).parent.parent / "experiments" / "grids").rglob("*.yaml"))
 
 
 def _cases():

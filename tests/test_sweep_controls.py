@@ -127,3 +127,14 @@ def test_carry_moments_end_to_end(tmp_path, tiny_data):
     assert state["transformer.h.0.attn.qkv.weight"]["exp_avg"].abs().sum() > 0
     log = (tmp_path / "sweep" / g_carry.config.out_dir / "train.log").read_text()
     assert "AdamW moments carried from" in log
+
+
+def test_per_op_d_and_seeds(tmp_path, tiny_data):
+    runs = plan(tmp_path, tiny_data, d=[1024], seeds=[0, 1],
+                ops=["G_stack", {"op": "G_zero", "direction": "depth", "d": [512, 2048], "seeds": [0]}])
+    grown = {(r.op, r.grow_at_tokens, r.config.seed) for r in runs if r.kind == "grown"}
+    assert grown == {("G_stack", 1024, 0), ("G_stack", 1024, 1), ("G_zero", 512, 0), ("G_zero", 2048, 0)}
+    bases = {r.config.seed: r for r in runs if r.kind == "base"}
+    assert bases[0].config.save_at_tokens == [512, 1024, 2048] and bases[0].tokens == 2048
+    assert bases[1].config.save_at_tokens == [1024] and bases[1].tokens == 1024  # trains only as far as needed
+    assert sorted(r.config.seed for r in runs if r.kind == "scratch") == [0, 1]
