@@ -49,3 +49,36 @@ def test_unknown_scale_is_one_clear_line(tmp_path):
     with pytest.raises(GridError, match="unknown scale 'huge'; valid: tiny, small, paper"):
         apply_scale(yaml.safe_load((Path(__file__).parent.parent / "experiments/grids/operators.yaml").read_text()),
                     "huge", "operators.yaml")
+
+
+# Training tokens of the corpora the CPU and GPU scales name (docs/formats.md; measured with `stacking data` on
+# Python 3.11.7; code-bpe4096 as a conservative lower bound of the ≈ 79.7M that its three parts hold when built
+# one by one).
+CORPORA = {"data/stdlib-bpe4096": (3_284_652, 4096), "data/stdlib-bytes": (11_445_242, 257),
+           "data/code-bpe4096": (75_000_000, 4096)}
+
+
+def fake_corpus(root: Path, name: str) -> Path:
+    """A dataset dir with the real corpus's token count (sparse files: planning reads only meta.json and sizes)."""
+    import json
+
+    train, vocab = CORPORA[name]
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("val", 100_000)):
+        with open(d / f"{split}.bin", "wb") as f:
+            f.truncate(2 * n)
+    (d / "meta.json").write_text(json.dumps({"vocab_size": vocab, "dtype": "uint16", "eot_id": 0,
+                                             "train_tokens": train, "val_tokens": 100_000, "tokenizer": "bpe"}))
+    return d
+
+
+@pytest.mark.parametrize("path,scale", [c for c in _cases() if c.values[1] != "paper"])
+def test_shipped_cpu_and_gpu_scales_stay_under_one_epoch(path, scale, tmp_path):
+    raw, _ = apply_scale(yaml.safe_load(path.read_text()), scale, path.name)
+    name = raw["defaults"]["data_dir"]
+    assert name in CORPORA, f"{path.name} [{scale}] names an unmeasured corpus {name}"
+    raw["defaults"]["data_dir"] = str(fake_corpus(tmp_path, name))
+    runs = expand(parse_grid(raw, path.name), where=path.name)
+    worst = max(runs, key=lambda r: r.epochs)
+    assert worst.epochs <= 1.0, (worst.name, worst.epochs)
