@@ -197,33 +197,40 @@ def compute_speedups(
     if target_loss is not None and not (math.isfinite(target_loss) and target_loss > 0):
         raise AnalysisError(f"target loss must be a positive number, got {target_loss}")
     fractions = _check_fractions(fractions)
-    scratch = sweep.runs("scratch")
     rows = []
-    for _, g in sweep.runs("grown").iterrows():
+    for g, base, s in _grown_scratch_pairs(sweep, sweep.runs("grown"), "mid", rows):
+        try:
+            cs, cg = sweep.curve(s["run_id"]), sweep.curve(g["run_id"])
+        except AnalysisError as err:
+            rows.append(base | {"scratch_run_id": s["run_id"], "reason": str(err)})
+            continue
+        if target_loss is not None:
+            targets = [(math.nan, target_loss)]
+        else:
+            ref = cs if reference == "scratch" else cg
+            targets = [(p, loss_at_fraction(ref, p)) for p in fractions]
+        for p, lstar in targets:
+            rows.append(
+                base
+                | {"scratch_run_id": s["run_id"], "budget_fraction": p}
+                | speedup_from_curves(cs, cg, g["grow_at_tokens"], lstar)
+            )
+    return _pairs_frame(rows)
+
+
+def _grown_scratch_pairs(sweep: Sweep, grown: pd.DataFrame, reading: str, rows: list):
+    """(grown row, its key columns + reading, matched scratch row) for every pair; a grown run with no finished
+    scratch run of its target gets a row in ``rows`` saying so."""
+    scratch = sweep.runs("scratch")
+    for _, g in grown.iterrows():
         base = {k: g[k] for k in ("run_id", "target", "op", "direction", "g", "grow_at_tokens", "seed")}
-        base["reading"] = "mid"
+        base["reading"] = reading
         matched = _matched_scratch(scratch, g)
         if matched.empty:
             rows.append(base | {"reason": f"no finished scratch run with target {g['target']}"})
             continue
         for _, s in matched.iterrows():
-            try:
-                cs, cg = sweep.curve(s["run_id"]), sweep.curve(g["run_id"])
-            except AnalysisError as err:
-                rows.append(base | {"scratch_run_id": s["run_id"], "reason": str(err)})
-                continue
-            if target_loss is not None:
-                targets = [(math.nan, target_loss)]
-            else:
-                ref = cs if reference == "scratch" else cg
-                targets = [(p, loss_at_fraction(ref, p)) for p in fractions]
-            for p, lstar in targets:
-                rows.append(
-                    base
-                    | {"scratch_run_id": s["run_id"], "budget_fraction": p}
-                    | speedup_from_curves(cs, cg, g["grow_at_tokens"], lstar)
-                )
-    return _pairs_frame(rows)
+            yield g, base, s
 
 
 def compute_annealed_speedups(sweep: Sweep) -> pd.DataFrame:
@@ -233,34 +240,26 @@ def compute_annealed_speedups(sweep: Sweep) -> pd.DataFrame:
     its end FLOPs/tokens, FLOPs/tokens_grown = the first crossing of L*_f on the running min of the grown run's
     annealed curve. Matching as in `compute_speedups`. Empty when no grown run has a finished cooldown run.
     """
-    scratch = sweep.runs("scratch")
+    grown = sweep.runs("grown")
+    grown = grown[[not sweep.annealed_curve(r).empty for r in grown["run_id"]]]
     rows = []
-    for _, g in sweep.runs("grown").iterrows():
+    for g, base, s in _grown_scratch_pairs(sweep, grown, "annealed", rows):
         grown_curve = sweep.annealed_curve(g["run_id"])
-        if grown_curve.empty:
+        scratch_curve = sweep.annealed_curve(s["run_id"])
+        if scratch_curve.empty:
+            rows.append(
+                base | {"scratch_run_id": s["run_id"], "reason": f"scratch run {s['run_id']} has no cooldown runs"}
+            )
             continue
-        base = {k: g[k] for k in ("run_id", "target", "op", "direction", "g", "grow_at_tokens", "seed")}
-        base["reading"] = "annealed"
-        matched = _matched_scratch(scratch, g)
-        if matched.empty:
-            rows.append(base | {"reason": f"no finished scratch run with target {g['target']}"})
-            continue
-        for _, s in matched.iterrows():
-            scratch_curve = sweep.annealed_curve(s["run_id"])
-            if scratch_curve.empty:
-                rows.append(
-                    base | {"scratch_run_id": s["run_id"], "reason": f"scratch run {s['run_id']} has no cooldown runs"}
-                )
-                continue
-            for _, pt in scratch_curve.iterrows():
-                cs = Crossing(float(pt["flops"]), float(pt["tokens"]))
-                lstar = float(pt["val_loss"])
-                cg = first_crossing(grown_curve, lstar)
-                rows.append(
-                    base
-                    | {"scratch_run_id": s["run_id"], "budget_fraction": float(pt["anneal_fraction"])}
-                    | _pair(cs, cg, g["grow_at_tokens"], lstar)
-                )
+        for _, pt in scratch_curve.iterrows():
+            cs = Crossing(float(pt["flops"]), float(pt["tokens"]))
+            lstar = float(pt["val_loss"])
+            cg = first_crossing(grown_curve, lstar)
+            rows.append(
+                base
+                | {"scratch_run_id": s["run_id"], "budget_fraction": float(pt["anneal_fraction"])}
+                | _pair(cs, cg, g["grow_at_tokens"], lstar)
+            )
     return _pairs_frame(rows)
 
 
