@@ -487,7 +487,11 @@ def val_windows(data_dir: str | Path, seq_len: int, val_tokens: int) -> torch.Te
     Every run on the same data, seq_len and val_tokens sees exactly the same tokens, so val losses are comparable
     across a grid.
     """
-    offsets = val_window_offsets(data_dir, seq_len, val_tokens)
+    return windows_at(data_dir, val_window_offsets(data_dir, seq_len, val_tokens), seq_len)
+
+
+def windows_at(data_dir: str | Path, offsets: np.ndarray, seq_len: int) -> torch.Tensor:
+    """(n, seq_len + 1) int64 windows of val.bin starting at ``offsets``."""
     tokens = load_tokens(data_dir, "val")
     idx = offsets[:, None] + np.arange(seq_len + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))

@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from litgpt import Config
 
 from stacking import models
-from stacking.data import DataError, TokenDataModule, read_meta, val_window_offsets
+from stacking.data import DataError, TokenDataModule, read_meta, val_window_offsets, windows_at
 from stacking.fsutil import atomic_dir, write_json
 from stacking.module import GPTModule, NaNLossError, mfu, peak_flops
 
@@ -552,9 +552,9 @@ def run(cfg: RunConfig) -> dict:
         module.attach_growth()  # weights come from last.ckpt; mask hooks and freezing still apply
 
     dm = TokenDataModule(cfg.data_dir, cfg.seq_len, cfg.micro_batch_size, stream["seed"], cfg.val_tokens)
-    module.val_set = dm.val_set()
+    offsets = val_window_offsets(cfg.data_dir, cfg.seq_len, cfg.val_tokens)  # read val.bin's layout once
+    module.val_set = windows_at(cfg.data_dir, offsets, cfg.seq_len)
     if rank_zero():  # which validation windows every evaluation of this run reads (the same for the whole data dir)
-        offsets = val_window_offsets(cfg.data_dir, cfg.seq_len, cfg.val_tokens)
         write_json(run_dir / "val_windows.json", {"data_id": data_id(cfg.data_dir), "seq_len": cfg.seq_len,
                                                   "n_windows": len(offsets), "offsets": offsets.tolist()})
     book = RunBookkeeping(cfg, run_dir, model_config, log, stream,

@@ -116,7 +116,6 @@ def test_cooldown_branch_equals_a_standalone_wsd_run(tiny_data, tmp_path):
 
 def test_width_growth_runs_through_train_with_the_checkpoint_config(base_run, tmp_path):
     base_cfg, ckpt = base_run
-    _, _, _, _ = load_litgpt_checkpoint(ckpt)
     grown = grow_checkpoint(ckpt, tmp_path / "gz", "G_zero", direction="width", g=2)
     _, gcfg, _, _ = load_litgpt_checkpoint(grown)
     base_loss = [r for r in rows(base_cfg.out_dir + "/metrics.csv") if int(r["tokens"]) == 1024][0]["val_loss"]
