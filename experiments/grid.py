@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -250,6 +251,13 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
             raise GridError(f"{where}: d is empty; give the base tokens at which to grow")
         if (grid.grown.tokens is None) == (grid.grown.total_flops is None):
             raise GridError(f"{where}: grown needs exactly one of tokens (tokens after growth) and total_flops")
+    if grid.scratch.lrs:
+        if grid.ops:
+            raise GridError(f"{where}: scratch.lrs is an LR sweep on scratch alone: put it in a grid without ops "
+                            "(tune the target's LR first, then set it in the growth grid's defaults)")
+        bad = [lr for lr in grid.scratch.lrs if not lr > 0]
+        if bad or len(set(grid.scratch.lrs)) != len(grid.scratch.lrs):
+            raise GridError(f"{where}: scratch.lrs must be distinct positive learning rates, got {grid.scratch.lrs}")
     policies = [("base.schedule", grid.base.schedule, ("constant", "defaults")),
                 ("grown.optimizer", grid.grown.optimizer, ("fresh", "carry")),
                 ("grown.lr", grid.grown.lr, ("target", "base"))]
@@ -432,10 +440,13 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
             mine = [r.flops for r in grown if r.target == target and r.kind == "grown"]
             if grid.scratch.flop_matched and mine:
                 budgets.add(_ceil_to(max(mine) / tfpt, gb))
-            for tokens in sorted(budgets):
-                name = _safe(f"scratch-{target}-t{tokens}-s{seed}")
-                cfg = resolve(name, grid.scratch.set, dict(model=target, seed=seed, max_tokens=tokens,
-                                                           save_at_tokens=[]))
+            peak = scfg.get("lr", RunConfig.lr)
+            lr_points = [(f"-lr{lr:g}", dict(lr=lr, min_lr=lr * scfg.get("min_lr", RunConfig.min_lr) / peak))
+                         for lr in grid.scratch.lrs] or [("", {})]
+            for tokens, (lr_tag, lr_set) in itertools.product(sorted(budgets), lr_points):
+                name = _safe(f"scratch-{target}-t{tokens}{lr_tag}-s{seed}")
+                cfg = resolve(name, {**grid.scratch.set, **lr_set},
+                              dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[]))
                 points = anneal_starts(name, cfg)
                 cfg.save_state_at_tokens = sorted({s for _, s, _ in points})
                 main = planned(name, "scratch", target, cfg, data_tokens=tokens,

@@ -105,6 +105,10 @@ class ScratchSpec:
     """Extra scratch budgets in tokens (e.g. a ladder for scaling-law fits)."""
     flops: list[float] = field(default_factory=list)
     """Extra scratch budgets in FLOPs (tokens rounded up to a multiple of global_batch_tokens)."""
+    lrs: list[float] = field(default_factory=list)
+    """An LR sweep on scratch alone: every scratch budget is trained once per peak LR listed here (run names carry
+    ``lr<value>``; ``min_lr`` keeps the ``defaults``' min_lr / lr ratio). Only in a grid without ``ops``: tune the
+    target's LR first, then write it into the growth grid's ``defaults`` (grown runs take the target's LR)."""
     set: dict[str, Any] = field(default_factory=dict)
     """RunConfig fields for scratch runs only, on top of ``defaults``."""
 
