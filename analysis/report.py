@@ -35,6 +35,7 @@ from analysis.results import (
     isoflop_points,
     load_sweep,
     loss_compute_points,
+    lr_sweep_table,
     to_jsonable,
 )
 from analysis.speedup import (
@@ -198,6 +199,10 @@ def write_report(
 
     (out / "fits.json").write_text(json.dumps(to_jsonable(fits), indent=1, allow_nan=False) + "\n")
     speedup_md = _speedup_markdown(lead, table, grown_table, annealed_table, target_loss)
+    lrs = lr_sweep_table(sweep)
+    if len(lrs):
+        lrs.to_csv(out / "lr_sweep.csv", index=False)
+        speedup_md += _lr_sweep_markdown(lrs)
     md = _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes)
     path = out / "report.md"
     path.write_text(md)
@@ -272,6 +277,22 @@ def _speedup_markdown(lead: str, table, grown_table, annealed_table, target_loss
             format_table(annealed_table),
             "",
         ]
+    return lines
+
+
+def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:
+    """The LR sweep on scratch runs (lr_sweep.csv): one table per target × budget, the best LR named."""
+    lines = ["## LR sweep (scratch runs alone)", ""]
+    for (target, tokens), grp in lrs.groupby(["target", "tokens"], sort=False):
+        key = "annealed_val_loss" if grp["annealed_val_loss"].notna().all() else "final_val_loss"
+        best = grp.loc[grp[key].idxmin()]
+        lines += [f"{target}, {int(tokens):,} tokens: lowest {key.replace('_', ' ')} at **LR {best['lr']:g}**.", "",
+                  "| LR | seeds | final val loss | best val loss | annealed (cooldown to 100 %) |", "|---|---|---|---|---|"]
+        for _, r in grp.iterrows():
+            ann = "—" if pd.isna(r["annealed_val_loss"]) else f"{r['annealed_val_loss']:.4f}"
+            lines.append(f"| {r['lr']:g} | {r['n_seeds']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "
+                         f"{ann} |")
+        lines.append("")
     return lines
 
 

@@ -237,6 +237,34 @@ class Sweep:
         return out.sort_values("flops", kind="stable").reset_index(drop=True)
 
 
+def lr_sweep_table(sweep: "Sweep") -> pd.DataFrame:
+    """Scratch runs of one target and budget trained at several peak LRs (an LR sweep, ``scratch.lrs``): one row
+    per target × tokens × lr with the final and best validation loss (mean over seeds), the annealed loss (its
+    cooldown ending at the full budget, where there is one) and the number of seeds; empty when no budget has more
+    than one LR. Sorted by target, tokens, lr."""
+    cols = ["target", "tokens", "lr", "n_seeds", "final_val_loss", "best_val_loss", "annealed_val_loss"]
+    scratch = sweep.runs("scratch")
+    if scratch.empty or "cfg.lr" not in scratch.columns:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (target, tokens), grp in scratch.groupby(["target", "tokens"]):
+        if grp["cfg.lr"].nunique() < 2:
+            continue
+        for lr, runs in grp.groupby("cfg.lr"):
+            annealed = []
+            for rid in runs["run_id"]:
+                a = sweep.annealed_curve(str(rid))
+                a = a[np.isclose(a["anneal_fraction"], 1.0)]
+                if len(a):
+                    annealed.append(float(a["val_loss"].iloc[-1]))
+            rows.append({"target": target, "tokens": int(tokens), "lr": float(lr), "n_seeds": len(runs),
+                         "final_val_loss": float(runs["final_val_loss"].mean()),
+                         "best_val_loss": float(runs["best_val_loss"].mean()),
+                         "annealed_val_loss": float(np.mean(annealed)) if annealed else float("nan")})
+    return pd.DataFrame(rows, columns=cols).sort_values(["target", "tokens", "lr"], kind="stable",
+                                                         ignore_index=True)
+
+
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     """Load a sweep dir (checks results.csv now; metrics.csv files are read when first needed)."""
     return Sweep(Path(sweep_dir), read_results(sweep_dir))

@@ -73,6 +73,17 @@ def test_ids_are_deterministic_and_only_an_override_changes_them(tmp_path, tiny_
     assert [r.kind for r in only] == ["base", "grown"]  # the base comes along
 
 
+def test_scratch_lr_sweep_plans_one_run_per_lr(tmp_path, tiny_data):
+    grid = dict(name="lr", targets=["tiny-L4-D32"], scratch={"flop_matched": False, "tokens": [2048],
+                                                              "lrs": [1e-3, 3e-3, 1e-2]})
+    runs = _plan(tmp_path, tiny_data, grid)
+    assert [r.name for r in runs] == [f"scratch-tiny-L4-D32-t2048-lr{x}-s0" for x in ("0.001", "0.003", "0.01")]
+    assert [r.config.lr for r in runs] == [1e-3, 3e-3, 1e-2]
+    # min_lr keeps the defaults' min_lr / lr ratio (3e-4 / 3e-3 = 0.1)
+    assert [r.config.min_lr for r in runs] == pytest.approx([1e-4, 3e-4, 1e-3])
+    assert len({r.id for r in runs}) == 3 and all(r.tokens == 2048 for r in runs)
+
+
 def _bad(**changes):
     """E2E_GRID with top-level changes (None deletes a key)."""
     g = copy.deepcopy(E2E_GRID)
@@ -103,6 +114,9 @@ BAD_GRIDS = {
     "override matches nothing": (_bad(overrides=[{"match": "grown-*-G_typo-*", "set": {"lr": 1}}]),
                                  "overrides[0].match 'grown-*-G_typo-*' matches no run"),
     "wrong type": (_bad(d="many"), "d[0]: expected an integer, got 'many'"),
+    "LR sweep beside growth runs": (_bad(scratch={"lrs": [1e-3, 3e-3]}), "scratch.lrs is an LR sweep on scratch alone"),
+    "LR sweep with a bad LR": (_bad(ops=[], d=[], scratch={"tokens": [1024], "lrs": [1e-3, 0.0]}),
+                               "scratch.lrs must be distinct positive learning rates"),
 }
 
 
