@@ -2,7 +2,7 @@
 
 The modules, in the order the data flows (docs/analysis.md has the commands):
 
-    results   read a sweep dir (results.csv + runs/*/metrics.csv); tidy tables for the fits
+    sweep     read a sweep dir (results.csv + runs/*/metrics.csv); tidy tables for the fits
     speedup   FLOPs_scratch(L*) / FLOPs_grown(L*) − 1 per grown run at L*_p (mid and annealed readings), CIs
     fit       Chinchilla L(N, D) (Huber / LAD, 4500-start grid, bootstrap), L(C), IsoFLOP over d, Eq. 2
     lbfgs     the batched L-BFGS the fits run on
@@ -24,16 +24,6 @@ from analysis.fit import (
     fit_isoflop,
     fit_loss_compute,
 )
-from analysis.results import (
-    AnalysisError,
-    Sweep,
-    chinchilla_points,
-    compute_frontier,
-    isoflop_points,
-    load_sweep,
-    loss_at_flops,
-    loss_compute_points,
-)
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     compute_annealed_speedups,
@@ -42,6 +32,16 @@ from analysis.speedup import (
     loss_at_fraction,
     speedup_from_curves,
     speedup_table,
+)
+from analysis.sweep import (
+    AnalysisError,
+    Sweep,
+    chinchilla_points,
+    compute_frontier,
+    isoflop_points,
+    load_sweep,
+    loss_at_flops,
+    loss_compute_points,
 )
 
 __all__ = [

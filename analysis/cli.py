@@ -1,49 +1,31 @@
 """Entry points of `stacking report` and `stacking fit-law` (wired into the top-level CLI by stacking/cli.py).
 
 Both return an exit code instead of exiting: 0 on success, 2 on a user error (bad arguments, missing or
-malformed input), printed as one line on stderr without a traceback.
+malformed input), printed as one line on stderr without a traceback. The parsers are jsonargparse's
+(`stacking.cli.parser`), so either command can also be driven by ``--config FILE.yaml``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
 import numpy as np
 import pandas as pd
 
 from analysis.fit import OBJECTIVES, check_points, fit_chinchilla
-from analysis.results import AnalysisError, to_jsonable
 from analysis.speedup import format_table
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as an AnalysisError (one line) instead of usage + exit."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise AnalysisError(f"{message} (see --help)")
-
-
-def _run(prog: str, body, argv: list[str]) -> int:
-    try:
-        return body(argv)
-    except AnalysisError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-
+from analysis.sweep import AnalysisError, to_jsonable
+from stacking.cli import parse, parser, run_command
 
 # --------------------------------------------------------------------------------------------------------------
 # stacking report
 # --------------------------------------------------------------------------------------------------------------
 
 
-def report_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="stacking report",
-        description="Analyse a sweep dir: speed-up table, L(C) per method, Chinchilla L(N, D), IsoFLOP over the "
+def report_parser():
+    p = parser(
+        "stacking report",
+        "Analyse a sweep dir: speed-up table, L(C) per method, Chinchilla L(N, D), IsoFLOP over the "
         "growth timing d, Eq. 2; writes report.md, speedups.csv, speedup_runs.csv, fits.json and figures/*.png.",
     )
     p.add_argument("sweep_dir", help="sweep directory holding results.csv and runs/*/metrics.csv")
@@ -62,16 +44,16 @@ def report_parser() -> argparse.ArgumentParser:
         type=int,
         default=200,
         metavar="K",
-        help="bootstrap resamples for the CIs of the fitted laws (default 200; 0 = no CIs)",
+        help="bootstrap resamples for the CIs of the fitted laws (0 = no CIs)",
     )
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap resampling (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap resampling")
     return p
 
 
 def _report(argv: list[str]) -> int:
     from analysis.report import write_report  # matplotlib: loaded only for the report
 
-    args = report_parser().parse_args(argv)
+    args = parse(report_parser(), argv)
     if args.bootstrap < 0:
         raise AnalysisError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
     rep = write_report(args.sweep_dir, args.out, target_loss=args.target_loss, bootstrap=args.bootstrap, seed=args.seed)
@@ -93,7 +75,7 @@ def _report(argv: list[str]) -> int:
 
 def report_main(argv: list[str]) -> int:
     """`stacking report SWEEP_DIR [--target-loss X] [--out DIR] [--bootstrap K] [--seed S]`."""
-    return _run("stacking report", _report, argv)
+    return run_command("stacking report", _report, argv, (AnalysisError,))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,24 +83,24 @@ def report_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def fit_law_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="stacking fit-law",
-        description="Fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla Approach 3: Huber δ=1e-3 on log residuals, "
+def fit_law_parser():
+    p = parser(
+        "stacking fit-law",
+        "Fit L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla Approach 3: Huber δ=1e-3 on log residuals, "
         "L-BFGS from the 4500-start Chinchilla grid) to a CSV table and print the fit as JSON.",
     )
     p.add_argument("csv", help="CSV file with one row per training run (or curve point)")
     p.add_argument("--n", required=True, metavar="COL", help="column with the parameter count N")
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--d", metavar="COL", help="column with the training tokens D")
-    size.add_argument("--flops", metavar="COL", help="column with the training compute C; D is taken as C/(6N)")
+    # exactly one of --d and --flops, checked after parsing (an argparse group would not see a --config file)
+    p.add_argument("--d", metavar="COL", help="column with the training tokens D (or give --flops)")
+    p.add_argument("--flops", metavar="COL", help="column with the training compute C; D is taken as C/(6N)")
     p.add_argument("--loss", required=True, metavar="COL", help="column with the final loss")
     p.add_argument(
         "--bootstrap",
         type=int,
         default=0,
         metavar="K",
-        help="bootstrap resamples for percentile CIs and SEs (default 0 = none; Epoch AI used 4000)",
+        help="bootstrap resamples for percentile CIs and SEs (0 = none; Epoch AI used 4000)",
     )
     p.add_argument(
         "--drop-top",
@@ -131,10 +113,10 @@ def fit_law_parser() -> argparse.ArgumentParser:
         "--objective",
         choices=OBJECTIVES,
         default="huber",
-        help="huber: Huber δ=1e-3 (Chinchilla's); lad: least absolute deviations (Epoch AI's headline). Default huber",
+        help="huber: Huber δ=1e-3 (Chinchilla's); lad: least absolute deviations (Epoch AI's headline)",
     )
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap resampling (default 0)")
-    p.add_argument("--ci-level", type=float, default=0.95, metavar="P", help="CI coverage (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap resampling")
+    p.add_argument("--ci-level", type=float, default=0.95, metavar="P", help="CI coverage")
     return p
 
 
@@ -166,7 +148,11 @@ def read_law_table(
 
 
 def _fit_law(argv: list[str]) -> int:
-    args = fit_law_parser().parse_args(argv)
+    args = parse(fit_law_parser(), argv)
+    if args.d is not None and args.flops is not None:
+        raise AnalysisError("argument --flops: not allowed with argument --d (see --help)")
+    if args.d is None and args.flops is None:
+        raise AnalysisError("one of the arguments --d --flops is required (see --help)")
     if args.bootstrap < 0:
         raise AnalysisError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
     if not 0 < args.ci_level < 1:
@@ -200,4 +186,4 @@ def _fit_law(argv: list[str]) -> int:
 def fit_law_main(argv: list[str]) -> int:
     """`stacking fit-law CSV --n COL --d COL|--flops COL --loss COL [--bootstrap K] [--drop-top K]
     [--objective huber|lad] [--seed S] [--ci-level P]`."""
-    return _run("stacking fit-law", _fit_law, argv)
+    return run_command("stacking fit-law", _fit_law, argv, (AnalysisError,))

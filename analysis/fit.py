@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.lbfgs import minimize_batched
-from analysis.results import AnalysisError
+from analysis.sweep import AnalysisError
 
 HUBER_DELTA = 1e-3
 # LAD continuation: Huber_δ/δ with shrinking δ (see the module docstring). Three levels reach the same Σ|r|
@@ -481,7 +481,7 @@ def _loglog_lstsq(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 def fit_isoflop(points, group_keys=("target", "op", "direction", "g")):
     """Per (group, budget): parabola loss = p0 + p1·x + p2·x² in x = log10 d, and its argmin d_opt.
 
-    `points` has columns group_keys + N, budget, d, loss (analysis.results.isoflop_points). d_opt is NaN when
+    `points` has columns group_keys + N, budget, d, loss (analysis.sweep.isoflop_points). d_opt is NaN when
     the parabola opens downward (no valley); `interior` says whether d_opt lies inside the sampled d range
     (outside it the argmin is an extrapolation).
     """

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis.fit import ChinchillaFit, LossComputeFit
-from analysis.results import Sweep, format_tokens, method_label
+from analysis.sweep import Sweep, format_tokens, method_label
 
 # One colour per operator, stable across figures; scratch is black.
 _OP_COLOURS = {

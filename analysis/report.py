@@ -25,19 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis import plots
 from analysis.fit import PAPER_EQ2, fit_chinchilla, fit_eq2, fit_isoflop, fit_loss_compute
-from analysis.results import (
-    AnalysisError,
-    chinchilla_points,
-    compute_frontier,
-    isoflop_points,
-    load_sweep,
-    loss_compute_points,
-    lr_sweep_table,
-    to_jsonable,
-)
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     TABLE_KEYS,
@@ -46,6 +37,16 @@ from analysis.speedup import (
     format_table,
     headline,
     speedup_table,
+)
+from analysis.sweep import (
+    AnalysisError,
+    chinchilla_points,
+    compute_frontier,
+    isoflop_points,
+    load_sweep,
+    loss_compute_points,
+    lr_sweep_table,
+    to_jsonable,
 )
 
 SPEEDUP_DEFINITION = (
@@ -199,6 +200,9 @@ def write_report(
 
     (out / "fits.json").write_text(json.dumps(to_jsonable(fits), indent=1, allow_nan=False) + "\n")
     speedup_md = _speedup_markdown(lead, table, grown_table, annealed_table, target_loss)
+    if target_loss is None:
+        spread = _seed_spread_lines(sweep, pd.concat([t for t in (table, annealed_table) if t is not None]), notes)
+        speedup_md[4:4] = spread  # right under the headline sentence
     lrs = lr_sweep_table(sweep)
     if len(lrs):
         lrs.to_csv(out / "lr_sweep.csv", index=False)
@@ -278,6 +282,44 @@ def _speedup_markdown(lead: str, table, grown_table, annealed_table, target_loss
             "",
         ]
     return lines
+
+
+def _seed_spread_lines(sweep, table: pd.DataFrame, notes: list[str]) -> list[str]:
+    """The grid's ``seed_spread`` file (a seeded sweep's speedups.csv of the same configuration), quoted for every
+    configuration of this sweep's table at the full budget: its mean speed-up, 95 % CI and seeds, mid and annealed."""
+    grid_file, plan = sweep.path / "grid.yaml", sweep.path / "plan.json"
+    if not grid_file.is_file():
+        return []
+    rel = (yaml.safe_load(grid_file.read_text()) or {}).get("seed_spread")
+    if not rel:
+        return []
+    grid_dir = Path(json.loads(plan.read_text())["grid"]).parent if plan.is_file() else Path.cwd()
+    path = Path(rel) if Path(rel).is_absolute() else grid_dir / rel
+    if not path.is_file():
+        notes.append(f"seed spread: the grid's seed_spread file {path} is missing")
+        return []
+    ref = pd.read_csv(path)
+    ref = ref[ref["reference"] == "scratch"]
+    keys = ["target", "op", "direction", "g", "grow_at_tokens", "reading", "budget_fraction"]
+    mine = table[table["budget_fraction"] == 1.0]
+    quoted = mine[keys].merge(ref, on=keys, how="inner")
+    if quoted.empty:
+        notes.append(f"seed spread: {path} has no row for this sweep's configurations")
+        return []
+    parts = []
+    for (op, g, d), grp in quoted.groupby(["op", "g", "grow_at_tokens"], sort=False):
+        cells = []
+        for _, r in grp.sort_values("reading", ascending=False).iterrows():
+            if pd.isna(r["speedup"]):
+                cells.append(f"{r['reading']}: never reaches L* ({r['n_runs']} seeds)")
+                continue
+            ci = (f", 95 % CI {100 * r['speedup_lo']:+.1f} % to {100 * r['speedup_hi']:+.1f} %"
+                  if pd.notna(r["speedup_lo"]) else "")
+            cells.append(f"{r['reading']} {100 * r['speedup']:+.1f} %{ci} ({r['n_reached']}/{r['n_runs']} seeds "
+                         "reach L*)")
+        parts.append(f"{op} g={g:g} d={int(d):,}: " + "; ".join(cells))
+    return [f"Seed spread of this configuration, measured on a seeded sweep of it (`{rel}`), speed-up at the "
+            "scratch run's final (mid) or annealed loss: " + " — ".join(parts) + ".", ""]
 
 
 def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:

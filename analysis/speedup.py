@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.results import AnalysisError, Sweep, format_tokens
+from analysis.sweep import AnalysisError, Sweep, format_tokens
 
 REFERENCES = ("scratch", "grown")
 READINGS = ("mid", "annealed")

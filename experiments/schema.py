@@ -176,6 +176,11 @@ class Grid:
     refuses unless this is true)."""
     overrides: list[OverrideSpec] = field(default_factory=list)
     """Per-run RunConfig overrides, by glob on run names."""
+    seed_spread: str | None = None
+    """A ``speedups.csv`` written by ``stacking report`` for a seeded sweep of this same configuration (path
+    relative to the grid file, e.g. the demo's ``reference/replicate_demo_speedups.csv``): the report of a
+    one-seed sweep quotes its mean and 95 % CI beside its own numbers, so a reader sees how far they move with the
+    seed."""
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     """SLURM resources (used by --executor slurm only)."""
 
@@ -202,6 +207,12 @@ def suggest(name: str, valid: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+# Why not jsonargparse (already a dependency; `parser.add_argument("--grid", type=Grid)` + parse_object): tried
+# with 4.41 on the BAD_GRIDS of tests/test_sweep_grid.py. Its errors lose what makes ours useful — an unknown key
+# is "Group 'grid' does not accept nested key 'seed'" (no "did you mean 'seeds'?", no valid list), a bad list item
+# is 'Parser key "grid.d": Expected a <class 'int'>. Got value: many' (no index d[0]), a missing `op` is 'Key "op"
+# is required …' (no ops[i]) — and it changes grid semantics: it rejects a scalar where the grid allows one axis
+# value (`d: 1024`) and YAML 1.1's `1e3` for an int, and accepts "yes" for a bool. So the conversion stays here.
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """``value`` as type ``tp`` (the subset of typing used by the schema and RunConfig), or a GridError."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)

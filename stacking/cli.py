@@ -11,20 +11,43 @@
     stacking import-hf HF_DIR LIT_DIR
     stacking export-hf LIT_DIR HF_DIR
 
-Every error a user can cause prints one line (``stacking CMD: error: …``) and exits with status 2, before any
-compute.
+Every command also takes ``--config FILE.yaml`` (its options as YAML keys, ``_`` for ``-``) and ``--help``. Every
+error a user can cause prints one line (``stacking CMD: error: …``) and exits with status 2, before any compute.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 
 USAGE = __doc__.split("\n\n")[1]
 
 
-def _parser(prog: str, description: str):
-    """A jsonargparse parser whose --help shows each dataclass field's docstring."""
+class UsageError(ValueError):
+    """A bad command line or --config file: printed as one line, ``stacking CMD: error: …``, exit status 2."""
+
+
+def _formatter():
+    from jsonargparse import DefaultHelpFormatter
+
+    class HelpFormatter(DefaultHelpFormatter):
+        """jsonargparse's help (each option's type and default), with multi-line text (an epilog's table) kept
+        as written and one-line descriptions wrapped."""
+
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            if "\n" in text.strip():
+                return "".join(indent + line for line in text.splitlines(keepends=True))
+            return super()._fill_text(text, width, indent)
+
+    return HelpFormatter
+
+
+def parser(prog: str, description: str, *, epilog: str | None = None, config_help: str | None = None):
+    """The parser of every ``stacking`` subcommand: jsonargparse, so each one takes ``--config FILE.yaml`` (keys
+    are the option names, ``_`` for ``-``; flags after it override it), shows each option's type, default and —
+    for dataclass fields — docstring in ``--help``, and raises a `UsageError` instead of exiting on a bad argument
+    (use `parse`)."""
     from jsonargparse import ArgumentParser
 
     try:  # jsonargparse >= 4.39
@@ -35,7 +58,63 @@ def _parser(prog: str, description: str):
         from jsonargparse import set_docstring_parse_options
 
         set_docstring_parse_options(attribute_docstrings=True)
-    return ArgumentParser(prog=prog, description=description)
+    p = ArgumentParser(prog=prog, description=description, epilog=epilog, exit_on_error=False,
+                       formatter_class=_formatter())
+    p.add_argument("--config", action="config", help=config_help or "YAML file with any of these options (keys: "
+                   "option names with _ for -); flags given after it override it")
+    return p
+
+
+def _option(p, dest: str) -> str:
+    """How the user wrote option ``dest``: ``--drop-top`` for drop_top, the name itself for a positional."""
+    for a in p._actions:
+        if a.dest == dest:
+            names = [o for o in a.option_strings if not o.endswith("+")]  # not jsonargparse's list-append form
+            return max(names, key=len) if names else dest
+    return f"--{dest}"
+
+
+def _one_line(p, message: str) -> str:
+    """jsonargparse's (often multi-line) parse error as argparse would have said it, on one line."""
+    typed = re.match(r'Parser key "([^"]+)":(.*)', message, re.DOTALL)
+    if typed and "Got value: " in typed[2]:
+        types = [t for t in dict.fromkeys(re.findall(r"Expected a <class '(\w+)'>", typed[2])) if t != "NoneType"]
+        value = typed[2].split("Got value: ", 1)[1].splitlines()[0].strip()
+        if types:
+            return f"argument {_option(p, typed[1])}: invalid {' or '.join(types)} value: {value!r}"
+    if typed:
+        return f"argument {_option(p, typed[1])}: {' '.join(typed[2].split())}"
+    required = re.search(r'Key "([^"]+)" is required', message)
+    if required:
+        return f"the following arguments are required: {_option(p, required[1])}"
+    message = " ".join(message.split())
+    return message[0].lower() + message[1:] if message[:1].isupper() and message[1:2].islower() else message
+
+
+def parse(p, argv: list[str]):
+    """``p.parse_args(argv)``, a parse error raised as a one-line `UsageError`."""
+    from jsonargparse import ArgumentError
+
+    try:
+        return p.parse_args(argv)
+    except ArgumentError as e:
+        raise UsageError(f"{_one_line(p, str(e))} (see --help)") from None
+
+
+def run_command(prog: str, body: Callable[[list[str]], int], argv: list[str],
+                user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a subcommand's body: its exit code; a user error → one line ``PROG: error: …`` on stderr and 2;
+    ``--help`` → 0."""
+    try:
+        return body(argv)
+    except (UsageError, *user_errors) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, --print_config: 0
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)  # sys.exit("message"), as the interpreter would
+        return 1
 
 
 def _sources_as_list(argv: list[str]) -> list[str]:
@@ -62,14 +141,13 @@ def _sources_as_list(argv: list[str]) -> list[str]:
 def _data(argv: list[str]) -> int:
     from stacking.data import DataConfig, build_dataset
 
-    p = _parser("stacking data", "Build a token dataset dir (train.bin, val.bin, tokenizer.json, meta.json) from "
-                "named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths, e.g. "
-                "`--sources stdlib site-packages c-headers my_dir/`. Files are split train/val by a hash of their "
-                "path. A run validates on fixed windows spread over every val.bin document "
-                "(`stacking.data.val_window_offsets`, docs/formats.md).")
+    p = parser("stacking data", "Build a token dataset dir (train.bin, val.bin, tokenizer.json, meta.json) from "
+               "named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths, e.g. "
+               "`--sources stdlib site-packages c-headers my_dir/`. Files are split train/val by a hash of their "
+               "path. A run validates on fixed windows spread over every val.bin document "
+               "(`stacking.data.val_window_offsets`, docs/formats.md).", config_help="YAML file with these fields")
     p.add_class_arguments(DataConfig, fail_untyped=False, as_group=False)
-    p.add_argument("--config", action="config", help="YAML file with these fields")
-    ns = p.parse_args(_sources_as_list(argv))
+    ns = parse(p, _sources_as_list(argv))
     cfg = DataConfig(**{k: v for k, v in vars(ns).items() if k in DataConfig.__dataclass_fields__})
     print(build_dataset(cfg))
     return 0
@@ -78,13 +156,13 @@ def _data(argv: list[str]) -> int:
 def _train(argv: list[str]) -> int:
     from stacking.train import RunConfig, run
 
-    p = _parser("stacking train", "Train one run (scratch, init_from a checkpoint dir, or "
-                       "resume its own last.ckpt). CONFIG.yaml holds RunConfig fields; flags override them.")
-    p.add_argument("--config", action="config", help="YAML file with RunConfig fields (may be given positionally)")
+    p = parser("stacking train", "Train one run (scratch, init_from a checkpoint dir, or resume its own "
+               "last.ckpt). CONFIG.yaml holds RunConfig fields; flags override them.",
+               config_help="YAML file with RunConfig fields (may be given positionally)")
     p.add_class_arguments(RunConfig, fail_untyped=False, as_group=False)
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0]] + argv[1:]
-    ns = p.parse_args(argv)
+    ns = parse(p, argv)
     cfg = RunConfig(**{k: v for k, v in vars(ns).items() if k in RunConfig.__dataclass_fields__})
     summary = run(cfg)
     return 0 if summary["status"] == "done" else 1
@@ -124,12 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from stacking.models import ModelConfigError
     from stacking.train import RunError
 
-    user_errors: tuple[type[BaseException], ...] = (DataError, ModelConfigError, RunError)
-    try:
-        return COMMANDS[cmd](rest)
-    except user_errors as e:
-        print(f"stacking {cmd}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(f"stacking {cmd}", COMMANDS[cmd], rest, (DataError, ModelConfigError, RunError))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from analysis.fit import (
     fit_loss_compute,
 )
 from analysis.lbfgs import minimize_batched
-from analysis.results import AnalysisError
+from analysis.sweep import AnalysisError
 
 EPOCH_CSV = Path(__file__).parent / "fixtures" / "chinchilla" / "svg_extracted_data.csv"
 # Besiroglu et al. 2024 (reference/chinchilla.md §2.2): Huber grid fit (a), LAD-like headline (b), 95% CIs (c).

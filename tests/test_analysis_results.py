@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.results import (
+from analysis.sweep import (
     AnalysisError,
     chinchilla_points,
     compute_frontier,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.results import AnalysisError, load_sweep
+from analysis.sweep import AnalysisError, load_sweep
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     Crossing,

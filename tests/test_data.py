@@ -243,8 +243,7 @@ def test_cli_data_takes_several_sources(tmp_path, capsys):
     assert cli_main(["data", "--out", str(tmp_path / "e"), "--sources", "stdlib", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stacking data: error: data source 'nope' does not exist") and "\n" not in err
-    with pytest.raises(SystemExit):
-        cli_main(["data", "--help"])
+    assert cli_main(["data", "--help"]) == 0
     out = capsys.readouterr().out
     assert all(w in out for w in ("site-packages", "c-headers", "stdlib", "val_window_offsets"))
 

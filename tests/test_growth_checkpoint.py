@@ -240,7 +240,7 @@ def test_cli_grow_and_errors(tmp_path, capsys):
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+        assert err.startswith("stacking grow: error: ") and expected in err and err.count("\n") == 1, err
         assert "Traceback" not in err
     assert main([str(src), str(tmp_path / "e6"), "--op", "G_bogus"]) == 2  # argparse choices
     assert "invalid choice" in capsys.readouterr().err

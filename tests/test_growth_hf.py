@@ -80,7 +80,7 @@ def test_refusals(tmp_path, capsys):
         import_hf(tmp_path / "hf", tmp_path / "lit")
     assert import_hf_main([str(tmp_path / "hf"), str(tmp_path / "lit")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot import this HF model") and err.count("\n") == 1
+    assert err.startswith("stacking import-hf: error: cannot import this HF model") and err.count("\n") == 1
     assert import_hf_main([str(tmp_path / "missing"), str(tmp_path / "lit")]) == 2
     assert "has no config.json" in capsys.readouterr().err
     assert not (tmp_path / "lit").exists()

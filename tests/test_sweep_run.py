@@ -17,7 +17,7 @@ import pytest
 import torch
 from sweep_helpers import E2E_GRID, run_sweep, sweep_cmd, write_grid
 
-from experiments.results import RESULT_COLUMNS, format_status
+from experiments.table import RESULT_COLUMNS, format_status
 
 WALL_CLOCK = {"tokens_per_s", "wall_time_s", "attempts"}
 METRIC_COLS = ["step", "tokens", "flops", "train_loss", "val_loss", "lr"]  # all but the wall-clock ones
@@ -205,7 +205,7 @@ def test_failures_are_isolated_recorded_and_retried_on_rerun(tmp_path, tiny_data
 
 def test_grown_run_waits_for_its_checkpoint_not_the_whole_base(tmp_path, tiny_data):
     from experiments.grid import expand, load_grid
-    from experiments.runner import LocalExecutor
+    from experiments.local import LocalExecutor
 
     runs = expand(load_grid(write_grid(tmp_path / "g.yaml", tiny_data, E2E_GRID)))
     base, early, late = runs[0], runs[1], runs[2]  # G_stack at d=1024 and d=2048

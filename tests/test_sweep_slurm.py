@@ -13,7 +13,8 @@ import torch
 from sweep_helpers import write_grid
 
 from experiments.grid import expand, load_grid
-from experiments.runner import SlurmRun, submit_slurm, write_plan
+from experiments.provenance import write_plan
+from experiments.slurm import SlurmRun, submit_slurm
 
 SLURM_GRID = dict(name="slurmtest", targets=["tiny-L2-D32"], ops=["G_stack"], g=[2], d=[256, 512], seeds=[3],
                   grown={"tokens": 512}, slurm={"partition": "debugq", "timeout_min": 30, "array_parallelism": 4,

@@ -1,12 +1,12 @@
 """`stacking grow`, `stacking import-hf`, `stacking export-hf` (wired into the top-level CLI by stacking/cli.py).
 
 Each entry point takes argv without the subcommand name and returns an exit code: 0 on success, 2 with one line on
-stderr for a user error (GrowthError), never a traceback for those.
+stderr (``stacking CMD: error: …``) for a user error (a bad argument, a GrowthError), never a traceback for those.
+The parsers are jsonargparse's (`stacking.cli.parser`): every option can also come from ``--config FILE.yaml``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from litgpt import Config
 
+from stacking.cli import UsageError, parse, parser, run_command
 from stacking.growth import OPERATORS, grow_checkpoint, operator_options
 from stacking.growth.io import CONFIG, GrowthError, load_config
 
@@ -49,26 +50,29 @@ Depth ops other than G_learn stream tensor by tensor (memory ~ one tensor); widt
 """
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(value: str | list[int]) -> list[int]:
+    """``--layers 0,1,2,3`` (or a YAML list) → [0, 1, 2, 3]."""
+    if isinstance(value, list):
+        return value
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
+        return [int(x) for x in value.replace(" ", "").split(",") if x]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,1,2,3 (got {text!r})")
+        raise UsageError(f"argument --layers: expected comma-separated layer indices like 0,1,2,3 (got {value!r}) "
+                         "(see --help)") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     ops = sorted({op for op, _ in OPERATORS})
-    p = argparse.ArgumentParser(prog="stacking grow", description="Grow a checkpoint dir into a new one.",
-                                epilog=GROW_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("stacking grow", "Grow a checkpoint dir into a new one.", epilog=GROW_EPILOG)
     p.add_argument("src_dir", type=Path, help="source checkpoint dir (lit_model.pth + model_config.yaml)")
     p.add_argument("dst_dir", type=Path, help="output dir (must not exist or be empty; written atomically)")
     p.add_argument("--op", required=True, choices=ops, help="growth operator (see below)")
-    p.add_argument("--direction", default="depth", choices=["depth", "width"], help="default: depth")
+    p.add_argument("--direction", default="depth", choices=["depth", "width"], help="growth direction")
     p.add_argument("--g", type=float, default=None, help="growth factor (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed for new random parameters / G_learn (default 0)")
-    p.add_argument("--to", default=None, metavar="PRESET_OR_YAML", help="target shape instead of --g")
+    p.add_argument("--seed", type=int, default=0, help="seed for new random parameters / G_learn")
+    p.add_argument("--to", type=str, default=None, metavar="PRESET_OR_YAML", help="target shape instead of --g")
     o = p.add_argument_group("operator options (each op accepts only its own; see below)")
-    o.add_argument("--layers", type=_int_list, help="G_stack: source layer of every new layer, e.g. 0,1,2,3,2,3")
+    o.add_argument("--layers", type=list[int] | str, help="G_stack: source layer of every new layer, e.g. 0,1,2,3,2,3")
     o.add_argument("--order", choices=["interleave", "stack"], help="G_zero depth: placement of zeroed copies")
     o.add_argument("--ramp-tokens", type=int, help="G_random: tokens over which the mask ramps 0->1")
     o.add_argument("--learn-steps", type=int, help="G_learn: optimisation steps of the maps (default 100)")
@@ -111,25 +115,16 @@ def _g(value: float | None) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def _run(fn, argv) -> int:
-    """Run an entry point; GrowthError -> one line on stderr and exit code 2."""
-    try:
-        return fn(argv)
-    except GrowthError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2, already printed)
-        return e.code if isinstance(e.code, int) else 2
-
-
 def main(argv: list[str] | None = None) -> int:
     """``stacking grow SRC_DIR DST_DIR --op OP [--direction depth|width] [--g G] [--seed S] [--to T] [options]``."""
-    return _run(_grow_main, sys.argv[1:] if argv is None else argv)
+    return run_command("stacking grow", _grow_main, sys.argv[1:] if argv is None else argv, (GrowthError,))
 
 
 def _grow_main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     options = {k: getattr(args, k) for k in _OPTION_NAMES if getattr(args, k) is not None}
+    if "layers" in options:
+        options["layers"] = _int_list(options["layers"])
     if args.to is not None:
         if args.g is not None:
             raise GrowthError("give either --g or --to, not both")
@@ -156,12 +151,12 @@ def _grow_main(argv: list[str]) -> int:
 
 def import_hf_main(argv: list[str] | None = None) -> int:
     """``stacking import-hf HF_DIR LIT_DIR [--dtype float32|bfloat16|float16]``."""
-    return _run(_import_main, sys.argv[1:] if argv is None else argv)
+    return run_command("stacking import-hf", _import_main, sys.argv[1:] if argv is None else argv, (GrowthError,))
 
 
 def export_hf_main(argv: list[str] | None = None) -> int:
     """``stacking export-hf LIT_DIR HF_DIR [--max-shard-size 5GB] [--dtype ...]``."""
-    return _run(_export_main, sys.argv[1:] if argv is None else argv)
+    return run_command("stacking export-hf", _export_main, sys.argv[1:] if argv is None else argv, (GrowthError,))
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -172,13 +167,12 @@ def _dtype(name: str | None) -> torch.dtype | None:
 def _import_main(argv: list[str]) -> int:
     from stacking.growth.hf import import_hf
 
-    p = argparse.ArgumentParser(prog="stacking import-hf",
-                                description="Convert a Hugging Face Llama dir (config.json + safetensors, sharded or "
-                                            "not) into a litgpt checkpoint dir that `stacking grow` accepts.")
-    p.add_argument("hf_dir", type=Path)
+    p = parser("stacking import-hf", "Convert a Hugging Face Llama dir (config.json + safetensors, sharded or not) "
+               "into a litgpt checkpoint dir that `stacking grow` accepts.")
+    p.add_argument("hf_dir", type=Path, help="Hugging Face model dir (config.json + *.safetensors)")
     p.add_argument("lit_dir", type=Path, help="output dir (must not exist or be empty)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: keep)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     out = import_hf(args.hf_dir, args.lit_dir, dtype=_dtype(args.dtype))
     print(f"imported {args.hf_dir} -> {out}")
     return 0
@@ -187,15 +181,14 @@ def _import_main(argv: list[str]) -> int:
 def _export_main(argv: list[str]) -> int:
     from stacking.growth.hf import DEFAULT_SHARD_BYTES, export_hf
 
-    p = argparse.ArgumentParser(prog="stacking export-hf",
-                                description="Convert a Llama-style litgpt checkpoint dir into a Hugging Face dir "
-                                            "(config.json + model.safetensors) that transformers loads.")
-    p.add_argument("lit_dir", type=Path)
+    p = parser("stacking export-hf", "Convert a Llama-style litgpt checkpoint dir into a Hugging Face dir "
+               "(config.json + model.safetensors) that transformers loads.")
+    p.add_argument("lit_dir", type=Path, help="litgpt checkpoint dir (lit_model.pth + model_config.yaml)")
     p.add_argument("hf_dir", type=Path, help="output dir (must not exist or be empty)")
     p.add_argument("--max-shard-size", default=DEFAULT_SHARD_BYTES,
                    help="split safetensors above this size, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: keep)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     out = export_hf(args.lit_dir, args.hf_dir, max_shard_size=args.max_shard_size, dtype=_dtype(args.dtype))
     print(f"exported {args.lit_dir} -> {out}")
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.grid import PlannedRun
-from experiments.runner import is_done, lock_held, read_json
+from experiments.rundir import is_done, load_plan, lock_held, read_json
 from stacking.train import RunConfig
 
 RESULT_COLUMNS = [
@@ -31,13 +31,6 @@ EXTRA_COLUMNS = ["state", "error_class", "attempts", "planned_tokens", "planned_
 attempts so far, the planned budget, and the grown checkpoint dir a grown run started from."""
 
 STATES = ("done", "running", "interrupted", "failed", "skipped", "pending")
-
-
-def load_plan(sweep_dir: str | Path) -> list[PlannedRun]:
-    path = Path(sweep_dir) / "plan.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {str(sweep_dir)!r} a sweep dir written by `stacking sweep`?")
-    return [PlannedRun.from_json(r) for r in json.loads(path.read_text())["runs"]]
 
 
 def run_state(sweep_dir: Path, run: PlannedRun) -> dict[str, Any]:
@@ -161,7 +154,6 @@ __all__ = [
     "EXTRA_COLUMNS",
     "RESULT_COLUMNS",
     "format_status",
-    "load_plan",
     "results_frame",
     "run_state",
     "write_results",

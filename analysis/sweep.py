@@ -237,7 +237,7 @@ class Sweep:
         return out.sort_values("flops", kind="stable").reset_index(drop=True)
 
 
-def lr_sweep_table(sweep: "Sweep") -> pd.DataFrame:
+def lr_sweep_table(sweep: Sweep) -> pd.DataFrame:
     """Scratch runs of one target and budget trained at several peak LRs (an LR sweep, ``scratch.lrs``): one row
     per target × tokens × lr with the final and best validation loss (mean over seeds), the annealed loss (its
     cooldown ending at the full budget, where there is one) and the number of seeds; empty when no budget has more

@@ -1,0 +1,60 @@
+"""The replicate grid, shrunk, is read by the report and a notebook as any other sweep: seeds give a CI, both
+readings (mid and annealed) are there, and the tokens per parameter of every base and target are in the plan."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import yaml
+from nbclient import NotebookClient
+
+from experiments.grid import apply_scale
+from stacking.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+REPLICATE = ROOT / "experiments" / "grids" / "replicate.yaml"
+
+
+def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_data, tmp_path, capsys, monkeypatch):
+    raw, _ = apply_scale(yaml.safe_load(REPLICATE.read_text()), "demo", "replicate.yaml")
+    # the same study at toy size: G_stack and G↑zero at one d, 2 seeds, the demo scale's cooldowns
+    raw.pop("overrides", None)
+    raw.update(targets=["tiny-L4-D32"], d=[2048], seeds=[0, 1], grown={"tokens": 6144, "lr": "target"},
+               ops=["G_stack", {"op": "G_zero", "direction": "depth"}])
+    raw["defaults"].update(data_dir=str(tiny_data), seq_len=32, micro_batch_size=8, global_batch_tokens=256,
+                           warmup_tokens=512, val_every_tokens=256, val_tokens=1024, checkpoint_every_tokens=4096)
+    path = tmp_path / "replicate.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sweep = tmp_path / "sweep"
+
+    assert cli_main(["sweep", str(path), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "tok/param" in plan and "epochs" in plan  # tokens per parameter of every base at d and every target
+    assert cli_main(["sweep", str(path), "--out", str(sweep), "--jobs", "2", "--threads", "1"]) == 0
+    results = pd.read_csv(sweep / "results.csv")
+    assert set(results["status"]) == {"done"} and sorted(set(results["seed"])) == [0, 1]
+
+    assert cli_main(["report", str(sweep)]) == 0
+    speedups = pd.read_csv(sweep / "report" / "speedups.csv")
+    final = speedups[(speedups["reference"] == "scratch") & (speedups["reading"] == "mid") &
+                     (speedups["budget_fraction"] == 1.0)]
+    assert set(final["op"]) == {"G_stack", "G_zero"} and set(final["n_runs"]) == {2}
+    # two seeds: a Student-t 95 % CI around the mean wherever both seeds reach L* (a grown run always reaches
+    # scratch's loss at 25 % of its budget here: it starts from a trained base)
+    early = speedups[(speedups["reference"] == "scratch") & (speedups["reading"] == "mid") &
+                     (speedups["budget_fraction"] == 0.25)]
+    assert len(early) == 2 and set(early["n_reached"]) == {2}
+    for _, r in pd.concat([early, final[final["n_reached"] == 2]]).iterrows():
+        assert math.isfinite(r["speedup_lo"]) and r["speedup_lo"] <= r["speedup"] <= r["speedup_hi"]
+    assert set(speedups["reading"]) == {"mid", "annealed"}
+
+    monkeypatch.setenv("STACKING_SWEEP_DIR", str(sweep))
+    nb_path = ROOT / "notebooks" / "01_operator_speedups.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
