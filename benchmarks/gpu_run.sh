@@ -15,7 +15,7 @@
 #   4. the `small` replicate at its main d, seed 0 (G_stack g = 2, G↑zero, scratch; their cooldowns), then the
 #      rest of seed 0 as time allows; `stacking report` → OUT_DIR/results.csv, report.md, replicate-small.tar.gz
 #      (every run's metrics.csv, summary.json, config.yaml and the report's figures)
-# Budgets (seconds) can be changed with THROUGHPUT_S, SWEEP_S, DATA_S.
+# Budgets (seconds) can be changed with THROUGHPUT_S, SWEEP_S, DATA_S, REPORT_S.
 set -uo pipefail
 
 if [ "${1:-}" = "--wheels" ]; then  # here, with internet to the package registries: the wheels the GPU image lacks
@@ -49,8 +49,8 @@ if [ "$DRY" = "--dry" ]; then
     PY=${PY:-python}
     DATA=data/stdlib-bytes; DATA_ARGS=(--out "$DATA" --tokenizer bytes)
     SCALE=demo; ONLY='*G_stack-depth-g2-d327680-s0*'; SWEEP_ARGS=(--dry-run)
-    TP_ARGS=(--device cpu --smoke)
-    THROUGHPUT_S=${THROUGHPUT_S:-300}; SWEEP_S=${SWEEP_S:-120}; DATA_S=${DATA_S:-120}
+    TP_ARGS=(--device cpu --smoke --compile 0)   # torch.compile on CPU spends minutes in the C++ compiler
+    THROUGHPUT_S=${THROUGHPUT_S:-600}; SWEEP_S=${SWEEP_S:-300}; DATA_S=${DATA_S:-300}
 else
     PY=${PY:-python3}
     DATA=data/code-bpe4096; DATA_ARGS=(--out "$DATA" --sources stdlib site-packages c-headers)
@@ -82,7 +82,7 @@ done
 SWEEP=sweeps/replicate-$SCALE
 [ "$DRY" = "--dry" ] && SWEEP=${DRY_SWEEP:-sweeps/lr-scratch-demo}  # a dry run trains nothing: package a finished sweep
 if [ -f "$SWEEP/plan.json" ]; then
-    step report 120 "$PY" -m stacking report "$SWEEP"
+    step report "${REPORT_S:-240}" "$PY" -m stacking report "$SWEEP"
     cp "$SWEEP/results.csv" "$OUT/" 2>/dev/null
     cp "$SWEEP/report/report.md" "$OUT/" 2>/dev/null
     (cd "$SWEEP" && find . \( -name metrics.csv -o -name summary.json -o -name config.yaml -o -path './report/*' \) \
