@@ -1,11 +1,16 @@
 """Peak memory of growing a checkpoint much larger than what the growing process holds.
 
 Creates a >= 1B-parameter litgpt checkpoint (TinyLlama-1.1B shape: 22 layers, d=2048, 32 heads, 4 KV groups,
-FFN 5632, vocab 32000) without holding it in RAM (written tensor by tensor with stacking.growth.io's streaming
-writer), grows it in a child process with `grow_checkpoint` (G_stack × 2 by default), and reports the child's peak
-RSS (VmHWM, which counts touched pages of memory-mapped files too) against the output size.
+FFN 5632, vocab 32000) without holding it in RAM (written tensor by tensor with stacking.growth.tensorfile's
+streaming writer), grows it in a child process with `grow_checkpoint` (G_stack × 2 by default), and reports the
+child's peak RSS (VmHWM, which counts touched pages of memory-mapped files too) against the output size.
 
     python benchmarks/grow_memory.py [--workdir DIR] [--dtype float32|bfloat16] [--op G_stack] [--g 2] [--keep]
+                                     [--n-layer 22]
+
+``--n-layer`` shrinks the source (fewer layers of the same width: quicker, but the fixed python + torch RSS weighs
+more in the ratio). The writer is `stacking.growth.tensorfile.TensorFileWriter` (litgpt's `incremental_save`; the
+measurement that chose it over a hand-written one is in that module's docstring).
 
 Last lines: peak_rss_gb=…, baseline_rss_gb=… (python + torch + stacking.growth imported, nothing grown),
 output_gb=…, ratio=… (peak_rss / output; goal <= 0.5), seconds=… . Needs ~ (1 + g) × 4.4 GB of disk for fp32.
@@ -25,7 +30,9 @@ from pathlib import Path
 import torch
 from litgpt import Config
 
-from stacking.growth.io import TensorFileWriter, expected_shapes, init_std, save_config
+from stacking.checkpoint import expected_shapes, save_model_config
+from stacking.growth.layout import init_std
+from stacking.growth.tensorfile import TensorFileWriter
 
 TINYLLAMA_1B = dict(name="bench-1.1b", block_size=2048, n_layer=22, n_embd=2048, n_head=32, n_query_groups=4,
                     head_size=64, intermediate_size=5632, vocab_size=32000, padded_vocab_size=32000, bias=False,
@@ -62,7 +69,7 @@ def write_source(path: Path, config: Config, dtype: torch.dtype) -> int:
                 t = torch.empty(shape, dtype=torch.float32).normal_(0, init_std(key, config), generator=gen).to(dtype)
             writer.add(key, t)
             del t
-    save_config(config, path / "model_config.yaml")
+    save_model_config(config, path / "model_config.yaml")
     (path / "stacking_meta.json").write_text(json.dumps({"tokens": 10**9, "flops": 6.6e18, "config_hash": "bench",
                                                          "run_dir": "bench", "model": config.name, "seed": 0}))
     return (path / "lit_model.pth").stat().st_size
@@ -80,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--op", default="G_stack", help="a streaming depth op (G_stack, interpolate, G_zero, llama_pro…)")
     p.add_argument("--g", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the checkpoints instead of deleting them")
+    p.add_argument("--n-layer", type=int, default=TINYLLAMA_1B["n_layer"], help="source layers (default 22)")
     args = p.parse_args(argv)
 
     dtype = getattr(torch, args.dtype)
-    config = Config(**TINYLLAMA_1B)
+    model_fields = {**TINYLLAMA_1B, "n_layer": args.n_layer}
+    config = Config(**model_fields)
     n_params = sum(s.numel() for s in expected_shapes(config).values())
     need = n_params * dtype.itemsize * (1 + args.g)
     work = Path(tempfile.mkdtemp(prefix="grow_memory-", dir=args.workdir))
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         src = torch.load(work / "base" / "lit_model.pth", weights_only=True, mmap=True)
         out = torch.load(work / "grown" / "lit_model.pth", weights_only=True, mmap=True)
         L = config.n_layer
-        assert len(out) == len(expected_shapes(Config(**{**TINYLLAMA_1B, "n_layer": L * args.g})))
+        assert len(out) == len(expected_shapes(Config(**{**model_fields, "n_layer": L * args.g})))
         if args.op == "G_stack":
             for i in (0, L, 2 * L - 1):
                 k = f"transformer.h.{i}.mlp.fc_1.weight"

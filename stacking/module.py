@@ -10,39 +10,66 @@ run was initialised from a grown checkpoint.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import _CUDA_FLOPS
 from litgpt import GPT, Config
 
+from stacking.growth import masks
 from stacking.growth.masks import ramp_value
 
 # Dense peak FLOP/s per device (never the 2:4-sparse figure, which doubles MFU by mistake; reference/ecosystem.md
-# §1.6). Keys are matched as substrings of torch.cuda.get_device_name(), most specific first.
+# §1.6). Lightning's table (`lightning.fabric.utilities.throughput._CUDA_FLOPS`, what its `get_available_flops` reads)
+# serves every card it lists right; these entries, matched first as substrings of torch.cuda.get_device_name() (most
+# specific first), are the cards it lacks or lists with another figure:
 PEAK_FLOPS = {
-    "bf16": [("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100 NVL", 835.5e12), ("H100", 989.5e12),
-             ("A100", 312e12), ("L40S", 362.05e12), ("A10G", 70e12), ("L4", 121e12), ("RTX 4090", 165.2e12),
-             ("V100", 125e12), ("T4", 65e12)],
-    "fp32": [("H200", 66.9e12), ("H100 PCIe", 51.2e12), ("H100", 66.9e12), ("A100", 19.5e12), ("L40S", 91.6e12),
-             ("A10G", 31.2e12), ("L4", 30.3e12), ("V100", 15.7e12), ("T4", 8.1e12)],
+    # H200: the device calls itself "NVIDIA H200", which Lightning does not parse (its "h200 sxm1" row, 2.0e15, is
+    # the sparse figure)
+    "16": [("H200", 989.5e12),
+           ("H100 PCIe", 756e12),  # Lightning's figure, listed so that the "H100" row below does not catch it
+           ("H100 NVL", 835.5e12),  # datasheet: 1671 sparse / 2; Lightning lists 1978.8e12
+           ("H100", 989.5e12),  # SXM (HBM3): datasheet 1979 sparse / 2; Lightning rounds to 989.4e12
+           ("L40S", 362.05e12),  # missing in Lightning, whose parser takes "L40S" for an L4
+           ("A10G", 70e12),  # AWS's A10G figure; Lightning lists the A10's 125e12
+           ("RTX 4090", 165.2e12)],  # Ada whitepaper, FP32 accumulate; Lightning lists the non-tensor 82.6e12
+    "32": [("H200", 66.9e12), ("H100 PCIe", 51.2e12), ("H100 NVL", 60e12),  # NVL: datasheet; Lightning lists 2×
+           ("H100", 66.9e12),  # "NVIDIA H100 80GB HBM3" names no "sxm", Lightning's key for it
+           ("L40S", 91.6e12)],
 }
 _warned_devices: set[str] = set()
 
 
+def _lightning_peak(device_name: str, dtype: torch.dtype) -> float | None:
+    """Lightning's figure for a device name: its chip keys ("a100", "v100 sxm", "rtx 3090 ti", …) matched as whole
+    words of the name, longest first (a digit may follow a key ending in a letter: "V100-SXM2" is a "v100 sxm")."""
+    name = re.sub(r"[-_]", " ", device_name.lower())
+    for chip in sorted(_CUDA_FLOPS, key=len, reverse=True):
+        after = r"(?![a-z0-9])" if chip[-1].isdigit() else r"(?![a-z])"
+        if re.search(rf"(?<![a-z0-9]){re.escape(chip)}{after}", name):
+            value = _CUDA_FLOPS[chip].get(dtype)
+            return float(value) if value is not None else None
+    return None
+
+
 def peak_flops(device_name: str, precision: str) -> float | None:
-    """Dense peak FLOP/s of a device at a precision ('bf16'/'16' → bf16 table, else fp32), or None (warned once)."""
-    table = PEAK_FLOPS["bf16" if ("bf16" in precision or "16" in precision) else "fp32"]
-    for key, value in table:
+    """Dense peak FLOP/s of a device at a precision (bf16 / 16 / 32 matmuls as the precision string says), or None
+    (warned once per device; CPUs have no entry)."""
+    half = "16" in precision
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if half else torch.float32
+    for key, value in PEAK_FLOPS["16" if half else "32"]:
         if key.lower() in device_name.lower():
             return value
-    if device_name not in _warned_devices:
+    value = _lightning_peak(device_name, dtype)
+    if value is None and device_name not in _warned_devices:
         _warned_devices.add(device_name)
         warnings.warn(f"no peak FLOP/s known for device {device_name!r} at {precision}; MFU is not computed "
                       "(add it to stacking.module.PEAK_FLOPS)", stacklevel=2)
-    return None
+    return value
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> float:
@@ -173,8 +200,6 @@ class GPTModule(L.LightningModule):
         """After the grown weights are loaded: attach the G_random mask and freeze non-new params if asked."""
         if not (self.growth.get("mask") or self.growth.get("trainable")):
             return
-        from stacking.growth import masks
-
         if self.growth.get("mask"):
             self.mask = masks.GrowthMask.from_spec(self.growth["mask"])
             self.mask.attach(self.model)

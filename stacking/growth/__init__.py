@@ -33,24 +33,15 @@ from typing import Any
 import torch
 from litgpt import Config
 
+from stacking.checkpoint import CONFIG, GROWTH, META, WEIGHTS, check_state_dict, load_checkpoint
+from stacking.checkpoint import save_model_config as save_config
+from stacking.errors import GrowthError
+from stacking.fsutil import atomic_dir, sha256_file
 from stacking.growth import depth, learn, width
-from stacking.growth.io import (
-    CONFIG,
-    GROWTH,
-    META,
-    WEIGHTS,
-    GrowthError,
-    GrowthResult,
-    TensorFileWriter,
-    atomic_dir,
-    check_state_dict,
-    json_safe,
-    load_checkpoint,
-    save_config,
-    save_state_dict,
-    sha256_file,
-)
+from stacking.growth.io import check_new_dir, json_safe
 from stacking.growth.learn import learn_flops
+from stacking.growth.operator import GrowthResult
+from stacking.growth.tensorfile import TensorFileWriter, save_state_dict
 
 __all__ = ["OPERATORS", "GrowthError", "GrowthResult", "carry_moments", "carry_plan", "grow", "grow_checkpoint", "learn_flops",
            "operator_options"]
@@ -158,9 +149,7 @@ def grow_checkpoint(src_dir, dst_dir, op: str, *, direction: str = "depth", g=2,
     other than G_learn stream tensor by tensor from the memory-mapped source.
     """
     fn = resolve(op, direction, options)
-    src, dst = Path(src_dir), Path(dst_dir)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):  # fail before any compute
-        raise GrowthError(f"output dir {str(dst)!r} already exists and is not empty; pick a new path")
+    src, dst = Path(src_dir), check_new_dir(dst_dir)  # fail before any compute
     ckpt = load_checkpoint(src)
     planner = getattr(fn, "planner", None)
     if planner is not None:

@@ -20,19 +20,10 @@ from dataclasses import dataclass
 import torch
 from litgpt import Config
 
-from stacking.growth.io import (
-    GrowthError,
-    GrowthResult,
-    TensorFileWriter,
-    check_g,
-    check_target,
-    derive_config,
-    expected_shapes,
-    init_like,
-    layer_key,
-    release_pages,
-    split_layer_key,
-)
+from stacking.errors import GrowthError
+from stacking.growth.layout import derive_config, expected_shapes, init_like, layer_key, split_layer_key
+from stacking.growth.operator import GrowthResult, check_g, check_target
+from stacking.growth.tensorfile import TensorFileWriter, release_pages
 
 # The output projections of a block's two residual branches (weights and, for bias=True configs, biases).
 _ZEROED = re.compile(r"^(attn\.proj|mlp\.proj)\.(weight|bias)$")

@@ -21,18 +21,12 @@ from litgpt.scripts.convert_lit_checkpoint import copy_weights_llama
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from stacking.growth.io import (
-    CONFIG,
-    WEIGHTS,
-    GrowthError,
-    TensorFileWriter,
-    atomic_dir,
-    check_state_dict,
-    load_checkpoint,
-    load_weights,
-    release_pages,
-    save_config,
-)
+from stacking.checkpoint import CONFIG, WEIGHTS, check_state_dict, load_checkpoint, load_weights
+from stacking.checkpoint import save_model_config as save_config
+from stacking.errors import GrowthError
+from stacking.fsutil import atomic_dir
+from stacking.growth.io import check_new_dir
+from stacking.growth.tensorfile import TensorFileWriter, release_pages
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
@@ -160,7 +154,7 @@ class _WritingDict(dict):
 
     def __setitem__(self, key, value):
         if isinstance(value, torch.Tensor):
-            value = self.writer.write_tensor(value)
+            value = self.writer.store_early(value)
         super().__setitem__(key, value)
 
 
@@ -194,7 +188,7 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 def import_hf(hf_dir, lit_dir, *, dtype: torch.dtype | None = None) -> Path:
     """HF Llama dir (config.json + safetensors) -> litgpt checkpoint dir (lit_model.pth + model_config.yaml)."""
-    hf_dir, lit_dir = Path(hf_dir), Path(lit_dir)
+    hf_dir, lit_dir = Path(hf_dir), check_new_dir(lit_dir)
     if not (hf_dir / "config.json").is_file():
         raise GrowthError(f"HF dir {str(hf_dir)!r} has no config.json")
     config = config_from_hf(json.loads((hf_dir / "config.json").read_text()), name=hf_dir.resolve().name)
@@ -215,7 +209,7 @@ def import_hf(hf_dir, lit_dir, *, dtype: torch.dtype | None = None) -> Path:
                 except KeyError as e:
                     raise GrowthError(f"HF checkpoint has a tensor litgpt's Llama converter does not map: {e} "
                                       f"(or lacks model.embed_tokens.weight)") from None
-            writer.close(dict(state))
+            writer.save(dict(state))
         check_state_dict(load_weights(tmp / WEIGHTS), config, where=f"weights converted from {hf_dir}")
         save_config(config, tmp / CONFIG)
         for name in TOKENIZER_FILES:
@@ -242,6 +236,7 @@ def _parse_size(size) -> int:
 def export_hf(lit_dir, hf_dir, *, max_shard_size=DEFAULT_SHARD_BYTES, dtype: torch.dtype | None = None) -> Path:
     """litgpt checkpoint dir -> HF Llama dir (config.json + model.safetensors, sharded above ``max_shard_size``)."""
     limit = _parse_size(max_shard_size)
+    hf_dir = check_new_dir(hf_dir)
     ckpt = load_checkpoint(lit_dir)
     sd = ckpt.state_dict
     tied = torch.equal(sd["transformer.wte.weight"], sd["lm_head.weight"])

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from litgpt import GPT, Config
 from torch.func import functional_call
 
+from stacking.errors import GrowthError
 from stacking.growth import depth, width
-from stacking.growth.io import GrowthError, GrowthResult, expected_shapes, layer_key, split_layer_key
+from stacking.growth.layout import expected_shapes, layer_key, split_layer_key
+from stacking.growth.operator import GrowthResult
 from stacking.models import flops_per_token
 
 # LiGO's README trains the operator for 100 steps at lr 2e-4 (RoBERTa); prts issue #2 also uses 100 steps.

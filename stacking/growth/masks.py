@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stacking.growth.io import GrowthError
+from stacking.errors import GrowthError
 
 
 def ramp_value(tokens: int, ramp_tokens: int) -> float:

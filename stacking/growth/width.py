@@ -32,16 +32,9 @@ from dataclasses import dataclass
 import torch
 from litgpt import Config
 
-from stacking.growth.io import (
-    GrowthError,
-    GrowthResult,
-    check_g,
-    check_target,
-    derive_config,
-    generator_for,
-    init_std,
-    split_layer_key,
-)
+from stacking.errors import GrowthError
+from stacking.growth.layout import derive_config, generator_for, init_std, split_layer_key
+from stacking.growth.operator import GrowthResult, check_g, check_target
 
 _WIDTH_FIELDS = {"n_embd", "n_head", "n_query_groups", "intermediate_size", "head_size"}
 
