@@ -6,6 +6,7 @@ The modules, in the order the data flows (docs/analysis.md has the commands):
     speedup   FLOPs_scratch(L*) / FLOPs_grown(L*) − 1 per grown run at L*_p (mid and annealed readings), CIs
     fit       Chinchilla L(N, D) (Huber / LAD, 4500-start grid, bootstrap), L(C), IsoFLOP over d, Eq. 2
     lbfgs     the batched L-BFGS the fits run on
+    domain    domain gained vs general lost per run (eval_data_dirs; LLaMA Pro's figure); imports matplotlib
     plots     matplotlib figures (imported on demand: `from analysis import plots`)
     report    `stacking report`: report.md, speedups.csv, fits.json, figures/
     cli       `stacking report` and `stacking fit-law` entry points

@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from analysis import plots
+from analysis.domain import domain_markdown, domain_table, has_eval_sets, plot_domain
 from analysis.fit import PAPER_EQ2, fit_chinchilla, fit_eq2, fit_isoflop, fit_loss_compute
 from analysis.speedup import (
     BUDGET_FRACTIONS,
@@ -207,6 +208,12 @@ def write_report(
     if len(lrs):
         lrs.to_csv(out / "lr_sweep.csv", index=False)
         speedup_md += _lr_sweep_markdown(lrs)
+    if has_eval_sets(sweep):  # eval_data_dirs: domain gained vs general lost (LLaMA Pro's figure; analysis/domain.py)
+        dom = domain_table(sweep)
+        dom.to_csv(out / "domain.csv", index=False)
+        if len(dom):
+            plots.save_figure(plot_domain(dom), fig_dir / "domain.png")
+        speedup_md += domain_markdown(dom, "figures/domain.png" if len(dom) else None)
     md = _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes)
     path = out / "report.md"
     path.write_text(md)

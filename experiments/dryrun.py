@@ -119,7 +119,17 @@ def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: in
             tpp = "/".join(f"{d / r.params_non_embedding:.3g}" for d in r.config.save_at_tokens)
         else:
             tpp = f"{r.tokens / r.params_non_embedding:.3g}" if r.params_non_embedding else "?"
-        if r.kind == "grown":
+        chain = getattr(r, "chain", None)
+        if chain is not None and r.kind in ("base", "grown"):  # a stage of a growth chain
+            prev = by_id.get(r.parent)
+            if prev is None:
+                after = f"- (chain {chain} stage 0 of {_chain_len(runs, r)})"
+            else:
+                after = (f"{r.parent} @ {prev.tokens:,} (chain {chain} stage {r.stage}: {r.grow['op']} "
+                         f"{r.direction} g={r.grow['g']}; FLOPs incl. {r.flops_offset:.3g} of "
+                         f"{'stage 0' if r.stage == 1 else f'stages 0–{r.stage - 1}'}"
+                         f"; stage {r.stage - 1} at {prev.tokens / prev.params_non_embedding:.3g} tok/param)")
+        elif r.kind == "grown":
             base = by_id.get(r.parent)
             at_d = f", base {r.grow_at_tokens / base.params_non_embedding:.3g} tok/param at d" if base else ""
             after = f"{r.parent} @ d={r.grow_at_tokens:,} ({r.op} {r.direction} g={r.g}; FLOPs incl. " \
@@ -142,6 +152,12 @@ def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: in
     lines.append(f"throughput: {source}")
     lines += epoch_warnings(runs)
     return "\n".join(lines)
+
+
+def _chain_len(runs, r) -> int:
+    """Runs (stages, the target included) of the chain ``r`` belongs to, for its target and seed."""
+    return sum(getattr(x, "chain", None) == r.chain and x.kind in ("base", "grown") and x.target == r.target
+               and x.config.seed == r.config.seed for x in runs)
 
 
 def _fmt_time(s: float) -> str:

@@ -8,6 +8,10 @@ and axes: ``targets`` × ``ops`` × ``g`` × ``d`` × ``seeds``. For each point 
   at every ``d``. One base serves every op and every ``d`` of its (target, direction, g, seed);
 * a **grown** run: ``grow_checkpoint(base checkpoint at d → grown/<id>)`` and then the target shape trained from
   that dir (``init_from``), its FLOP counter starting at the base's FLOPs at ``d``;
+* per ``chains`` entry × target × seed, a **growth chain**: stage 0 (the target divided by the product of the
+  stages' g) trained like a base, each later stage grown from the previous stage's checkpoint at its last token
+  (kind ``base``: it is the next stage's base), its FLOP counter and data stream continuing; the last growth gives
+  the target, a ``grown`` run whose op is the chain's label and whose d is the tokens of all earlier stages;
 * a **scratch** baseline per target × seed: the target trained from scratch on at least the FLOPs of the largest
   grown run of that target (base FLOPs included), tokens rounded up to a multiple of global_batch_tokens;
 * with ``anneal.fractions``, a **cooldown** run per scratch/grown (main) run and fraction f: a WSD branch from the
@@ -35,9 +39,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from experiments.chains import Builders, chain_runs, check_chain
 from experiments.schema import (
     AnnealSpec,
     BaseSpec,
+    ChainSpec,
     Grid,
     GridError,
     GrownSpec,
@@ -45,6 +51,7 @@ from experiments.schema import (
     OverrideSpec,
     ScratchSpec,
     SlurmSpec,
+    StageSpec,
     apply_scale,
     load_grid,
     parse_grid,
@@ -55,8 +62,9 @@ from stacking.data import read_meta
 from stacking.train import RunConfig, RunError, config_hash, validate
 
 # The grid API is this module: the schema's names are re-exported from here.
-__all__ = ["MAX_EPOCHS", "AnnealSpec", "BaseSpec", "Grid", "GridError", "GrownSpec", "OpSpec", "OverrideSpec",
-           "PlannedRun", "ScratchSpec", "SlurmSpec", "apply_scale", "base_shape", "epoch_warnings", "expand",
+__all__ = ["CONTINUED", "MAX_EPOCHS", "AnnealSpec", "BaseSpec", "ChainSpec", "Grid", "GridError", "GrownSpec",
+           "OpSpec", "OverrideSpec", "PlannedRun", "ScratchSpec", "SlurmSpec", "StageSpec", "apply_scale", "base_shape",
+           "epoch_warnings", "expand",
            "load_grid", "operators", "parse_grid", "select", "shape_label"]
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,6 +132,10 @@ class PlannedRun:
     """f: a cooldown run ends at f × its main run's budget."""
     decay_tokens: int | None = None
     """A cooldown run's LR decay length (= the tokens it trains)."""
+    chain: str | None = None
+    """Label of the growth chain this run is a stage of (None outside chains)."""
+    stage: int | None = None
+    """Its stage in the chain: 0 = the first (smallest) model, len(stages) = the target (the chain's grown run)."""
 
     @property
     def tokens(self) -> int:
@@ -237,12 +249,13 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
             raise GridError(f"{where}: {axis} lists {dup[0]!r} twice (duplicate run ids)")
     labels = [o.label or o.op for o in grid.ops]
     for i, o in enumerate(grid.ops):
-        if o.op not in ops_known:
+        if o.op not in ops_known and o.op != CONTINUED:
             raise GridError(f"{where}: ops[{i}].op: unknown operator {o.op!r}{suggest(o.op, list(ops_known))}; "
-                            f"valid: {', '.join(ops_known)}")
-        if o.direction not in ops_known[o.op]:
+                            f"valid: {', '.join(ops_known)}, {CONTINUED}")
+        dirs = ops_known.get(o.op, ("depth", "width"))  # continued: the direction names the base
+        if o.direction not in dirs:
             raise GridError(f"{where}: ops[{i}]: {o.op} does not support direction {o.direction!r}; "
-                            f"valid: {', '.join(ops_known[o.op])}")
+                            f"valid: {', '.join(dirs)}")
         if (labels[i], o.direction) in [(labels[j], grid.ops[j].direction) for j in range(i)]:
             raise GridError(f"{where}: ops[{i}] ({labels[i]}, {o.direction}) repeats an earlier entry "
                             "(duplicate run ids); give it a distinct label")
@@ -272,6 +285,8 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
     for g in grid.g + [g for o in grid.ops for g in (o.g or [])]:
         if g < 2:
             raise GridError(f"{where}: g = {g} must be an integer >= 2")
+    for i, ch in enumerate(grid.chains):
+        check_chain(grid, i, ch, labels, ops_known, where)
     return labels
 
 
@@ -282,6 +297,9 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
     defaults = {"progress_bar": False, **grid.defaults, "data_dir": str(Path(data_dir).resolve())}
     data_meta = read_meta(defaults["data_dir"])  # DataError: missing / broken data dir
     vocab = data_meta["vocab_size"]
+    for spec in [defaults, grid.base.set, grid.grown.set, grid.scratch.set] + [o.set for o in grid.overrides]:
+        if spec.get("eval_data_dirs"):  # like data_dir: runs execute in the sweep dir (checked by validate)
+            spec["eval_data_dirs"] = {k: str(Path(v).resolve()) for k, v in spec["eval_data_dirs"].items()}
     for spec in [grid.base.set, grid.grown.set, grid.scratch.set] + [o.set for o in grid.overrides]:
         if "data_dir" in spec:
             spec["data_dir"] = str(Path(spec["data_dir"]).resolve())
@@ -398,16 +416,32 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                 lr_source = grid.scratch.set if grid.grown.lr == "target" else grid.base.set
                 lr_fields = {k: lr_source[k] for k in ("lr", "min_lr") if k in lr_source}
                 gcfg = {**defaults, **lr_fields, **grid.grown.set}
+                gcfg.update({k: v for ov in grid.overrides if fnmatch.fnmatchcase(name, ov.match)
+                             for k, v in ov.set.items()})  # e.g. solar_dus's own n_layer: its budget at its shape
                 gb = gcfg.get("global_batch_tokens", RunConfig.global_batch_tokens)
+                cont = o.op == CONTINUED  # the base's own shape, its checkpoint at d, no grow step
+                cshape = base.config.model_overrides if cont else gcfg.get("model_overrides", {})
                 if grid.grown.tokens is not None:
                     tokens = grid.grown.tokens
                 else:
-                    _, tfpt = mdl.config(target, gcfg.get("model_overrides", {}),
-                                         gcfg.get("seq_len", RunConfig.seq_len))
+                    _, tfpt = mdl.config(target, cshape, gcfg.get("seq_len", RunConfig.seq_len))
                     tokens = int((grid.grown.total_flops - base_flops) / tfpt // gb) * gb
                     if tokens <= 0:
                         raise GridError(f"{where}: d = {dd} uses {base_flops:.4g} base FLOPs, leaving no budget in "
                                         f"grown.total_flops = {grid.grown.total_flops:.4g} for run {name}")
+                if cont:
+                    cfg = resolve(name, {**lr_fields, **grid.grown.set},
+                                  dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[],
+                                       model_overrides=cshape, optimizer_init="fresh",
+                                       init_from=f"{base.config.out_dir}/checkpoints/tokens-{dd:012d}"))
+                    points = anneal_starts(name, cfg)
+                    cfg.save_state_at_tokens = sorted({s for _, s, _ in points})
+                    data_tokens = (dd if cfg.data_stream == "continue" else 0) + tokens
+                    main = planned(name, "grown", target, cfg, flops_offset=base_flops, op=o.op,
+                                   direction=o.direction, g=g, grow_at_tokens=dd, parent=base.id, deps=[base.id],
+                                   data_tokens=data_tokens, epochs=data_tokens / data_meta["train_tokens"])
+                    grown.extend(with_cooldowns(main, points))
+                    continue
                 carry = grid.grown.optimizer == "carry"
                 grow_id = _safe(f"{target}-{label}-{o.direction}-g{g}-d{dd}-s{seed}") + "-" + _short_hash(
                     [base.id, dd, o.op, o.direction, g, seed, o.options] + (["carry"] if carry else []))
@@ -430,14 +464,20 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                                epochs=data_tokens / data_meta["train_tokens"])
                 grown.extend(with_cooldowns(main, points))
 
+    build = Builders(grid, where, defaults, mdl, data_meta["train_tokens"], resolve, planned, anneal_starts,
+                     with_cooldowns, base_shape, shape_label, _safe, _short_hash, _extra_flops)
+    chained = [r for ci, ch in enumerate(grid.chains) for target in grid.targets for seed in ch.seeds or grid.seeds
+               for r in chain_runs(build, ci, ch, target, seed)]
+
     scratch: list[PlannedRun] = []
     for target in grid.targets:
-        for seed in sorted(set(grid.seeds).union(*[o.seeds or [] for o in grid.ops])):
+        for seed in sorted(set(grid.seeds).union(*[o.seeds or [] for o in grid.ops],
+                                                 *[c.seeds or [] for c in grid.chains])):
             scfg = {**defaults, **grid.scratch.set}
             gb = scfg.get("global_batch_tokens", RunConfig.global_batch_tokens)
             _, tfpt = mdl.config(target, scfg.get("model_overrides", {}), scfg.get("seq_len", RunConfig.seq_len))
             budgets = set(grid.scratch.tokens) | {_ceil_to(f / tfpt, gb) for f in grid.scratch.flops}
-            mine = [r.flops for r in grown if r.target == target and r.kind == "grown"]
+            mine = [r.flops for r in grown + chained if r.target == target and r.kind == "grown"]
             if grid.scratch.flop_matched and mine:
                 budgets.add(_ceil_to(max(mine) / tfpt, gb))
             peak = scfg.get("lr", RunConfig.lr)
@@ -453,9 +493,9 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                                epochs=tokens / data_meta["train_tokens"])
                 scratch.extend(with_cooldowns(main, points))
 
-    runs = list(bases.values()) + grown + scratch
+    runs = list(bases.values()) + grown + chained + scratch
     if not runs:
-        raise GridError(f"{where}: the grid has no runs (give ops and d, or scratch.tokens / scratch.flops)")
+        raise GridError(f"{where}: the grid has no runs (give ops and d, chains, or scratch.tokens / scratch.flops)")
     seen: dict[str, str] = {}
     for r in runs:
         if r.id in seen:
@@ -474,6 +514,10 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                         "allow_epochs: true")
     return runs
 
+
+CONTINUED = "continued"
+"""The ``ops`` entry that grows nothing: the base continued at its own shape from its checkpoint at d (fresh
+AdamW, the grown runs' LR and budget), a grown-kind run with op ``continued`` — continued pretraining's baseline."""
 
 MAX_EPOCHS = 4
 """Past this many epochs of its training data a plan is refused unless the grid sets ``allow_epochs``."""

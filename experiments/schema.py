@@ -45,6 +45,43 @@ class OpSpec:
 
 
 @dataclass
+class StageSpec:
+    """One stage of a growth chain: a model trained for ``tokens``, then grown by ``g``."""
+
+    g: int
+    """Growth factor at the end of this stage (depth: n_layer × g); the product over the stages is the chain's."""
+    tokens: int
+    """Tokens this stage trains before it grows (a positive multiple of global_batch_tokens)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Operator options for this stage's growth only, on top of the chain's ``options`` (e.g. {block: 1})."""
+
+
+@dataclass
+class ChainSpec:
+    """A growth chain (gradual stacking): the target divided by the product of the stages' g, trained and grown
+    stage by stage, each stage initialised from the previous stage's checkpoint at its last token and continuing
+    its data stream; the last growth gives the target, trained like a grown run and compared with scratch."""
+
+    label: str
+    """Name of the chain in run names and in the speed-up table's op column (e.g. ``gradual``)."""
+    op: list[str]
+    """Growth operator of every stage (one name), or a list with one per stage."""
+    stages: list[StageSpec]
+    """The stages before the target, first (smallest model) first: [{g: 2, tokens: 2048}, …]."""
+    direction: str = "depth"
+    """depth | width."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Operator options for every stage's growth (e.g. {block: 2} for gradual / midas)."""
+    tokens: int | None = None
+    """Tokens the target trains after the last growth …"""
+    total_flops: float | None = None
+    """… or the chain's total FLOP budget, every stage's FLOPs included (like grown.total_flops). Neither: the
+    grid's ``grown.tokens`` / ``grown.total_flops``."""
+    seeds: list[int] | None = None
+    """Seeds of this chain (default: the grid's ``seeds``)."""
+
+
+@dataclass
 class BaseSpec:
     """How base (small) models are trained."""
 
@@ -157,6 +194,8 @@ class Grid:
     """Model presets of the final shape, e.g. [tiny-L4-D64, stack-410m]."""
     ops: list[OpSpec] = field(default_factory=list)
     """Growth operators (+ direction and options); empty = scratch runs only."""
+    chains: list[ChainSpec] = field(default_factory=list)
+    """Growth chains: several growths in a row, each stage grown from the previous one (gradual stacking)."""
     g: list[int] = field(default_factory=lambda: [2])
     """Growth factors; the base is the target's shape divided by g."""
     d: list[int] = field(default_factory=list)

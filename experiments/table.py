@@ -1,7 +1,8 @@
 """The sweep's results table and run states, rebuilt from the run dirs (never from logs).
 
 ``SWEEP_DIR/results.csv`` and ``results.parquet``: one row per planned run, in plan order, with the columns of
-docs/formats.md (`RESULT_COLUMNS`), then every resolved RunConfig field as ``cfg.<name>``, then `EXTRA_COLUMNS`.
+docs/formats.md (`RESULT_COLUMNS`), then every resolved RunConfig field as ``cfg.<name>``, then `EXTRA_COLUMNS`,
+then ``final_val_loss_<name>`` for every name of any run's ``eval_data_dirs``.
 Numbers come from each run's ``summary.json`` (and ``model.json``); the plan (``plan.json``) gives what a run is
 (kind, target, op, d, parent). A run that has not finished still has a row, with its state in ``status``.
 """
@@ -99,14 +100,17 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
             row[f"cfg.{f.name}"] = _cell(getattr(r.config, f.name))
         row.update(state=state["state"], error_class=state["error_class"], attempts=state["attempts"],
                    planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow["dst"] if r.grow else None)
+        row.update({f"final_val_loss_{n}": summary.get(f"final_val_loss_{n}") for n in r.config.eval_data_dirs})
         rows.append(row)
-    columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS
+    # eval_data_dirs' final losses last: readers of the earlier columns see the table they always did
+    evals = sorted({f"final_val_loss_{n}" for r in runs for n in r.config.eval_data_dirs})
+    columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS + evals
     df = pd.DataFrame(rows, columns=columns)
     for col in ("g", "grow_at_tokens", "seed", "params_total", "params_non_embedding", "tokens", "attempts",
                 "planned_tokens", "decay_tokens"):
         df[col] = df[col].astype("Int64")
     for col in ("flops_per_token", "flops_offset", "flops", "final_val_loss", "best_val_loss", "tokens_per_s",
-                "wall_time_s", "planned_flops", "anneal_fraction"):
+                "wall_time_s", "planned_flops", "anneal_fraction", *evals):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for f in fields(RunConfig):  # mixed None/str or int/str config columns: one type each for Parquet
         col = f"cfg.{f.name}"

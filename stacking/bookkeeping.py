@@ -24,6 +24,11 @@ METRIC_COLUMNS = ["step", "tokens", "flops", "train_loss", "val_loss", "lr", "to
 """metrics.csv columns; tokens_per_s and mfu are wall-clock measurements, everything else is deterministic."""
 
 
+def metric_columns(cfg: RunConfig) -> list[str]:
+    """This run's metrics.csv columns: METRIC_COLUMNS, then ``val_loss_<name>`` per eval_data_dirs entry (sorted)."""
+    return METRIC_COLUMNS + [f"val_loss_{name}" for name in sorted(cfg.eval_data_dirs)]
+
+
 class RunBookkeeping(Callback):
     """metrics.csv rows, validation, exact-token checkpoints, last.ckpt, NaN stop — all on step boundaries."""
 
@@ -37,6 +42,8 @@ class RunBookkeeping(Callback):
         self.best_val = math.inf
         self.last_val = math.nan
         self.extra_logger = None
+        self.eval_sets: dict[str, torch.Tensor] = {}  # name → windows of eval_data_dirs[name] (set by train.run)
+        self.last_eval: dict[str, float] = {}  # val_loss_<name> → its last value
 
     # wall time over all sessions of this run (resumes included)
     def wall(self) -> float:
@@ -63,6 +70,13 @@ class RunBookkeeping(Callback):
         if not math.isfinite(v):
             raise NaNLossError(f"nan at tokens={pl_module.tokens}")
         self.best_val, self.last_val = min(self.best_val, v), v
+        main = pl_module.val_set
+        try:  # the same evaluation (sharding, masks) on each extra set's windows
+            for name in sorted(self.eval_sets):
+                pl_module.val_set = self.eval_sets[name]
+                self.last_eval[f"val_loss_{name}"] = pl_module.evaluate()
+        finally:
+            pl_module.val_set = main
         return v
 
     def _row(self, trainer, pl_module, *, train_loss, val_loss, tps):
@@ -70,9 +84,11 @@ class RunBookkeeping(Callback):
                "train_loss": train_loss, "val_loss": val_loss, "lr": pl_module.lr_at_step(trainer.global_step - 1) if trainer.global_step else None,
                "tokens_per_s": tps,
                "mfu": mfu(pl_module.flops_per_token, tps, self.peak) if tps and self.peak else None}
+        if val_loss is not None:
+            row.update(self.last_eval)
         if trainer.is_global_zero:
             with open(self.run_dir / "metrics.csv", "a", newline="") as f:
-                csv.DictWriter(f, METRIC_COLUMNS).writerow({k: ("" if v is None else v) for k, v in row.items()})
+                csv.DictWriter(f, metric_columns(self.cfg)).writerow({k: ("" if v is None else v) for k, v in row.items()})
             if self.extra_logger is not None:
                 self.extra_logger.log_metrics({k: v for k, v in row.items() if v is not None and k != "step"},
                                               step=row["step"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import yaml
 from litgpt import Config
 
 from stacking import models
-from stacking.data import read_meta
+from stacking.data import DataError, read_meta, tokenizer_id
 from stacking.errors import RunError
 
 
@@ -78,7 +79,12 @@ class RunConfig:
     val_every_tokens: int = 131072
     """Evaluate on the fixed validation set every this many tokens (and at the start and the end)."""
     val_tokens: int = 32768
-    """Size of the fixed validation set (first tokens of val.bin)."""
+    """Size of the fixed validation set (windows spread over val.bin: `stacking.data.val_window_offsets`)."""
+    eval_data_dirs: dict[str, str] = field(default_factory=dict)
+    """More validation sets, {name: DATA_DIR}: every evaluation also measures each dir's own fixed validation
+    windows (same val_tokens and window rule), written as metrics.csv column ``val_loss_<name>``. Each dir must
+    share data_dir's tokenizer; names are column-safe ([A-Za-z][A-Za-z0-9_]*). E.g. {general: data/stdlib-bytes}
+    for forgetting while training on a domain corpus (docs/domain.md)."""
     log_every_tokens: int = 0
     """Write a metrics row every this many tokens (0 = every optimizer step)."""
     save_at_tokens: list[int] = field(default_factory=list)
@@ -130,6 +136,10 @@ def data_id(data_dir: str | Path) -> str:
     except (OSError, ValueError):
         return str(data_dir)
     meta.pop("sources", None)
+    # tokenizer_from is a path; tokenizer_sha256 is a function of the rest unless the tokenizer was borrowed
+    # (datasets built before these keys existed, and rebuilt ones, keep one id)
+    if meta.pop("tokenizer_from", None) is None or meta.get("tokenizer_sha256") is None:
+        meta.pop("tokenizer_sha256", None)
     return "data:" + hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -138,6 +148,11 @@ def config_hash(cfg: RunConfig) -> str:
     dir enters by content (`data_id`), so the same run in two checkouts or on two mounts has one identity."""
     d = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "progress_bar", "logger")}
     d["data_dir"] = data_id(cfg.data_dir)
+    # Fields added after run ids were in use enter only when set, so every existing id stays the same.
+    if cfg.eval_data_dirs:
+        d["eval_data_dirs"] = {k: data_id(v) for k, v in cfg.eval_data_dirs.items()}
+    else:
+        del d["eval_data_dirs"]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -201,7 +216,35 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         raise RunError(f"wsd schedule needs 0 < decay_tokens <= max_tokens, got {cfg.decay_tokens}")
     if not 0 <= cfg.min_lr <= cfg.lr:
         raise RunError(f"need 0 <= min_lr <= lr, got min_lr={cfg.min_lr} lr={cfg.lr}")
+    if cfg.eval_data_dirs:
+        check_eval_data_dirs(cfg)
 
 
-__all__ = ["RunConfig", "RunError", "config_dict", "config_hash", "data_id", "load_config", "resolve_model",
-           "validate"]
+EVAL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+"""What an eval_data_dirs name may be: it becomes the metrics.csv column val_loss_<name>."""
+
+
+def check_eval_data_dirs(cfg: RunConfig) -> None:
+    """eval_data_dirs: column-safe names, existing dataset dirs, and data_dir's tokenizer (one line each)."""
+    if not isinstance(cfg.eval_data_dirs, dict):
+        raise RunError(f"eval_data_dirs must be a mapping {{name: DATA_DIR}}, got {cfg.eval_data_dirs!r}")
+    try:
+        own = tokenizer_id(cfg.data_dir)
+    except DataError as e:
+        raise RunError(f"data_dir: {e}") from None
+    for name, path in cfg.eval_data_dirs.items():
+        if not isinstance(name, str) or not EVAL_NAME.fullmatch(name):
+            raise RunError(f"eval_data_dirs name {name!r} is not a safe column name (val_loss_<name>): use letters, "
+                           "digits and _, starting with a letter")
+        try:
+            theirs = tokenizer_id(path)
+        except DataError as e:
+            raise RunError(f"eval_data_dirs.{name}: {e}") from None
+        if theirs != own:
+            raise RunError(f"eval_data_dirs.{name}: {str(path)!r} has another tokenizer than data_dir "
+                           f"{cfg.data_dir!r} ({theirs[:16]} vs {own[:16]}); build it with `stacking data --out "
+                           f"{path} --tokenizer_from {cfg.data_dir}`")
+
+
+__all__ = ["EVAL_NAME", "RunConfig", "RunError", "check_eval_data_dirs", "config_dict", "config_hash", "data_id",
+           "load_config", "resolve_model", "validate"]

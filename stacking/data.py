@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
 import time
@@ -66,6 +67,10 @@ class DataConfig:
     """'bpe' (byte-level BPE trained here on the train split) or 'bytes' (raw UTF-8 bytes, vocab 257)."""
     vocab_size: int = 4096
     """BPE vocabulary size (ignored for 'bytes')."""
+    tokenizer_from: str | None = None
+    """An existing dataset dir whose tokenizer to use (its tokenizer.json, or raw bytes) instead of training one:
+    a second corpus that can be evaluated by, or continue, models trained on the first (`eval_data_dirs`).
+    Overrides ``tokenizer`` and ``vocab_size``; meta.json records the dir as ``tokenizer_from``."""
     val_fraction: float = 0.05
     """Fraction of files (by hash of their path) held out for validation."""
     max_files: int = 0
@@ -229,9 +234,11 @@ def _log(msg: str) -> None:
 def build_dataset(cfg: DataConfig) -> Path:
     """Build (or reuse) a dataset dir. Written to a temp dir and renamed, so a crash leaves nothing half-done."""
     out = Path(cfg.out)
-    if cfg.tokenizer not in ("bpe", "bytes"):
+    if cfg.tokenizer_from:
+        src_meta = read_meta(cfg.tokenizer_from)  # DataError: missing / broken dir
+    elif cfg.tokenizer not in ("bpe", "bytes"):
         raise DataError(f"tokenizer must be 'bpe' or 'bytes', got {cfg.tokenizer!r}")
-    if cfg.tokenizer == "bpe" and not 256 < cfg.vocab_size <= 1 << 20:
+    if cfg.tokenizer == "bpe" and not cfg.tokenizer_from and not 256 < cfg.vocab_size <= 1 << 20:
         raise DataError(f"vocab_size must be in (256, 1048576] for bpe, got {cfg.vocab_size}")
     if not 0 < cfg.val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
@@ -275,10 +282,19 @@ def build_dataset(cfg: DataConfig) -> Path:
     _log(f"split by file: {len(train_docs)} train docs, {len(val_docs)} val docs "
          f"({chars['train'] / 1e6:.1f}M / {chars['val'] / 1e6:.1f}M chars)")
 
+    kind = src_meta["tokenizer"] if cfg.tokenizer_from else cfg.tokenizer
     with atomic_dir(out) as tmp:
-        if cfg.tokenizer == "bpe":
-            tok = _train_bpe(train_docs, cfg.vocab_size)
-            tok.save(str(tmp / "tokenizer.json"))
+        if kind == "bpe":
+            if cfg.tokenizer_from:
+                from tokenizers import Tokenizer
+
+                _log(f"tokenizer from {cfg.tokenizer_from} (no BPE training)")
+                src = Path(cfg.tokenizer_from) / "tokenizer.json"
+                tok = Tokenizer.from_file(str(src))
+                shutil.copyfile(src, tmp / "tokenizer.json")  # byte for byte: the same tokenizer_sha256
+            else:
+                tok = _train_bpe(train_docs, cfg.vocab_size)
+                tok.save(str(tmp / "tokenizer.json"))
             vocab_size, eot_id = tok.get_vocab_size(), tok.token_to_id(EOT)
             encode = lambda docs: [e.ids for e in tok.encode_batch(docs)]
         else:
@@ -292,7 +308,8 @@ def build_dataset(cfg: DataConfig) -> Path:
             "vocab_size": vocab_size,
             "unigram_val_loss": _unigram_loss(tmp / "train.bin", tmp / "val.bin", dtype, vocab_size),
             "dtype": np.dtype(dtype).name,
-            "tokenizer": cfg.tokenizer,
+            "tokenizer": kind,
+            "tokenizer_sha256": _file_sha256(tmp / "tokenizer.json") if kind == "bpe" else None,
             "eot_id": eot_id,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
@@ -305,10 +322,31 @@ def build_dataset(cfg: DataConfig) -> Path:
             "sha256": {"corpus": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest(),
                        "files": hashes},
         }
+        if cfg.tokenizer_from:
+            meta["tokenizer_from"] = str(Path(cfg.tokenizer_from).resolve())
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     _log(f"wrote {out}: {counts['train']:,} train / {counts['val']:,} val tokens, vocab {vocab_size} "
          f"in {time.time() - t0:.1f}s")
     return out
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tokenizer_id(data_dir: str | Path) -> str:
+    """What a dataset dir's tokens mean: ``bytes`` for the raw-bytes tokenizer, else the sha256 of its
+    tokenizer.json (meta.json's ``tokenizer_sha256``; hashed from the file for dirs built before that key).
+    Two dirs with the same id can be read by the same model."""
+    meta = read_meta(data_dir)
+    if meta.get("tokenizer") == "bytes":
+        return "bytes"
+    if meta.get("tokenizer_sha256"):
+        return meta["tokenizer_sha256"]
+    path = Path(data_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; rebuild the dataset")
+    return _file_sha256(path)
 
 
 def _unigram_loss(train: Path, val: Path, dtype, vocab_size: int) -> float:

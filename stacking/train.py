@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only  # the rank from the laun
 from litgpt import Config
 
 from stacking import models
-from stacking.bookkeeping import METRIC_COLUMNS, ProgressBar, RunBookkeeping, close_logger, extra_logger
+from stacking.bookkeeping import METRIC_COLUMNS, ProgressBar, RunBookkeeping, close_logger, extra_logger, metric_columns
 from stacking.checkpoint import (
     CARRY_FILE,
     SHAPE_FIELDS,
@@ -188,6 +188,8 @@ def run(cfg: RunConfig) -> dict:
                                                   "n_windows": len(offsets), "offsets": offsets.tolist()})
     book = RunBookkeeping(cfg, run_dir, model_config, log, stream,
                           wall_offset=resume_state["wall_time_s"] if resume_state and resume_from == last else 0.0)
+    for name, path in cfg.eval_data_dirs.items():  # more validation sets: val_loss_<name> (tokenizer checked)
+        book.eval_sets[name] = windows_at(path, val_window_offsets(path, cfg.seq_len, cfg.val_tokens), cfg.seq_len)
     callbacks: list[Callback] = [book]
     if cfg.progress_bar:
         total_micro = cfg.max_tokens // (cfg.micro_batch_size * cfg.seq_len)
@@ -215,7 +217,7 @@ def run(cfg: RunConfig) -> dict:
         if trainer.is_global_zero:  # one writer under DDP
             if branching:  # a cooldown branch: its own metrics.csv, from the branch point on
                 with open(run_dir / "metrics.csv", "w", newline="") as f:
-                    csv.writer(f).writerow(METRIC_COLUMNS)
+                    csv.writer(f).writerow(metric_columns(cfg))
             else:
                 _truncate_metrics(run_dir / "metrics.csv", step)
         log.info(f"{'branching' if branching else 'resuming'} from {resume_from} at "
@@ -224,7 +226,7 @@ def run(cfg: RunConfig) -> dict:
         dm.start_micro_batch = start
         if trainer.is_global_zero:
             with open(run_dir / "metrics.csv", "w", newline="") as f:
-                csv.writer(f).writerow(METRIC_COLUMNS)
+                csv.writer(f).writerow(metric_columns(cfg))
         if not cfg.init_from:
             log.info("training from scratch")
         elif stream["offset_micro_batches"]:
@@ -267,6 +269,7 @@ def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, s
         "wall_time_s": wall, "init_from": cfg.init_from, "resumed": book.wall_offset > 0,
         "world_size": module.trainer.world_size if module._trainer else 1,
         "rank_weight_fingerprints": getattr(book, "rank_fingerprints", None),
+        **{f"final_{col}": v for col, v in book.last_eval.items()},  # final_val_loss_<name>: eval_data_dirs
     }
 
 

@@ -17,10 +17,22 @@ def _cases():
             yield pytest.param(path, scale, id=f"{path.stem}-{scale or 'default'}")
 
 
+def _with_data_dirs(raw: dict, new) -> dict:
+    """Every data dir a grid names (defaults, the kinds' and overrides' ``set``, ``eval_data_dirs`` values) → new(it)."""
+    sets = [raw["defaults"]] + [raw.get(k, {}).get("set", {}) for k in ("base", "grown", "scratch")] + \
+        [o.get("set", {}) for o in raw.get("overrides", [])]
+    for s in sets:
+        if "data_dir" in s:
+            s["data_dir"] = new(s["data_dir"])
+        if "eval_data_dirs" in s:
+            s["eval_data_dirs"] = {k: new(v) for k, v in s["eval_data_dirs"].items()}
+    return raw
+
+
 @pytest.mark.parametrize("path,scale", list(_cases()))
 def test_shipped_grid_plans(path, scale, tiny_data):
     raw, _ = apply_scale(yaml.safe_load(path.read_text()), scale, path.name)
-    raw["defaults"]["data_dir"] = str(tiny_data)  # the paper's corpus is not on a CI machine; shapes still check
+    _with_data_dirs(raw, lambda _: str(tiny_data))  # the paper's corpus is not on a CI machine; shapes still check
     raw["allow_epochs"] = True  # the test corpus is tiny; epochs are checked against the real corpora below
     runs = expand(parse_grid(raw, path.name), where=path.name)
     assert len({r.id for r in runs}) == len(runs)
@@ -55,7 +67,7 @@ def test_unknown_scale_is_one_clear_line(tmp_path):
 # Python 3.11.7; code-bpe4096 as a conservative lower bound of the ≈ 79.7M that its three parts hold when built
 # one by one).
 CORPORA = {"data/stdlib-bpe4096": (3_284_652, 4096), "data/stdlib-bytes": (11_445_242, 257),
-           "data/code-bpe4096": (75_000_000, 4096)}
+           "data/code-bpe4096": (75_000_000, 4096), "data/c-headers-bytes": (54_105_499, 257)}
 
 
 def fake_corpus(root: Path, name: str) -> Path:
@@ -69,16 +81,21 @@ def fake_corpus(root: Path, name: str) -> Path:
         with open(d / f"{split}.bin", "wb") as f:
             f.truncate(2 * n)
     (d / "meta.json").write_text(json.dumps({"vocab_size": vocab, "dtype": "uint16", "eot_id": 0,
-                                             "train_tokens": train, "val_tokens": 100_000, "tokenizer": "bpe"}))
+                                             "train_tokens": train, "val_tokens": 100_000,
+                                             "tokenizer": "bytes" if vocab == 257 else "bpe",
+                                             "tokenizer_sha256": None if vocab == 257 else f"fake-bpe{vocab}"}))
     return d
 
 
 @pytest.mark.parametrize("path,scale", [c for c in _cases() if c.values[1] != "paper"])
 def test_shipped_cpu_and_gpu_scales_stay_under_one_epoch(path, scale, tmp_path):
     raw, _ = apply_scale(yaml.safe_load(path.read_text()), scale, path.name)
-    name = raw["defaults"]["data_dir"]
-    assert name in CORPORA, f"{path.name} [{scale}] names an unmeasured corpus {name}"
-    raw["defaults"]["data_dir"] = str(fake_corpus(tmp_path, name))
+
+    def fake(name):
+        assert name in CORPORA, f"{path.name} [{scale}] names an unmeasured corpus {name}"
+        return str(fake_corpus(tmp_path, name))
+
+    _with_data_dirs(raw, fake)
     runs = expand(parse_grid(raw, path.name), where=path.name)
     worst = max(runs, key=lambda r: r.epochs)
     assert worst.epochs <= 1.0, (worst.name, worst.epochs)

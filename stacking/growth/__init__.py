@@ -17,6 +17,8 @@
 | llama_pro   | groups + zeroed top-block copies (FP)   | -                                              |
 | solar_dus   | 0..L-m-1 then m..L-1                    | -                                              |
 | interpolate | 0,0,1,1,...                             | -                                              |
+| gradual     | blocks of `block` layers; copy the top  | -                                              |
+| midas       | blocks; copy the middle one (MIDAS)     | -                                              |
 
 Depth operators other than G_learn are streaming in `grow_checkpoint` (one tensor in memory at a time); width
 operators and G_learn load the source into memory. Details: depth.py, width.py, learn.py, masks.py; docs/growth.md.
@@ -56,6 +58,8 @@ OPERATORS = {
     ("G_learn", "depth"): learn.grow_depth_learn,
     ("llama_pro", "depth"): depth.as_operator(depth.plan_llama_pro),
     ("solar_dus", "depth"): depth.as_operator(depth.plan_solar),
+    ("gradual", "depth"): depth.as_operator(depth.plan_gradual),
+    ("midas", "depth"): depth.as_operator(depth.plan_midas),
     ("G_direct", "width"): width.grow_width_direct,
     ("G_zero", "width"): width.grow_width_zero,
     ("G_random", "width"): width.grow_width_random,
@@ -133,7 +137,7 @@ def carry_moments(named_state: dict[str, dict[str, torch.Tensor]], config: Confi
     names, mapped to the grown model's parameter names through the same DepthPlan `grow` uses for the weights.
 
     Pure: the result's tensors are clones. Defined only for depth plans that copy every tensor (G_stack / G_direct,
-    interpolate, solar_dus); every other operator raises GrowthError saying why (`carry_plan`).
+    interpolate, solar_dus, gradual, midas); every other operator raises GrowthError saying why (`carry_plan`).
     """
     plan = carry_plan(config, op, direction=direction, g=g, seed=seed, **options)
     return depth.carry_state(plan, named_state, config, op)

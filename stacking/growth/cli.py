@@ -36,6 +36,11 @@ operators (--direction depth unless noted; FP = function preserving at growth):
                       --train-new-only  growth.json lists only the new blocks as trainable
   solar_dus    depth  two copies, last m dropped from one, first m from the other: 2*(L-m) layers (--g 2)
                       --m M (default n_layer//4)
+  gradual      depth  grow one block of --block layers at a time, copying the top block: L=4 --block 2 --g 2
+                      -> 0,1,2,3,2,3,2,3 (gradual stacking)
+  midas        depth  grow one block at a time, inserting a copy of the middle block after it: L=4 --block 2
+                      --g 2 -> 0,1,0,1,0,1,2,3 (MIDAS)
+                      --block B (gradual, midas; default n_layer, i.e. G_stack's map; must divide n_layer)
   G_direct     width  tile heads, KV groups, features; split each input's weight over its copies (FP). Integer g.
                       default: uneven seeded shares u/sum(u), u~U(0.5,1.5), so copies get different gradients
                       --symmetric  even 1/g shares (HyperCloning); copies then never diverge
@@ -84,13 +89,14 @@ def build_parser():
     o.add_argument("--copies", type=int, help="llama_pro: zeroed copies per group P")
     o.add_argument("--train-new-only", action="store_true", default=None, help="llama_pro: train only new blocks")
     o.add_argument("--m", type=int, help="solar_dus: layers dropped from each copy")
+    o.add_argument("--block", type=int, help="gradual, midas: layers per copied block (must divide n_layer)")
     o.add_argument("--symmetric", action="store_true", default=None,
                    help="G_direct width: split fan-in evenly (HyperCloning) instead of unevenly")
     return p
 
 
 _OPTION_NAMES = ("layers", "order", "ramp_tokens", "learn_steps", "data", "seq_len", "batch_size", "lr", "groups",
-                 "copies", "train_new_only", "m", "symmetric")
+                 "copies", "train_new_only", "m", "symmetric", "block")
 
 
 def resolve_target(value: str, source: Config) -> Config:

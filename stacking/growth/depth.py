@@ -226,6 +226,52 @@ def plan_solar(config: Config, *, g=2, seed: int = 0, m: int | None = None,
     return DepthPlan("solar_dus", grown_config(config, sources, to), tuple(sources), frozenset(), seed, {"m": m})
 
 
+def block_sources(n_layer: int, insertions: int, block: int, where: str) -> list[int]:
+    """The layer map of ``insertions`` one-block growth steps on an n_layer model cut into blocks of ``block``
+    consecutive layers, done one after another with no training in between: after each step the model has one
+    block more. ``where="top"`` (gradual stacking) copies the current top block onto the top; ``where="middle"``
+    (MIDAS) inserts a copy of the current middle block right after it — block ⌈k/2⌉ of k counting from 1, i.e. the
+    lower of the two middle blocks when k is even. Returns the source layer of every layer of the result."""
+    blocks = [list(range(i, i + block)) for i in range(0, n_layer, block)]
+    for _ in range(insertions):
+        if where == "top":
+            blocks.append(blocks[-1])
+        else:
+            m = (len(blocks) + 1) // 2 - 1
+            blocks.insert(m + 1, blocks[m])
+    return [s for b in blocks for s in b]
+
+
+def _plan_block(op: str, where: str, config: Config, g, seed: int, block: int | None, to: Config | None) -> DepthPlan:
+    L = config.n_layer
+    L2 = target_layers(config, g, to, op)
+    b = L if block is None else block
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1 or L % b:
+        divisors = [d for d in range(1, L + 1) if L % d == 0]
+        raise GrowthError(f"block must divide n_layer={L} for {op} (got {block!r}); valid: {divisors}")
+    sources = block_sources(L, (L2 - L) // b, b, where)
+    return DepthPlan(op, grown_config(config, sources, to), tuple(sources), frozenset(), seed,
+                     {"block": b, "layers": sources})
+
+
+def plan_gradual(config: Config, *, g=2, seed: int = 0, block: int | None = None,
+                 to: Config | None = None) -> DepthPlan:
+    """Gradual stacking (Reddi et al. 2023; the GradStack of Saunshi et al. 2024): the model is cut into blocks of
+    ``block`` consecutive layers and grows one block at a time, each new block a copy of the top block, until it
+    has g·n_layer layers: L=4, block=2, g=2 → 0,1,2,3,2,3,2,3. ``block`` must divide n_layer; the default
+    n_layer (one block = the whole model) gives G_stack's map. Not function preserving."""
+    return _plan_block("gradual", "top", config, g, seed, block, to)
+
+
+def plan_midas(config: Config, *, g=2, seed: int = 0, block: int | None = None,
+               to: Config | None = None) -> DepthPlan:
+    """MIDAS (Saunshi et al. 2024): like gradual stacking, one block of ``block`` layers at a time until g·n_layer
+    layers, but each new block is a copy of the current *middle* block (block ⌈k/2⌉ of k), inserted right after
+    it: L=4, block=2, g=2 → 0,1,0,1,0,1,2,3; L=4, block=1, g=2 → 0,1,1,1,1,1,2,3. ``block`` must divide n_layer;
+    the default n_layer gives G_stack's map. Not function preserving."""
+    return _plan_block("midas", "middle", config, g, seed, block, to)
+
+
 PLANNERS = {
     "G_stack": plan_stack,
     "interpolate": plan_interpolate,
@@ -233,6 +279,8 @@ PLANNERS = {
     "G_random": plan_random,
     "llama_pro": plan_llama_pro,
     "solar_dus": plan_solar,
+    "gradual": plan_gradual,
+    "midas": plan_midas,
 }
 
 
