@@ -51,6 +51,19 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
         assert math.isfinite(r["speedup_lo"]) and r["speedup_lo"] <= r["speedup"] <= r["speedup_hi"]
     assert set(speedups["reading"]) == {"mid", "annealed"}
 
+    # the paired loss table: grown minus its own seed's scratch, mid and annealed
+    from analysis.loss_table import format_loss_table, loss_table
+
+    table = loss_table(sweep).set_index("method")
+    assert set(table["seeds"]) == {2} and "scratch" in table.index
+    grown = results[results["kind"] == "grown"]
+    scratch = results[results["kind"] == "scratch"].set_index("seed")["final_val_loss"]
+    stack = grown[grown["op"] == "G_stack"]
+    expect = float((stack.set_index("seed")["final_val_loss"] - scratch).mean())
+    row = table.loc[[m for m in table.index if m.startswith("G_stack")][0]]
+    assert abs(row["final_val_loss_vs_scratch"] - expect) < 1e-9 and math.isfinite(row["annealed_vs_scratch"])
+    assert "| tiny-L4-D32 | scratch | 2 |" in format_loss_table(loss_table(sweep))
+
     monkeypatch.setenv("STACKING_SWEEP_DIR", str(sweep))
     nb_path = ROOT / "notebooks" / "01_operator_speedups.ipynb"
     nb = nbformat.read(nb_path, as_version=4)
