@@ -374,3 +374,7 @@ def test_headline_and_one_seed_without_ci():
         "scratch (speed-up +12 %, 1 seed: no CI); 1 of 3 never reach it."
     )
     assert "needs 25 % more FLOPs" in headline(one.assign(speedup=-0.2))
+    # a configuration whose every seed reaches L* wins over a faster-looking mean of the seeds that did
+    all3 = _table_row(n_runs=3, n_reached=3, speedup=0.1, speedup_lo=0.0, speedup_hi=0.2)
+    two_of_3 = _table_row(op="G_zero", n_runs=3, n_reached=2, speedup=0.3, speedup_lo=0.1, speedup_hi=0.5)
+    assert "the best of 2 grown configurations, G_stack g=2 d=10M" in headline(pd.concat([two_of_3, all3]))
