@@ -159,7 +159,8 @@ def plot_speedups(table: pd.DataFrame, title: str = "speed-up vs scratch") -> Fi
 
 
 def plot_isoflop(points: pd.DataFrame, fits: pd.DataFrame) -> Figure:
-    """Loss vs growth timing d at fixed total FLOPs, one panel per (target, op, g); parabola fit and argmin."""
+    """Loss vs growth timing d at fixed total FLOPs, one panel per (target, op, g); parabola fit and its argmin (★,
+    only where it lies inside the sampled d range)."""
     groups = list(points.groupby(["target", "op", "direction", "g"], dropna=False))
     fig = Figure(figsize=(4.5 * max(1, len(groups)), 4))
     axes = np.atleast_1d(fig.subplots(1, max(1, len(groups)), squeeze=False)[0])
@@ -176,7 +177,7 @@ def plot_isoflop(points: pd.DataFrame, fits: pd.DataFrame) -> Figure:
                 p = f.iloc[0]
                 xs = np.linspace(np.log10(b["d"].min()) - 0.2, np.log10(b["d"].max()) + 0.2, 80)
                 ax.plot(10**xs, p["p0"] + p["p1"] * xs + p["p2"] * xs**2, "-", color=colour, lw=1)
-                if np.isfinite(p["d_opt"]):
+                if np.isfinite(p["d_opt"]) and p["interior"]:  # an argmin outside the sampled d's is no valley
                     ax.plot(p["d_opt"], p["loss_opt"], "*", color=colour, ms=11, mec="k")
         _log_x(ax)
         ax.set_xlabel("growth timing d (tokens)")
