@@ -148,6 +148,10 @@ def _data(argv: list[str]) -> int:
                "path. A run validates on fixed windows spread over every val.bin document "
                "(`stacking.data.val_window_offsets`, docs/formats.md).", config_help="YAML file with these fields")
     p.add_class_arguments(DataConfig, fail_untyped=False, as_group=False)
+    # --tokenizer-from, --max-files, …: the hyphenated spelling of a field's flag means the same as its own
+    fields_ = set(DataConfig.__dataclass_fields__)
+    argv = [f"--{a[2:].split('=')[0].replace('-', '_')}" + (a[a.index('='):] if '=' in a else "")
+            if a.startswith("--") and a[2:].split("=")[0].replace("-", "_") in fields_ else a for a in argv]
     ns = parse(p, _sources_as_list(argv))
     cfg = DataConfig(**{k: v for k, v in vars(ns).items() if k in DataConfig.__dataclass_fields__})
     print(build_dataset(cfg))

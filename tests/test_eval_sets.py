@@ -127,3 +127,16 @@ def test_tokenizer_id_of_datasets_built_before_the_hash(tiny_data, bytes_data, t
 
 def meta_hash(d: Path) -> str:
     return json.loads((d / "meta.json").read_text())["tokenizer_sha256"]
+
+
+def test_cli_tokenizer_from_takes_the_hyphenated_flag_too(tiny_data, tmp_path, capsys):
+    from stacking.cli import main as cli_main
+
+    src = write_docs(tmp_path / "src", n=8)
+    for i, flag in enumerate(("--tokenizer-from", "--tokenizer_from")):
+        out = tmp_path / f"ds{i}"
+        assert cli_main(["data", "--out", str(out), "--sources", str(src), flag, str(tiny_data),
+                         "--val-fraction=0.3"]) == 0
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["tokenizer_from"] and (out / "tokenizer.json").read_bytes() == \
+            (Path(tiny_data) / "tokenizer.json").read_bytes()
