@@ -42,13 +42,13 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
     final = speedups[(speedups["reference"] == "scratch") & (speedups["reading"] == "mid") &
                      (speedups["budget_fraction"] == 1.0)]
     assert set(final["op"]) == {"G_stack", "G_zero"} and set(final["n_runs"]) == {2}
-    # two seeds: a Student-t 95 % CI around the mean wherever both seeds reach L* (a grown run always reaches
-    # scratch's loss at 25 % of its budget here: it starts from a trained base)
-    early = speedups[(speedups["reference"] == "scratch") & (speedups["reading"] == "mid") &
-                     (speedups["budget_fraction"] == 0.25)]
-    assert len(early) == 2 and set(early["n_reached"]) == {2}
-    for _, r in pd.concat([early, final[final["n_reached"] == 2]]).iterrows():
+    # two seeds: a Student-t 95 % CI around the mean wherever both seeds reach L* (some L*_p always is)
+    both = speedups[(speedups["reference"] == "scratch") & (speedups["n_reached"] == 2)]
+    assert len(both) > 0
+    for _, r in both.iterrows():
         assert math.isfinite(r["speedup_lo"]) and r["speedup_lo"] <= r["speedup"] <= r["speedup_hi"]
+    one = speedups[(speedups["reference"] == "scratch") & (speedups["n_reached"] == 1)]
+    assert one["speedup_lo"].isna().all()  # one seed: no CI
     assert set(speedups["reading"]) == {"mid", "annealed"}
 
     # the paired loss table: grown minus its own seed's scratch, mid and annealed
