@@ -93,11 +93,19 @@ def _one_line(p, message: str) -> str:
 
 
 def parse(p, argv: list[str]):
-    """``p.parse_args(argv)``, a parse error raised as a one-line `UsageError`."""
+    """``p.parse_args(argv)``, a parse error raised as a one-line `UsageError`. A flag may be spelled with ``-`` for
+    ``_`` (``--max-files`` for the dataclass field ``--max_files``), in every subcommand alike."""
     from jsonargparse import ArgumentError
 
+    known = p._option_string_actions  # argparse's own table of option strings
+
+    def spelled(a: str) -> str:  # --tokenizer-from means --tokenizer_from where only the latter is an option
+        flag, eq, value = a.partition("=")
+        alt = "--" + flag[2:].replace("-", "_")
+        return alt + eq + value if a.startswith("--") and flag not in known and alt in known else a
+
     try:
-        return p.parse_args(argv)
+        return p.parse_args([spelled(a) for a in argv])
     except ArgumentError as e:
         raise UsageError(f"{_one_line(p, str(e))} (see --help)") from None
 
@@ -148,10 +156,6 @@ def _data(argv: list[str]) -> int:
                "path. A run validates on fixed windows spread over every val.bin document "
                "(`stacking.data.val_window_offsets`, docs/formats.md).", config_help="YAML file with these fields")
     p.add_class_arguments(DataConfig, fail_untyped=False, as_group=False)
-    # --tokenizer-from, --max-files, …: the hyphenated spelling of a field's flag means the same as its own
-    fields_ = set(DataConfig.__dataclass_fields__)
-    argv = [f"--{a[2:].split('=')[0].replace('-', '_')}" + (a[a.index('='):] if '=' in a else "")
-            if a.startswith("--") and a[2:].split("=")[0].replace("-", "_") in fields_ else a for a in argv]
     ns = parse(p, _sources_as_list(argv))
     cfg = DataConfig(**{k: v for k, v in vars(ns).items() if k in DataConfig.__dataclass_fields__})
     print(build_dataset(cfg))
