@@ -109,6 +109,9 @@ def read_results(sweep_dir: str | Path) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("op", "direction", "parent_run", "status", "target", "model"):
         df[col] = df[col].astype("string")
+    if "variant" in df.columns:  # one op run with several option sets: each variant is its own method
+        variant = df["variant"].astype("string")
+        df["op"] = variant.where(variant.notna() & (variant != ""), df["op"])
     grown = df["kind"] == "grown"
     no_d = grown & df["grow_at_tokens"].isna()
     if no_d.any():

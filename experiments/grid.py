@@ -136,6 +136,10 @@ class PlannedRun:
     """Label of the growth chain this run is a stage of (None outside chains)."""
     stage: int | None = None
     """Its stage in the chain: 0 = the first (smallest) model, len(stages) = the target (the chain's grown run)."""
+    variant: str | None = None
+    """The op's grid label when the grid runs this op (and direction) with more than one set of options — e.g.
+    llama_pro with train_new_only true and false — so that analyses keep the variants apart; None otherwise (labels
+    that only split a d sweep off the main d, with the same options, stay one method)."""
 
     @property
     def tokens(self) -> int:
@@ -367,10 +371,17 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
             data_tokens = main.data_tokens - main.tokens + cfg.max_tokens
             out.append(planned(name, "cooldown", main.target, cfg, flops_offset=main.flops_offset, op=main.op,
                                direction=main.direction, g=main.g, grow_at_tokens=main.grow_at_tokens,
-                               parent=main.parent, deps=[main.id], branch_of=main.id, anneal_fraction=f,
+                               parent=main.parent, deps=[main.id], branch_of=main.id, anneal_fraction=f, variant=main.variant,
                                decay_tokens=decay, data_tokens=data_tokens,
                                epochs=data_tokens / data_meta["train_tokens"]))
         return out
+
+    option_sets: dict[tuple[str, str], set[str]] = {}
+    for o in grid.ops:
+        option_sets.setdefault((o.op, o.direction), set()).add(json.dumps(o.options, sort_keys=True, default=str))
+
+    def variant(o, label: str) -> str | None:
+        return label if len(option_sets[(o.op, o.direction)]) > 1 else None
 
     bases: dict[tuple, PlannedRun] = {}
     grown: list[PlannedRun] = []
@@ -439,7 +450,8 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                     data_tokens = (dd if cfg.data_stream == "continue" else 0) + tokens
                     main = planned(name, "grown", target, cfg, flops_offset=base_flops, op=o.op,
                                    direction=o.direction, g=g, grow_at_tokens=dd, parent=base.id, deps=[base.id],
-                                   data_tokens=data_tokens, epochs=data_tokens / data_meta["train_tokens"])
+                                   data_tokens=data_tokens, epochs=data_tokens / data_meta["train_tokens"],
+                                   variant=variant(o, label))
                     grown.extend(with_cooldowns(main, points))
                     continue
                 carry = grid.grown.optimizer == "carry"
@@ -461,7 +473,7 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                 main = planned(name, "grown", target, cfg, flops_offset=base_flops + _extra_flops(o, g, base, cfg, mdl),
                                op=o.op, direction=o.direction, g=g, grow_at_tokens=dd, parent=base.id,
                                deps=[base.id], grow=grow, data_tokens=data_tokens,
-                               epochs=data_tokens / data_meta["train_tokens"])
+                               epochs=data_tokens / data_meta["train_tokens"], variant=variant(o, label))
                 grown.extend(with_cooldowns(main, points))
 
     build = Builders(grid, where, defaults, mdl, data_meta["train_tokens"], resolve, planned, anneal_starts,

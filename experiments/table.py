@@ -27,9 +27,10 @@ RESULT_COLUMNS = [
     "params_total", "params_non_embedding", "flops_per_token", "tokens", "flops_offset", "flops", "final_val_loss",
     "best_val_loss", "tokens_per_s", "wall_time_s", "status", "run_dir", "anneal_fraction", "decay_tokens",
 ]  # fmt: skip
-EXTRA_COLUMNS = ["state", "error_class", "attempts", "planned_tokens", "planned_flops", "grown_dir"]
+EXTRA_COLUMNS = ["state", "error_class", "attempts", "planned_tokens", "planned_flops", "grown_dir", "variant"]
 """After the cfg.* columns: state (done | failed | skipped | running | interrupted | pending), failure class,
-attempts so far, the planned budget, and the grown checkpoint dir a grown run started from."""
+attempts so far, the planned budget, the grown checkpoint dir a grown run started from, and the op's variant (its
+grid label where the grid runs one op with several option sets; the analyses group and name those runs by it)."""
 
 STATES = ("done", "running", "interrupted", "failed", "skipped", "pending")
 
@@ -99,7 +100,8 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
         for f in fields(RunConfig):
             row[f"cfg.{f.name}"] = _cell(getattr(r.config, f.name))
         row.update(state=state["state"], error_class=state["error_class"], attempts=state["attempts"],
-                   planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow["dst"] if r.grow else None)
+                   planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow["dst"] if r.grow else None,
+                   variant=r.variant if grown else None)
         row.update({f"final_val_loss_{n}": summary.get(f"final_val_loss_{n}") for n in r.config.eval_data_dirs})
         rows.append(row)
     # eval_data_dirs' final losses last: readers of the earlier columns see the table they always did

@@ -209,6 +209,22 @@ def test_fixture_table_groups_seeds(sweep):
     assert row["speedup_lo"] < 0.5 < row["speedup_hi"]
 
 
+def test_variants_of_one_op_are_separate_rows(sweep, tmp_path):
+    # results.csv's variant column (one op run with two option sets) splits what `op` alone would pool as seeds
+    res = pd.read_csv(FIXTURES / "sweep_small" / "results.csv")
+    zero = res["op"] == "G_zero"
+    res["variant"] = None
+    res.loc[zero, "variant"] = np.where(res.loc[zero, "seed"] == 0, "G_zero_a", "G_zero_b")
+    (tmp_path / "results.csv").write_text(res.to_csv(index=False))
+    (tmp_path / "runs").symlink_to(FIXTURES / "sweep_small" / "runs")
+    table = speedup_table(compute_speedups(load_sweep(tmp_path)))
+    pooled = speedup_table(compute_speedups(sweep))
+    assert len(table) == len(pooled) + 3  # one more row per target
+    split = table[table["op"].isin(["G_zero_a", "G_zero_b"])]
+    assert len(split) == 6 and (split["n_runs"] == 1).all()
+    assert (table.loc[table["op"] == "G_stack", "n_runs"] == 2).all()
+
+
 def test_fixed_target_loss_and_matching_without_same_seed(sweep, tmp_path):
     # A fixed L* reachable by every G_stack run gives the same speed-up as the law.
     pairs = compute_speedups(sweep, target_loss=3.3)

@@ -11,6 +11,7 @@ from sweep_helpers import DEFAULTS, E2E_GRID, write_grid
 
 from experiments.cli import sweep_main
 from experiments.grid import GridError, expand, load_grid, select
+from experiments.table import results_frame
 from stacking.models import flops_per_token, model_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,26 @@ def test_ids_are_deterministic_and_only_an_override_changes_them(tmp_path, tiny_
     assert c[4].config.lr == 1e-3 and c[1].config.lr == DEFAULTS["lr"]
     only = select(a, "*G_zero*d1024*")
     assert [r.kind for r in only] == ["base", "grown"]  # the base comes along
+
+
+def test_one_op_with_two_option_sets_gets_a_variant_per_label(tmp_path, tiny_data):
+    # llama_pro.yaml's case: the same op twice with different options must stay two methods in the analyses, while a
+    # label that only moves the d (same options) stays the op's method.
+    grid = dict(E2E_GRID, ops=[
+        {"op": "G_random", "direction": "depth", "label": "G_random_slow", "options": {"ramp_tokens": 512}},
+        {"op": "G_random", "direction": "depth", "label": "G_random_fast", "options": {"ramp_tokens": 256}},
+        "G_stack", {"op": "G_stack", "label": "G_stack_dsweep", "d": [512]},
+    ], anneal={"fractions": [1.0]}, defaults={"schedule": "constant"})
+    runs = [r for r in _plan(tmp_path, tiny_data, grid) if r.op is not None]
+    variants = {(r.name.split("-")[4], r.kind, r.variant) for r in runs}
+    assert variants == {("G_random_slow", "grown", "G_random_slow"), ("G_random_slow", "cooldown", "G_random_slow"),
+                        ("G_random_fast", "grown", "G_random_fast"), ("G_random_fast", "cooldown", "G_random_fast"),
+                        ("G_stack", "grown", None), ("G_stack", "cooldown", None),
+                        ("G_stack_dsweep", "grown", None), ("G_stack_dsweep", "cooldown", None)}
+    assert {r.op for r in runs} == {"G_random", "G_stack"}
+    table = results_frame(tmp_path / "sweep", runs)  # the results table carries it (runs still pending)
+    assert table["op"].tolist() == [r.op for r in runs]
+    assert [v if isinstance(v, str) else None for v in table["variant"]] == [r.variant for r in runs]
 
 
 def test_scratch_lr_sweep_plans_one_run_per_lr(tmp_path, tiny_data):
