@@ -119,6 +119,11 @@ def run_command(prog: str, body: Callable[[list[str]], int], argv: list[str],
     except (UsageError, *user_errors) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `stacking … | head`: the reader has gone; stop quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except SystemExit as e:  # --help, --print_config: 0
         if e.code is None or isinstance(e.code, int):
             return e.code or 0

@@ -66,3 +66,14 @@ def test_config_file_drives_a_command(tmp_path, capsys):
     (tmp_path / "sweep.yaml").write_text("grid: g.yaml\njobs: 3\ndry_run: true\n")
     assert cli_main(["sweep", "--config", str(tmp_path / "sweep.yaml"), "--print_config"]) == 0
     assert "jobs: 3" in capsys.readouterr().out
+
+
+def test_output_piped_into_head_ends_without_a_traceback():
+    # `stacking … | head -1`: the reader closes the pipe early; the command stops quietly with 141 (128 + SIGPIPE)
+    body = ("import sys; from stacking.cli import run_command\n"
+            "def body(argv):\n    for i in range(100000): print('row', i)\n    return 0\n"
+            "sys.exit(run_command('stacking x', body, []))")
+    proc = subprocess.run(f"{sys.executable} -c \"{body}\" | head -1; echo \"rc=${{PIPESTATUS[0]}}\"",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "row 0\nrc=141\n"
+    assert proc.stderr == ""
