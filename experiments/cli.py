@@ -111,7 +111,7 @@ def _execute(args, grid, runs, todo, sweep_dir: Path, jobs: int, threads: int, g
           f"thread(s), retries {args.retries}", flush=True)
     t0 = time.perf_counter()
     ex = LocalExecutor(sweep_dir, todo, jobs=jobs, threads=threads, retries=args.retries, gpus=gpus,
-                       echo=lambda s: print(s, flush=True))
+                       echo=lambda s: print(s, flush=True), on_finished=lambda: write_results(sweep_dir, runs))
     states = ex.run()
     write_results(sweep_dir, runs)
     n = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "skipped")}

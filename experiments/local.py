@@ -117,9 +117,12 @@ class LocalExecutor:
     """Runs a plan's DAG with ``jobs`` concurrent worker processes; prints one line per state change."""
 
     def __init__(self, sweep_dir: Path, runs: list[PlannedRun], *, jobs: int, threads: int, retries: int = 1,
-                 gpus: int = 0, echo: Callable[[str], None] = print):
+                 gpus: int = 0, echo: Callable[[str], None] = print, on_finished: Callable[[], None] | None = None):
         self.sweep_dir, self.runs, self.jobs, self.threads = Path(sweep_dir), runs, jobs, threads
         self.retries, self.gpus, self.echo = retries, gpus, echo
+        self.on_finished = on_finished
+        """Called after every run that ends (done or failed): the CLI rebuilds results.csv, so `stacking report`
+        reads a long sweep's finished runs while it goes on."""
         self.by_id = {r.id: r for r in runs}
         self.state: dict[str, str] = {}
         self.reason: dict[str, str] = {}
@@ -207,6 +210,8 @@ class LocalExecutor:
                     if gpu is not None:
                         free_gpus.append(gpu)
                     self._finished(r, p.exitcode)
+                    if self.on_finished is not None:
+                        self.on_finished()
         except BaseException:
             for _, p, _ in running.values():  # Ctrl-C / SIGTERM: take the workers down with us
                 p.terminate()

@@ -133,6 +133,9 @@ def test_sigkill_mid_sweep_then_restart_gives_the_same_table(e2e, tmp_path):
 
     status = format_status(sweep)
     assert re.search(rf"interrupted\s+{victim.name}", status), status
+    # results.csv is rebuilt after every finished run: a killed sweep's table already holds what it finished
+    partial = pd.read_csv(sweep / "results.csv")
+    assert set(partial.loc[partial["state"] == "done", "run_id"]) == set(done_before)
 
     again = run_sweep(grid, "--out", sweep, "--threads", "1")
     assert again.returncode == 0, again.stdout + again.stderr
