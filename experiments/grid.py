@@ -371,8 +371,8 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
             data_tokens = main.data_tokens - main.tokens + cfg.max_tokens
             out.append(planned(name, "cooldown", main.target, cfg, flops_offset=main.flops_offset, op=main.op,
                                direction=main.direction, g=main.g, grow_at_tokens=main.grow_at_tokens,
-                               parent=main.parent, deps=[main.id], branch_of=main.id, anneal_fraction=f, variant=main.variant,
-                               decay_tokens=decay, data_tokens=data_tokens,
+                               parent=main.parent, deps=[main.id], branch_of=main.id, anneal_fraction=f,
+                               variant=main.variant, decay_tokens=decay, data_tokens=data_tokens,
                                epochs=data_tokens / data_meta["train_tokens"]))
         return out
 
