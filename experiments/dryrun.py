@@ -24,13 +24,15 @@ def kinds_summary(runs) -> str:
 def measure_throughput(runs, sweep_dir: Path, threads: int) -> tuple[dict[str, float], float, str]:
     """(tokens/s per model label, FLOP/s for other models, where the numbers come from).
 
-    Finished runs in the sweep dir when there are any (their summary.json tokens_per_s: tokens over wall time,
-    evaluation and checkpoints included); otherwise a few timed optimizer steps of the plan's smallest model here.
+    Finished runs in the sweep dir when there are any (their summary.json tokens_per_s: tokens trained in the run
+    over its wall time, evaluation and checkpoints included); otherwise a few timed optimizer steps of the plan's smallest model here.
     """
     per_model: dict[str, list[float]] = {}
     flop_rates = []
     for r in runs:
         s = read_json(sweep_dir / r.config.out_dir / "summary.json") or {}
+        if r.kind == "cooldown" and "start_tokens" not in s:
+            continue  # written before start_tokens: its tokens_per_s counted the main run's tokens before the branch
         if s.get("status") == "done" and s.get("tokens_per_s"):
             per_model.setdefault(r.model, []).append(s["tokens_per_s"])
             flop_rates.append(s["tokens_per_s"] * r.flops_per_token)

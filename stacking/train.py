@@ -136,6 +136,15 @@ def run(cfg: RunConfig) -> dict:
             raise CheckpointError(f"branch_from {cfg.branch_from!r} does not exist (the main run writes it at one of "
                                   "its save_state_at_tokens)")
     resume_state = read_run_state(resume_from) if resume_from else None
+    # Where this run's own training began on its token counter: a cooldown branch starts at its branch point (its
+    # tokens count on from the main run's), every other run at 0. Throughput counts only the tokens trained here.
+    start_tokens = 0
+    if cfg.branch_from:
+        branch = Path(cfg.branch_from)
+        if resume_from == branch:
+            start_tokens = resume_state["tokens"]
+        elif branch.is_file():  # resuming the branch's own last.ckpt
+            start_tokens = read_run_state(branch)["tokens"]
     init_sd, growth, flops_offset, parent_meta = None, None, 0.0, {}
     if cfg.init_from:
         init_sd, init_cfg, parent_meta, growth = load_litgpt_checkpoint(cfg.init_from)
@@ -234,7 +243,7 @@ def run(cfg: RunConfig) -> dict:
                      f"({stream['offset_micro_batches'] * cfg.micro_batch_size * cfg.seq_len:,} tokens, "
                      f"seed {stream['seed']})")
     status = "running"
-    write_json(summary_path, _summary(cfg, desc, flops_offset, book, module, status))
+    write_json(summary_path, _summary(cfg, desc, flops_offset, book, module, status, start_tokens))
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_state else None,
                     weights_only=True)
@@ -245,7 +254,7 @@ def run(cfg: RunConfig) -> dict:
     finally:
         if book.extra_logger is not None:
             close_logger(book.extra_logger, status)
-    summary = _summary(cfg, desc, flops_offset, book, module, status)
+    summary = _summary(cfg, desc, flops_offset, book, module, status, start_tokens)
     if trainer.is_global_zero:
         write_json(summary_path, summary)
         log.info(f"{status}: final val loss {summary['final_val_loss']:.4f}, best {summary['best_val_loss']:.4f}, "
@@ -253,9 +262,11 @@ def run(cfg: RunConfig) -> dict:
     return summary
 
 
-def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, status: str) -> dict:
+def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, status: str,
+             start_tokens: int) -> dict:
     wall = book.wall()
     tokens = module.tokens
+    trained = tokens - start_tokens  # this run's own tokens (a cooldown branch's counter starts at its branch point)
     train_time = getattr(book, "train_time_s", 0.0)
     train_tps = book.train_tokens / train_time if train_time > 0 else None
     return {
@@ -263,7 +274,8 @@ def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, s
         "final_val_loss": book.last_val, "best_val_loss": book.best_val, "tokens": tokens,
         "flops": flops_offset + tokens * desc["flops_per_token"], "flops_offset": flops_offset,
         "params_total": desc["params_total"], "params_non_embedding": desc["params_non_embedding"],
-        "flops_per_token": desc["flops_per_token"], "tokens_per_s": tokens / wall if wall > 0 else None,
+        "flops_per_token": desc["flops_per_token"], "start_tokens": start_tokens,
+        "tokens_per_s": trained / wall if wall > 0 else None,
         "train_tokens_per_s": train_tps,
         "mfu": mfu(desc["flops_per_token"], train_tps, book.peak) if train_tps and book.peak else None,
         "wall_time_s": wall, "init_from": cfg.init_from, "resumed": book.wall_offset > 0,

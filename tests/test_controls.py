@@ -104,6 +104,9 @@ def test_cooldown_branch_equals_a_standalone_wsd_run(tiny_data, tmp_path):
     assert float(b_rows[-1]["lr"]) == pytest.approx(branch.min_lr)
     assert s["final_val_loss"] == pytest.approx(a["final_val_loss"], abs=1e-5)
     assert s["flops"] == pytest.approx(a["flops"])
+    # throughput counts the branch's own 1,024 tokens, not the main run's 2,560 before the branch point
+    assert s["start_tokens"] == 2560 and a["start_tokens"] == 0
+    assert s["tokens_per_s"] == pytest.approx((3584 - 2560) / s["wall_time_s"], rel=1e-6)
 
     missing = tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "b2"), schedule="wsd", max_tokens=3584,
                               decay_tokens=1024, branch_from=str(tmp_path / "nope.ckpt"))

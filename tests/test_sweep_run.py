@@ -223,3 +223,23 @@ def test_grown_run_waits_for_its_checkpoint_not_the_whole_base(tmp_path, tiny_da
     ex._skip_blocked()
     assert ex.state[early.id] == "pending" and ex.state[late.id] == "skipped"
     assert ex.reason[late.id] == f"failed dependency {base.id}"
+
+
+def test_dry_run_throughput_counts_only_each_runs_own_tokens(tmp_path):
+    """A cooldown branch's tokens start at its branch point: its own tokens/s, and old summaries without
+    start_tokens (whose tokens_per_s counted the main run's tokens too) are left out of the estimate."""
+    from types import SimpleNamespace
+
+    from experiments.dryrun import measure_throughput
+
+    def planned(name, kind, summary):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": "done", **summary}))
+        return SimpleNamespace(config=SimpleNamespace(out_dir=name), kind=kind, model="m", flops_per_token=10.0)
+
+    runs = [planned("scratch", "scratch", {"tokens_per_s": 100.0, "start_tokens": 0}),
+            planned("old-cooldown", "cooldown", {"tokens_per_s": 500.0}),  # before start_tokens: inflated
+            planned("cooldown", "cooldown", {"tokens_per_s": 120.0, "start_tokens": 800})]
+    rates, flop_rate, source = measure_throughput(runs, tmp_path, threads=1)
+    assert rates == {"m": 120.0} and flop_rate == 1200.0
+    assert "tokens_per_s of 2 finished run(s)" in source
