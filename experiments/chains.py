@@ -2,7 +2,9 @@
 grown from the previous stage's checkpoint at its last token (gradual stacking; MIDAS with the ``midas`` operator).
 
 `check_chain` checks one entry before anything is built; `chain_runs` expands it, for one target and seed, into
-stages 0..K-1 (kind ``base``: each is the next stage's base) and the target (kind ``grown``: op = the chain's label,
+stages 0..K-1 (kind ``base``: each is the next stage's base; a stage 0 that is exactly a run planned already — a
+grid base of that shape, seed and budget, or another chain's stage 0 — is not planned again: stage 1 grows from
+that run) and the target (kind ``grown``: op = the chain's label,
 g = the product of the stages' g, d = the tokens of every stage). Each stage continues the data stream of the one
 before and its FLOP counter starts at that stage's end, so the target's FLOPs count every stage. The runs are built
 with `experiments.grid.expand`'s own builders (`Builders`), so chains resolve, name and validate like other runs.
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.schema import ChainSpec, Grid, GridError, OpSpec, suggest
+from stacking.config import config_hash
 from stacking.train import RunConfig
 
 
@@ -40,6 +43,9 @@ class Builders:
     safe: Callable
     short_hash: Callable
     extra_flops: Callable
+    trained: dict
+    """config hash → a base or stage-0 run planned so far: a chain whose stage 0 would train exactly that run grows
+    from it instead of training it again (every other chain of the same seed, and a grid base of the same shape)."""
 
 
 def check_chain(grid: Grid, i: int, ch: ChainSpec, labels: list[str], ops_known: dict, where: str) -> None:
@@ -151,6 +157,11 @@ def chain_runs(b: Builders, ci: int, ch: ChainSpec, target: str, seed: int) -> l
                 grow["carry_state"] = f"{prev.config.out_dir}/states/tokens-{prev.tokens:012d}.ckpt"
             managed.update(init_from=grow["dst"], optimizer_init="carry" if carry else "fresh")
         cfg = b.resolve(name, kind_set, managed)
+        if k == 0:  # the same run planned already (a base, another chain's stage 0): grow from it
+            same = b.trained.get(config_hash(cfg))
+            if same is not None:
+                prev = same
+                continue
         if prev is not None:
             if cfg.data_stream == "continue":
                 for f in ("micro_batch_size", "seq_len"):
@@ -170,5 +181,7 @@ def chain_runs(b: Builders, ci: int, ch: ChainSpec, target: str, seed: int) -> l
                         deps=[prev.id] if prev is not None else [], grow=grow, data_tokens=data_tokens,
                         epochs=data_tokens / b.train_tokens, chain=ch.label, stage=k)
         out.extend(b.with_cooldowns(run, points) if last else [run])
+        if k == 0:
+            b.trained[config_hash(cfg)] = run
         prev = run
     return out

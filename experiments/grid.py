@@ -477,7 +477,8 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
                 grown.extend(with_cooldowns(main, points))
 
     build = Builders(grid, where, defaults, mdl, data_meta["train_tokens"], resolve, planned, anneal_starts,
-                     with_cooldowns, base_shape, shape_label, _safe, _short_hash, _extra_flops)
+                     with_cooldowns, base_shape, shape_label, _safe, _short_hash, _extra_flops,
+                     trained={config_hash(r.config): r for r in bases.values()})
     chained = [r for ci, ch in enumerate(grid.chains) for target in grid.targets for seed in ch.seeds or grid.seeds
                for r in chain_runs(build, ci, ch, target, seed)]
 

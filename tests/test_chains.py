@@ -83,6 +83,29 @@ def test_chain_total_flops_seeds_and_cooldowns(tmp_path, tiny_data):
     assert runs[2].tokens == 512
 
 
+def test_a_stage_0_planned_already_is_trained_once(tmp_path, tiny_data):
+    """Two chains with the same first stage, and a grid base of that shape, seed and budget: one run, which both
+    chains' stage 1 grow from (midas.yaml's G_stack base and its gradual and MIDAS chains)."""
+    grad = dict(label="grad", op=["gradual"], stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768}],
+                tokens=1536)
+    mid = dict(grad, label="mid", op=["midas"], options={"block": 1})
+    grid = dict(name="chain", targets=["tiny-L4-D32"], ops=["G_stack"], g=[4], d=[1024], grown={"tokens": 1536},
+                chains=[grad, mid], defaults={"schedule": "constant"})
+    runs = _plan(tmp_path, tiny_data, grid)
+    base = [r for r in runs if r.model == "tiny-L1-D32"]
+    assert len(base) == 1 and base[0].name == "base-tiny-L4-D32-depth-g4-s0" and base[0].config.save_at_tokens == [1024]
+    stage1 = [r for r in runs if r.name.startswith("stage1-")]
+    assert len(stage1) == 2 and all(r.deps == [base[0].id] and r.parent == base[0].id for r in stage1)
+    assert all(r.grow["src"] == f"runs/{base[0].id}/checkpoints/tokens-000000001024" for r in stage1)
+    assert all(r.flops_offset == pytest.approx(base[0].flops) for r in stage1)
+    assert not [r for r in runs if r.name.startswith("stage0-")]
+    # without the grid base, the first chain's stage 0 serves the second chain
+    runs = _plan(tmp_path, tiny_data, dict(grid, ops=[], g=[2], d=[], grown={}))
+    s0 = [r for r in runs if r.name.startswith("stage0-")]
+    assert [r.name for r in s0] == ["stage0-tiny-L4-D32-grad-depth-s0"]
+    assert {r.parent for r in runs if r.name.startswith("stage1-")} == {s0[0].id}
+
+
 def test_chain_counts_g_learn_map_training(tmp_path, tiny_data):
     from stacking.growth import learn_flops
 
