@@ -54,11 +54,25 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def tokens_before(runs: pd.DataFrame, run_id: str) -> float:
+    """Tokens trained before this run on its own line of descent: d for a grown run (for a chain's target, every
+    stage's tokens), the earlier stages' tokens for a chain stage, 0 for a base or scratch run. `runs` is indexed
+    by run_id."""
+    r = runs.loc[run_id]
+    if r["kind"] == "grown":
+        return float(r["grow_at_tokens"])
+    parent = r["parent_run"]
+    if r["kind"] == "base" and isinstance(parent, str) and parent in runs.index:
+        return tokens_before(runs, parent) + float(runs.loc[parent, "tokens"])
+    return 0.0
+
+
 def plot_loss_curves(sweep: Sweep, target: str) -> Figure:
     """Validation loss vs tokens and vs FLOPs for every main run of one target (and the bases of its grown runs).
 
     Grown runs are drawn on the total axes: tokens d + tokens-since-growth, FLOPs including the base's
-    (as metrics.csv records them); the growth point is marked with a dot. The end points of a run's cooldown
+    (as metrics.csv records them); a chain's stages likewise start at the tokens of the stages before them
+    (`tokens_before`); the growth point is marked with a dot. The end points of a run's cooldown
     branches (its annealed losses) are triangles in the run's colour; cooldown curves themselves are not drawn.
     """
     fig = Figure(figsize=(12, 4.5))
@@ -67,6 +81,13 @@ def plot_loss_curves(sweep: Sweep, target: str) -> Figure:
     mine = runs[runs["target"] == target]
     parents = set(mine.loc[mine["kind"] == "grown", "parent_run"].dropna())
     shown = pd.concat([mine[mine["kind"].isin(("scratch", "grown"))], runs[runs["run_id"].isin(parents)]])
+    # a chain's stages (bases grown from a base) and ancestors, so every curve starts at the tokens before it
+    by_id = runs.set_index("run_id")
+    while True:
+        more = set(shown.loc[shown["kind"] == "base", "parent_run"].dropna()) - set(shown["run_id"])
+        if not more:
+            break
+        shown = pd.concat([shown, runs[runs["run_id"].isin(more)]])
     seen: set[str] = set()
     methods = sorted({method_label(r) for _, r in shown.iterrows()})
     styles = ["-", "--", ":", "-."]
@@ -75,7 +96,7 @@ def plot_loss_curves(sweep: Sweep, target: str) -> Figure:
         c = sweep.curve(r["run_id"])
         c = c[c["tokens"] > 0] if r["kind"] != "grown" else c
         label = method_label(r)
-        offset = float(r["grow_at_tokens"]) if r["kind"] == "grown" else 0.0
+        offset = tokens_before(by_id, r["run_id"])
         same_op = [m for m in methods if m.split()[0] == label.split()[0]]
         style = styles[same_op.index(label) % len(styles)] if r["kind"] == "grown" else "-"
         kw = {

@@ -264,3 +264,8 @@ def test_chain_sweeps_for_real_and_reports(tmp_path, tiny_data):
     rows = sp[sp["op"] == "grad3"]
     assert len(rows) and set(rows["g"]) == {4} and set(rows["grow_at_tokens"]) == {1792}
     assert "| tiny-L4-D32 | grad3 | 4 |" in (sweep / "report" / "report.md").read_text()
+    # the curves put each stage where its tokens begin: stage 1 after stage 0's 1,024, the target after 1,792
+    from analysis.plots import tokens_before
+
+    by_id = df.set_index("run_id")
+    assert [tokens_before(by_id, r["run_id"]) for r in (s0, s1, last, scratch)] == [0, 1024, 1792, 0]
