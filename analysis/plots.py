@@ -97,7 +97,7 @@ def plot_loss_curves(sweep: Sweep, target: str) -> Figure:
         c = c[c["tokens"] > 0] if r["kind"] != "grown" else c
         label = method_label(r)
         offset = tokens_before(by_id, r["run_id"])
-        same_op = [m for m in methods if m.split()[0] == label.split()[0]]
+        same_op = [m for m in methods if _colour(m) == _colour(label)]  # e.g. G_zero and G_zero(width): styles
         style = styles[same_op.index(label) % len(styles)] if r["kind"] == "grown" else "-"
         kw = {
             "color": _colour(label),
