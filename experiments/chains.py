@@ -157,8 +157,9 @@ def chain_runs(b: Builders, ci: int, ch: ChainSpec, target: str, seed: int) -> l
                 grow["carry_state"] = f"{prev.config.out_dir}/states/tokens-{prev.tokens:012d}.ckpt"
             managed.update(init_from=grow["dst"], optimizer_init="carry" if carry else "fresh")
         cfg = b.resolve(name, kind_set, managed)
-        if k == 0:  # the same run planned already (a base, another chain's stage 0): grow from it
-            same = b.trained.get(config_hash(cfg))
+        key = config_hash(cfg) if k == 0 else None
+        if key is not None:  # the same run planned already (a base, another chain's stage 0): grow from it
+            same = b.trained.get(key)
             if same is not None:
                 prev = same
                 continue
@@ -181,7 +182,7 @@ def chain_runs(b: Builders, ci: int, ch: ChainSpec, target: str, seed: int) -> l
                         deps=[prev.id] if prev is not None else [], grow=grow, data_tokens=data_tokens,
                         epochs=data_tokens / b.train_tokens, chain=ch.label, stage=k)
         out.extend(b.with_cooldowns(run, points) if last else [run])
-        if k == 0:
-            b.trained[config_hash(cfg)] = run
+        if key is not None:
+            b.trained[key] = run
         prev = run
     return out

@@ -25,7 +25,8 @@ def measure_throughput(runs, sweep_dir: Path, threads: int) -> tuple[dict[str, f
     """(tokens/s per model label, FLOP/s for other models, where the numbers come from).
 
     Finished runs in the sweep dir when there are any (their summary.json tokens_per_s: tokens trained in the run
-    over its wall time, evaluation and checkpoints included); otherwise a few timed optimizer steps of the plan's smallest model here.
+    over its wall time, evaluation and checkpoints included); otherwise a few timed optimizer steps of the plan's
+    smallest model here.
     """
     per_model: dict[str, list[float]] = {}
     flop_rates = []
