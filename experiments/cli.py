@@ -41,13 +41,11 @@ def _parser():
 
 
 def sweep_main(argv: list[str]) -> int:
-    from experiments.grid import GridError
-    from stacking.data import DataError
-    from stacking.models import ModelConfigError
-    from stacking.train import RunError
-
-    if argv and argv[0] == "status":
+    if argv and argv[0] == "status":  # reads the sweep dir only: no torch, no litgpt (fast)
         return run_command("stacking sweep status", _status, argv[1:], (FileNotFoundError,))
+    from experiments.grid import GridError
+    from stacking.errors import DataError, ModelConfigError, RunError
+
     return run_command("stacking sweep", _sweep, argv, (GridError, DataError, ModelConfigError, RunError))
 
 

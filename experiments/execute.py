@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from experiments.grid import PlannedRun
+from experiments.plan import PlannedRun
 from experiments.provenance import git_info
 from experiments.rundir import read_json, run_lock
 from stacking.fsutil import write_json

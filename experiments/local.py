@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.execute import execute
-from experiments.grid import PlannedRun
+from experiments.plan import PlannedRun
 from experiments.rundir import is_done, read_json
 from stacking.fsutil import write_json
 

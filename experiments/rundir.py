@@ -14,8 +14,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from experiments.grid import PlannedRun
-from stacking.train import config_hash
+from experiments.plan import PlannedRun
+from stacking.config import config_hash
 
 
 def read_json(path: Path) -> dict | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from stacking.train import RunConfig
+from stacking.config import RunConfig
 
 
 class GridError(ValueError):

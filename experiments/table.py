@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.grid import PlannedRun
+from experiments.plan import PlannedRun
 from experiments.rundir import is_done, load_plan, lock_held, read_json
-from stacking.train import RunConfig
+from stacking.config import RunConfig
 
 RESULT_COLUMNS = [
     "run_id", "kind", "target", "model", "op", "direction", "g", "grow_at_tokens", "seed", "parent_run",

@@ -248,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"stacking: error: unknown command {cmd!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from stacking.data import DataError
-    from stacking.models import ModelConfigError
-    from stacking.train import RunError
+    from stacking.errors import DataError, ModelConfigError, RunError  # light: a command imports what it needs
 
     return run_command(f"stacking {cmd}", COMMANDS[cmd], rest, (DataError, ModelConfigError, RunError))
 

@@ -4,6 +4,10 @@
 Budgets are in tokens. ``global_batch_tokens = micro_batch_size × seq_len × grad_accum × world_size``; every token
 budget (``max_tokens``, ``save_at_tokens``, ``val_every_tokens``, …) must be a multiple of it, so checkpoints land at
 exactly the requested token counts.
+
+This module imports neither torch nor litgpt (litgpt's package import pulls Lightning, ≈ 5 s): what only reads a
+sweep — `stacking sweep status`, the results table — stays fast. `resolve_model` and the eval-data checks import
+what they need when called.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from litgpt import Config
 
-from stacking import models
-from stacking.data import DataError, read_meta, tokenizer_id
 from stacking.errors import RunError
+
+if TYPE_CHECKING:
+    from litgpt import Config
 
 
 @dataclass
@@ -166,6 +170,9 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
 
 
 def resolve_model(cfg: RunConfig) -> tuple[Config, dict]:
+    from stacking import models
+    from stacking.data import read_meta
+
     meta = read_meta(cfg.data_dir)
     mc = models.model_config(cfg.model, vocab_size=meta["vocab_size"], block_size=cfg.seq_len,
                              **cfg.model_overrides)
@@ -226,6 +233,8 @@ EVAL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 def check_eval_data_dirs(cfg: RunConfig) -> None:
     """eval_data_dirs: column-safe names, existing dataset dirs, and data_dir's tokenizer (one line each)."""
+    from stacking.data import DataError, tokenizer_id
+
     if not isinstance(cfg.eval_data_dirs, dict):
         raise RunError(f"eval_data_dirs must be a mapping {{name: DATA_DIR}}, got {cfg.eval_data_dirs!r}")
     try:

@@ -32,6 +32,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from stacking.errors import DataError
 from stacking.fsutil import atomic_dir
 
 EOT = "<|endoftext|>"
@@ -43,10 +44,6 @@ _DEDUP_SOURCES = {"site-packages", "c-headers"}
 """Named sources whose files are skipped when their content equals an earlier file's (vendored packages, per-arch
 header copies). stdlib is kept whole, so stdlib datasets are the ones built before sources had names."""
 _TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".json", ".c", ".h", ".html", ".tex", ".csv", ".yaml", ".yml"}
-
-
-class DataError(ValueError):
-    """A data source or dataset dir a user gave that cannot be used."""
 
 
 @dataclass

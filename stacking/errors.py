@@ -4,6 +4,14 @@ and what would be valid; the CLIs print that line and exit 2."""
 from __future__ import annotations
 
 
+class DataError(ValueError):
+    """A data source or dataset dir a user gave that cannot be used."""
+
+
+class ModelConfigError(ValueError):
+    """A model name or override a user gave that cannot be built."""
+
+
 class RunError(ValueError):
     """A run config or run dir that cannot be used; raised before any compute."""
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from litgpt import GPT, Config
 
+from stacking.errors import ModelConfigError
+
 # Shared Llama-style architecture: pre-RMSNorm, SwiGLU, RoPE, no biases, untied embeddings (TinyLlama / lit-gpt).
 _LLAMA = dict(
     bias=False,
@@ -45,10 +47,6 @@ _PAPER_BASE_LAYERS = {"stack-410m": 6, "stack-1.1b": 6, "stack-3b": 8, "stack-7b
 
 TINY_HEAD_SIZE = 32
 """head_size of the tiny family; width growth keeps head_size, so n_head = n_embd / 32."""
-
-
-class ModelConfigError(ValueError):
-    """A model name or override a user gave that cannot be built."""
 
 
 def preset_names() -> list[str]:

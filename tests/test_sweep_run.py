@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,6 +78,17 @@ def test_grid_runs_end_to_end(e2e, capsys):
 
     assert sweep_main(["status", str(sweep)]) == 0
     assert "6 runs: 6 done, 0 failed, 0 pending" in capsys.readouterr().out
+
+
+def test_status_reads_the_sweep_without_torch_or_litgpt(e2e):
+    """`stacking sweep status` only reads plan.json and the run dirs: it must not pay litgpt's/Lightning's
+    import (≈ 5–10 s), so a researcher can poll it."""
+    _, sweep, _ = e2e
+    code = ("import sys; from stacking.cli import main; rc = main(['sweep', 'status', sys.argv[1]]); "
+            "print('HEAVY', sorted(m for m in ('torch', 'litgpt', 'lightning') if m in sys.modules)); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 runs: 6 done, 0 failed, 0 pending" in proc.stdout and "HEAVY []" in proc.stdout
 
 
 def test_dry_run_prints_the_plan(e2e, tmp_path, capsys):
