@@ -33,6 +33,7 @@ from analysis.fit import PAPER_EQ2, fit_chinchilla, fit_eq2, fit_isoflop, fit_lo
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     TABLE_KEYS,
+    all_seeds_note,
     compute_annealed_speedups,
     compute_speedups,
     format_table,
@@ -322,8 +323,9 @@ def _seed_spread_lines(sweep, table: pd.DataFrame, notes: list[str]) -> list[str
                 continue
             ci = (f", 95 % CI {100 * r['speedup_lo']:+.1f} % to {100 * r['speedup_hi']:+.1f} %"
                   if pd.notna(r["speedup_lo"]) else "")
+            bound = all_seeds_note(r)
             cells.append(f"{r['reading']} {100 * r['speedup']:+.1f} %{ci} ({r['n_reached']}/{r['n_runs']} seeds "
-                         "reach L*)")
+                         f"reach L*{'; ' + bound if bound else ''})")
         parts.append(f"{op} g={g:g} d={int(d):,}: " + "; ".join(cells))
     return [f"Seed spread of this configuration, measured on a seeded sweep of it (`{rel}`), speed-up at the "
             "scratch run's final (mid) or annealed loss: " + " — ".join(parts) + ".", ""]

@@ -30,6 +30,7 @@ SPEEDUPS_COLUMNS = [
     "speedup",
     "speedup_lo",
     "speedup_hi",
+    "speedup_max_all",
     "tokens_ratio",
     "tokens_ratio_lo",
     "tokens_ratio_hi",

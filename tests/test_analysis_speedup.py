@@ -174,6 +174,30 @@ def test_speedup_table_mean_and_t_interval():
     assert "+45.0%" in format_table(speedup_table(pairs))
 
 
+def test_seeds_that_never_reach_l_star_bound_the_all_seed_mean():
+    """A mean over the seeds that reach L* flatters an operator whose worst seed drops out: the table also bounds
+    the mean over every seed, a seed that never reached L* entering at scratch's FLOPs over its last FLOPs − 1."""
+    s = curve([0, 50, 100], [0, 50 * FPT, 100 * FPT], [8.0, 3.5, 3.0])  # L* = 3.0 at 100 FLOP units
+    reach = curve([10, 40, 80], [10 * FPT, 40 * FPT, 80 * FPT], [4.0, 3.0, 2.9])  # reaches 3.0 at 40 units
+    never = curve([10, 40, 90], [10 * FPT, 40 * FPT, 90 * FPT], [4.0, 3.2, 3.1])  # ends at 90 units, 3.1
+    one = speedup_from_curves(s, reach, 10, 3.0)
+    other = speedup_from_curves(s, never, 10, 3.0)
+    assert one["speedup"] == one["speedup_max"] == pytest.approx(100 / 40 - 1)
+    assert math.isnan(other["speedup"]) and other["speedup_max"] == pytest.approx(100 / 90 - 1)
+    base = {"scratch_run_id": "s", "target": "t", "op": "G_zero", "direction": "depth", "g": 2.0,
+            "grow_at_tokens": 10}
+    pairs = pd.DataFrame([base | {"run_id": "a", "seed": 0} | one, base | {"run_id": "b", "seed": 1} | other])
+    row = speedup_table(pairs).iloc[0]
+    assert row["speedup"] == pytest.approx(1.5) and row["n_reached"] == 1  # the survivor: +150 %
+    assert row["speedup_max_all"] == pytest.approx((1.5 + 100 / 90 - 1) / 2)  # all seeds: at most +81 %
+    assert "all 2 seeds ≤ +80.6%" in format_table(speedup_table(pairs))
+    assert "1 of 2 seeds reach it, over all 2 at most +81 %" in headline(speedup_table(pairs))
+    # every seed reaches L*: the bound is the mean itself and no note is added
+    both = pd.DataFrame([base | {"run_id": "a", "seed": 0} | one, base | {"run_id": "c", "seed": 2} | one])
+    row = speedup_table(both).iloc[0]
+    assert row["speedup_max_all"] == pytest.approx(row["speedup"]) and "≤" not in format_table(speedup_table(both))
+
+
 # ---- on the committed fixture sweep (curves drawn from a known law, see make_sweep_fixture.py) ---------------
 
 
