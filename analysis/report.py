@@ -7,6 +7,8 @@ Writes into OUT (default SWEEP_DIR/report/):
     speedups.csv    the speed-up tables (one row per target × op × direction × g × d × reading × budget fraction
                     × reference)
     speedup_runs.csv  the per-run pairs behind it (L*, FLOPs and tokens at L*, reason when not reached)
+    losses.csv      final losses per target × method over seeds and each minus its own seed's scratch run's
+                    (analysis/loss_table.py; with grown and scratch runs)
     fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
     figures/*.png   loss curves per target, speed-up bars (and annealed ones), L(C), IsoFLOP, Chinchilla
 
@@ -29,6 +31,7 @@ import yaml
 
 from analysis import plots
 from analysis.domain import domain_markdown, domain_table, has_eval_sets, plot_domain
+from analysis.loss_table import format_loss_table, loss_table
 from analysis.fit import PAPER_EQ2, fit_chinchilla, fit_eq2, fit_isoflop, fit_loss_compute
 from analysis.speedup import (
     BUDGET_FRACTIONS,
@@ -205,6 +208,10 @@ def write_report(
     if target_loss is None:
         spread = _seed_spread_lines(sweep, pd.concat([t for t in (table, annealed_table) if t is not None]), notes)
         speedup_md[4:4] = spread  # right under the headline sentence
+    if n_grown and n_scratch:
+        losses = loss_table(sweep)
+        losses.to_csv(out / "losses.csv", index=False)
+        speedup_md += [LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""]
     lrs = lr_sweep_table(sweep)
     if len(lrs):
         lrs.to_csv(out / "lr_sweep.csv", index=False)
@@ -227,6 +234,16 @@ def write_report(
         table_annealed=annealed_table,
         headline=lead,
     )
+
+
+LOSSES_HEADING = "### Final losses, paired by seed"
+LOSSES_TEXT = (
+    "The plainest reading, beside the speed-ups (which read FLOPs at a loss and so magnify small loss gaps): each "
+    "method's final validation loss (mid: the main run's last evaluation; annealed: its cooldown to 100 %), mean "
+    "± 95 % CI half-width over seeds, and its loss minus its own seed's scratch run's (negative: growth is ahead; "
+    "every seed counts, including those that never reach L*). Each run at its own budget: the same FLOPs as "
+    "scratch when the grid sets `grown.total_flops`, else fewer for the grown runs than their scratch run."
+)
 
 
 def _eq2_predictions(sweep, eq2, notes: list[str]) -> list[dict]:

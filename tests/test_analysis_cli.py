@@ -100,6 +100,17 @@ def test_report_writes_every_artefact(tmp_path, capsys):
     assert len(table[table["reference"] == "grown"]) == 15
     annealed = table[table["reading"] == "annealed"]
     assert len(annealed) == 3 * 2 * 4  # targets × (G_stack, G_random at d = 10M) × f
+    # the paired loss table: every seed counts, each grown run minus its own seed's scratch run
+    assert "### Final losses, paired by seed" in md
+    losses = pd.read_csv(out / "losses.csv").set_index(["target", "method"])
+    res = pd.read_csv(SWEEP / "results.csv")
+    scratch = res[(res["kind"] == "scratch") & (res["target"] == "toy-4M")].set_index("seed")["final_val_loss"]
+    stack = res[(res["op"] == "G_stack") & (res["target"] == "toy-4M") & (res["grow_at_tokens"] == 1e7)
+                & (res["kind"] == "grown")]
+    diffs = [r["final_val_loss"] - scratch[r["seed"]] for _, r in stack.iterrows()]
+    row = losses.loc[("toy-4M", "G_stack g=2 d=10M")]
+    assert row["seeds"] == len(diffs) == 2 and row["final_val_loss_vs_scratch"] == pytest.approx(np.mean(diffs))
+    assert np.isnan(losses.loc[("toy-4M", "scratch"), "final_val_loss_vs_scratch"])
     runs = pd.read_csv(out / "speedup_runs.csv")
     assert runs["run_id"].nunique() == 30 and len(runs) == 30 * 4 + 30 + 12 * 4
 

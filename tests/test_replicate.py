@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+import pytest
 import yaml
 from nbclient import NotebookClient
 
@@ -63,6 +64,15 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
     row = table.loc[[m for m in table.index if m.startswith("G_stack")][0]]
     assert abs(row["final_val_loss_vs_scratch"] - expect) < 1e-9 and math.isfinite(row["annealed_vs_scratch"])
     assert "| tiny-L4-D32 | scratch | 2 |" in format_loss_table(loss_table(sweep))
+    from analysis.loss_table import main as loss_main
+    from analysis.loss_table import per_seed_table
+
+    seeds = per_seed_table(sweep)
+    one = seeds[(seeds["run_id"] == stack["run_id"].iloc[0])].iloc[0]
+    assert one["final_val_loss_vs_scratch"] == pytest.approx(stack["final_val_loss"].iloc[0]
+                                                             - scratch[stack["seed"].iloc[0]])
+    assert loss_main([str(sweep), "--per-seed"]) == 0 and loss_main([str(sweep / "nope")]) == 2
+    assert "error: sweep dir" in capsys.readouterr().err
 
     monkeypatch.setenv("STACKING_SWEEP_DIR", str(sweep))
     nb_path = ROOT / "notebooks" / "01_operator_speedups.ipynb"
