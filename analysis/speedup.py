@@ -379,12 +379,14 @@ def ci_text(row) -> str:
 
 
 def all_seeds_note(row) -> str:
-    """'all 3 seeds ≤ +4.3%' when some seeds never reach L* and each has an upper bound (`speedup_max_all`): the
-    speed-up column is a mean over the seeds that got there, this bounds the mean over every seed."""
+    """'all 3 seeds ≤ +4.3%' ('its speed-up ≤ …' with one seed) when some seeds never reach L* and each has an
+    upper bound (`speedup_max_all`): the speed-up column is a mean over the seeds that got there, this bounds the
+    mean over every seed."""
     bound = row.get("speedup_max_all", math.nan)
     if row["n_reached"] == row["n_runs"] or not np.isfinite(bound):
         return ""
-    return f"all {row['n_runs']} seeds ≤ {_pct(bound)}"
+    who = "its speed-up" if row["n_runs"] == 1 else f"all {row['n_runs']} seeds"
+    return f"{who} ≤ {_pct(bound)}"
 
 
 def format_table(table: pd.DataFrame) -> str:
