@@ -418,3 +418,9 @@ def test_headline_and_one_seed_without_ci():
     all3 = _table_row(n_runs=3, n_reached=3, speedup=0.1, speedup_lo=0.0, speedup_hi=0.2)
     two_of_3 = _table_row(op="G_zero", n_runs=3, n_reached=2, speedup=0.3, speedup_lo=0.1, speedup_hi=0.5)
     assert "the best of 2 grown configurations, G_stack g=2 d=10M" in headline(pd.concat([two_of_3, all3]))
+    # a one-seed extra (a d sweep beside the seeded main d) does not win the headline by its larger mean
+    extra = _table_row(grow_at_tokens=2e7, speedup=0.5)
+    assert "the best-replicated of 3 grown configurations, G_stack g=2 d=10M (3 seeds), needs 9 % fewer" in headline(
+        pd.concat([two_of_3, extra, all3]))
+    assert "the best of the 2 grown configurations with 3 seeds (3 in all), G_zero" in headline(
+        pd.concat([extra, all3, all3.assign(op="G_zero", speedup=0.2)]))
