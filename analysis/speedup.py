@@ -457,7 +457,7 @@ def headline(table: pd.DataFrame, at: str = "scratch's final loss") -> str:
     if len(most) == len(top):
         which = f"the best of {len(table)} grown configurations, {label(r)},"
     elif len(most) == 1:
-        which = f"the best-replicated of {len(table)} grown configurations, {label(r)} ({int(r['n_runs'])} seeds),"
+        which = f"the best-replicated of {len(table)} grown configurations, {label(r)},"
     else:
         which = (f"the best of the {len(most)} grown configurations with {int(r['n_runs'])} seeds ({len(table)} in "
                  f"all), {label(r)},")
