@@ -71,9 +71,9 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
     run's (NaN without a scratch run of that seed)."""
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     main = _main_runs(sweep)
-    rows = []
+    rows, by_target = [], {t: _scratch_by_seed(main, t) for t in main["target"].unique()}
     for _, r in main[main["kind"] == "grown"].iterrows():
-        scratch = _scratch_by_seed(main, r["target"])
+        scratch = by_target[r["target"]]
         row = {"target": r["target"], "method": r["method"], "seed": r["seed"], "run_id": r["run_id"]}
         for col in ("final_val_loss", "annealed"):
             row[col] = r[col]
@@ -82,32 +82,31 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def format_loss_table(df: pd.DataFrame) -> str:
-    def cell(mean, ci, sign=""):
-        if not np.isfinite(mean):
-            return "—"
-        return f"{mean:{sign}.4f}" + (f" ± {ci:.4f}" if np.isfinite(ci) else "")
+HEADER = "| mid loss | mid − scratch | annealed loss | annealed − scratch |"
 
-    lines = ["| target | method | seeds | mid loss | mid − scratch | annealed loss | annealed − scratch |",
-             "|---|---|---|---|---|---|---|"]
-    for _, r in df.iterrows():
-        lines.append(f"| {r['target']} | {r['method']} | {r['seeds']} | {cell(r['final_val_loss'], r['final_val_loss_ci'])} | "
-                     f"{cell(r.get('final_val_loss_vs_scratch', np.nan), r.get('final_val_loss_vs_scratch_ci', np.nan), '+')} | "
-                     f"{cell(r['annealed'], r['annealed_ci'])} | "
-                     f"{cell(r.get('annealed_vs_scratch', np.nan), r.get('annealed_vs_scratch_ci', np.nan), '+')} |")
+
+def _cell(mean, ci=np.nan, sign="") -> str:
+    if not np.isfinite(mean):
+        return "—"
+    return f"{mean:{sign}.4f}" + (f" ± {ci:.4f}" if np.isfinite(ci) else "")
+
+
+def _loss_cells(r) -> str:
+    """The four loss cells of a row of either table (CI half-widths where the row has them)."""
+    return " | ".join(_cell(r.get(col, np.nan), r.get(f"{col}_ci", np.nan), sign)
+                      for col, sign in (("final_val_loss", ""), ("final_val_loss_vs_scratch", "+"),
+                                        ("annealed", ""), ("annealed_vs_scratch", "+")))
+
+
+def format_loss_table(df: pd.DataFrame) -> str:
+    lines = ["| target | method | seeds " + HEADER, "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['method']} | {r['seeds']} | {_loss_cells(r)} |" for _, r in df.iterrows()]
     return "\n".join(lines)
 
 
 def format_per_seed_table(df: pd.DataFrame) -> str:
-    def cell(x, sign=""):
-        return "—" if not np.isfinite(x) else f"{x:{sign}.4f}"
-
-    lines = ["| target | method | seed | mid loss | mid − scratch | annealed loss | annealed − scratch |",
-             "|---|---|---|---|---|---|---|"]
-    for _, r in df.iterrows():
-        lines.append(f"| {r['target']} | {r['method']} | {r['seed']:g} | {cell(r['final_val_loss'])} | "
-                     f"{cell(r['final_val_loss_vs_scratch'], '+')} | {cell(r['annealed'])} | "
-                     f"{cell(r['annealed_vs_scratch'], '+')} |")
+    lines = ["| target | method | seed " + HEADER, "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['target']} | {r['method']} | {r['seed']:g} | {_loss_cells(r)} |" for _, r in df.iterrows()]
     return "\n".join(lines)
 
 

@@ -414,7 +414,8 @@ def headline(table: pd.DataFrame, at: str = "scratch's final loss") -> str:
     G_stack g=2 d=10M needs 33 % fewer FLOPs than scratch (speed-up +50 %, 3 seeds, 95 % CI +20 % to +80 %)."
 
     With several configurations it names the one with the largest mean speed-up among those whose seeds reach
-    L* most often and, of those, were run with the most seeds; it counts those that never reach L*. "Fewer FLOPs" restates the mean speed-up s as 1 − 1/(1 + s).
+    L* most often and, of those, were run with the most seeds; it counts those that never reach L*. "Fewer FLOPs"
+    restates the mean speed-up s as 1 − 1/(1 + s).
     """
     if table.empty:
         return f"At {at}: no grown run could be compared with a scratch run of its target."
