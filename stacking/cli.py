@@ -153,7 +153,7 @@ def _sources_as_list(argv: list[str]) -> list[str]:
 
 
 def _data(argv: list[str]) -> int:
-    from stacking.data import DataConfig, build_dataset
+    from stacking.corpus import DataConfig, build_dataset
 
     p = parser("stacking data", "Build a token dataset dir (train.bin, val.bin, tokenizer.json, meta.json) from "
                "named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths, e.g. "

@@ -10,7 +10,7 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from stacking.data import DataConfig, build_dataset
+    from stacking.corpus import DataConfig, build_dataset
 
     return build_dataset(DataConfig(out=str(tmp_path_factory.mktemp("data") / "ds"), max_files=40, vocab_size=512))
 

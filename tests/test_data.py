@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stacking import data
+from stacking import corpus
 from stacking.cli import main as cli_main
+from stacking.corpus import DataConfig, build_dataset, collect_files
 from stacking.data import (
-    DataConfig,
     DataError,
-    build_dataset,
-    collect_files,
     load_tokens,
     read_meta,
     val_window_offsets,
@@ -151,7 +149,7 @@ def test_val_window_errors(docs_data, tmp_path):
 @pytest.fixture
 def fake_roots(tmp_path, monkeypatch) -> dict[str, Path]:
     """Tiny stand-ins for the three named sources' roots."""
-    roots = {name: tmp_path / name for name in data.NAMED_SOURCES}
+    roots = {name: tmp_path / name for name in corpus.NAMED_SOURCES}
     files = {"stdlib/os.py": "import sys\n" * 40, "stdlib/json/__init__.py": "x = 1\n" * 30,
              "stdlib/test/test_os.py": "skip\n", "stdlib/test_x.py": "skip\n",
              "site-packages/pkg/core.py": "def f():\n    pass\n" * 30, "site-packages/pkg/tests/t.py": "skip\n",
@@ -162,7 +160,7 @@ def fake_roots(tmp_path, monkeypatch) -> dict[str, Path]:
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    monkeypatch.setattr(data, "named_source_roots", lambda name: [roots[name]])
+    monkeypatch.setattr(corpus, "named_source_roots", lambda name: [roots[name]])
     return roots
 
 
@@ -193,7 +191,7 @@ def test_named_sources_combine_and_mix_with_paths(fake_roots, tmp_path):
 
 def test_real_named_sources_with_few_files(tmp_path):
     for name, suffix in (("site-packages", ".py"), ("c-headers", ".h")):
-        if not data.named_source_roots(name):
+        if not corpus.named_source_roots(name):
             continue
         found, _ = collect_files([name])
         assert found and all(f.suffix == suffix and not {"test", "tests"} & set(f.parts) for f, _, _ in found)
@@ -202,7 +200,7 @@ def test_real_named_sources_with_few_files(tmp_path):
         meta = read_meta(out)
         info = meta["named_sources"][name]
         assert info["n_files"] + info["n_duplicates_skipped"] == 6 == meta["n_files"] + info["n_duplicates_skipped"]
-    assert data.named_source_roots("site-packages")[0] == Path(sysconfig.get_paths()["purelib"])
+    assert corpus.named_source_roots("site-packages")[0] == Path(sysconfig.get_paths()["purelib"])
 
 
 def test_source_errors(tmp_path, monkeypatch):
@@ -216,11 +214,11 @@ def test_source_errors(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="contains no text, .jsonl or .parquet files"):
         build_dataset(DataConfig(sources=[str(tmp_path / "empty")], **cfg))
-    monkeypatch.setattr(data, "_C_HEADER_ROOTS", (str(tmp_path / "no-include"),))
+    monkeypatch.setattr(corpus, "_C_HEADER_ROOTS", (str(tmp_path / "no-include"),))
     with pytest.raises(DataError, match="named source 'c-headers' has no directory on this machine"):
         build_dataset(DataConfig(sources=["c-headers"], **cfg))
     with pytest.raises(DataError, match="unknown named source"):
-        data.named_source_roots("everything")
+        corpus.named_source_roots("everything")
     assert not (tmp_path / "x").exists()
 
 

@@ -14,7 +14,8 @@ import pytest
 from conftest import tiny_run_config
 
 from stacking.config import RunConfig, config_hash, data_id, validate
-from stacking.data import DataConfig, build_dataset, tokenizer_id
+from stacking.corpus import DataConfig, build_dataset
+from stacking.data import tokenizer_id
 from stacking.errors import RunError
 from stacking.train import run
 

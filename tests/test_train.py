@@ -18,7 +18,8 @@ from litgpt import GPT
 
 from stacking import models
 from stacking.cli import main as cli_main
-from stacking.data import DataConfig, DataError, build_dataset, load_tokens, read_meta
+from stacking.corpus import DataConfig, build_dataset
+from stacking.data import DataError, load_tokens, read_meta
 from stacking.module import lr_at, mfu, peak_flops
 from stacking.train import CheckpointError, RunError, load_litgpt_checkpoint, run
 
