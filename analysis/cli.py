@@ -1,4 +1,5 @@
-"""Entry points of `stacking report` and `stacking fit-law` (wired into the top-level CLI by stacking/cli.py).
+"""Entry points of `stacking report`, `stacking export` and `stacking fit-law` (wired into the top-level CLI by
+stacking/cli.py).
 
 Both return an exit code instead of exiting: 0 on success, 2 on a user error (bad arguments, missing or
 malformed input), printed as one line on stderr without a traceback. The parsers are jsonargparse's
@@ -57,6 +58,8 @@ def _report(argv: list[str]) -> int:
     if args.bootstrap < 0:
         raise AnalysisError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
     rep = write_report(args.sweep_dir, args.out, target_loss=args.target_loss, bootstrap=args.bootstrap, seed=args.seed)
+    for line in rep.provenance:
+        print(f"provenance: {line}")
     print(rep.headline)
     print("speed-up at L* = " + ("the given target loss" if args.target_loss is not None else
                                  "the matched scratch run's loss at p of its tokens (mid reading)"))
@@ -76,6 +79,42 @@ def _report(argv: list[str]) -> int:
 def report_main(argv: list[str]) -> int:
     """`stacking report SWEEP_DIR [--target-loss X] [--out DIR] [--bootstrap K] [--seed S]`."""
     return run_command("stacking report", _report, argv, (AnalysisError,))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stacking export
+# --------------------------------------------------------------------------------------------------------------
+
+
+def export_parser():
+    p = parser(
+        "stacking export",
+        "Copy what `stacking report` and the loss table read from a sweep dir into OUT_DIR, compact enough to "
+        "commit (results.csv, plan.json, grid.yaml, each run's summary.json, config.yaml, model.json, "
+        "val_windows.json and metrics.csv's evaluation rows gzipped); `stacking report OUT_DIR` then gives the same "
+        "tables.",
+    )
+    p.add_argument("sweep_dir", help="sweep directory holding results.csv and runs/*/metrics.csv")
+    p.add_argument("out_dir", help="where the export goes, e.g. results/<sweep>")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
+    p.add_argument("--all-rows", action="store_true", help="keep metrics.csv's training-step rows too (by default "
+                   "only its evaluation rows, all the analyses read)")
+    return p
+
+
+def _export(argv: list[str]) -> int:
+    from analysis.export import export_sweep
+
+    args = parse(export_parser(), argv)
+    info = export_sweep(args.sweep_dir, args.out_dir, overwrite=args.overwrite, all_rows=args.all_rows)
+    pending = f"; {len(info['missing'])} run dir(s) not there yet (not started)" if info["missing"] else ""
+    print(f"{args.out_dir}: {info['runs']} runs, {info['files']} files, {info['bytes'] / 1e6:.2f} MB{pending}")
+    return 0
+
+
+def export_main(argv: list[str]) -> int:
+    """`stacking export SWEEP_DIR OUT_DIR [--overwrite] [--all-rows]`."""
+    return run_command("stacking export", _export, argv, (AnalysisError,))
 
 
 # --------------------------------------------------------------------------------------------------------------

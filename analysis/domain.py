@@ -39,7 +39,8 @@ def _sets(row) -> dict[str, str]:
 
 def has_eval_sets(sweep: Sweep) -> bool:
     """Whether any run of the sweep measured eval_data_dirs (its results.csv has final_val_loss_<name>)."""
-    return {"cfg.eval_data_dirs", "cfg.data_dir"} <= set(sweep.results) and any(c.startswith("final_val_loss_") for c in sweep.results)
+    cols = set(sweep.results)
+    return {"cfg.eval_data_dirs", "cfg.data_dir"} <= cols and any(c.startswith("final_val_loss_") for c in cols)
 
 
 def method(row) -> str:

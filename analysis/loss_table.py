@@ -2,34 +2,35 @@
 reading of a seeded sweep, beside the speed-ups (which read FLOPs at a loss and so magnify small loss gaps).
 
     python -m analysis.loss_table SWEEP_DIR [--per-seed]
+    python -m analysis.loss_table SWEEP_A --contrast SWEEP_B [--out contrast.csv]
 
 mid = the main run's last validation loss (constant LR); annealed = its cooldown run ending at the full budget.
 Mean ± half-width of the Student-t 95 % CI over seeds; the difference is paired by seed (same data order and init
 seed for both), so the scratch run's seed-to-seed spread cancels out of it. ``--per-seed`` prints one row per
 grown run instead (its seed's differences): how a one-seed d sweep is read against the main d's seeds.
-`stacking report` writes the same table into report.md and losses.csv.
+`stacking report` writes the same table into report.md and losses.csv. ``--contrast SWEEP_B`` prints the
+difference-in-differences of two sweeps (e.g. TinyLlama's init against PyTorch's default): per method,
+(method − scratch in SWEEP_DIR) − (method − scratch in SWEEP_B), Welch 95 % CI (`contrast_table`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.speedup import mean_ci
 from analysis.sweep import AnalysisError, Sweep, load_sweep, method_label
 
 
 def _mean_ci(values) -> tuple[float, float]:
-    x = np.asarray(values, float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    if len(x) < 2:
-        return float(x.mean()), float("nan")
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    """Mean and 95 % CI half-width over seeds (`analysis.speedup.mean_ci`; NaN half-width with one seed)."""
+    m, _, hi = mean_ci(values)
+    return m, hi - m
 
 
 def _main_runs(sweep: Sweep) -> pd.DataFrame:
@@ -56,11 +57,16 @@ def loss_table(sweep: Sweep | str) -> pd.DataFrame:
     rows = []
     for (target, method), grp in main.groupby(["target", "method"], sort=False):
         scratch = _scratch_by_seed(main, target)
-        row = {"target": target, "method": method, "seeds": len(grp)}
+        own = grp[grp["seed"].isin(scratch.index)]
+        if method != "scratch":
+            for rid, seed in zip(own["run_id"], own["seed"]):
+                sweep.check_same_windows(str(rid), str(scratch.loc[seed, "run_id"]))
+        row = {"target": target, "method": method, "seeds": len(grp),
+               "paired": len(own) if method != "scratch" else len(grp)}
         for col in ("final_val_loss", "annealed"):
             row[col], row[f"{col}_ci"] = _mean_ci(grp[col])
             if method != "scratch":
-                diff = [r[col] - scratch.loc[r["seed"], col] for _, r in grp.iterrows() if r["seed"] in scratch.index]
+                diff = own[col].to_numpy(float) - scratch.loc[own["seed"], col].to_numpy(float)
                 row[f"{col}_vs_scratch"], row[f"{col}_vs_scratch_ci"] = _mean_ci(diff)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -74,12 +80,80 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
     rows, by_target = [], {t: _scratch_by_seed(main, t) for t in main["target"].unique()}
     for _, r in main[main["kind"] == "grown"].iterrows():
         scratch = by_target[r["target"]]
+        if r["seed"] in scratch.index:
+            sweep.check_same_windows(str(r["run_id"]), str(scratch.loc[r["seed"], "run_id"]))
         row = {"target": r["target"], "method": r["method"], "seed": r["seed"], "run_id": r["run_id"]}
         for col in ("final_val_loss", "annealed"):
             row[col] = r[col]
             row[f"{col}_vs_scratch"] = r[col] - scratch.loc[r["seed"], col] if r["seed"] in scratch.index else np.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    cols = ["target", "method", "seed", "run_id"] + [f"{c}{x}" for c in ("final_val_loss", "annealed")
+                                                     for x in ("", "_vs_scratch")]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def welch_ci(a, b, level: float = 0.95) -> tuple[float, float, float, float]:
+    """Difference of two independent means, mean(a) − mean(b), with its Welch t interval: (difference, lo, hi,
+    degrees of freedom). NaN interval when either side has fewer than 2 finite values."""
+    a, b = (np.asarray(v, float) for v in (a, b))
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) == 0 or len(b) == 0:
+        return (float("nan"),) * 4
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        return diff, diff, diff, float("inf")
+    df = float((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)))
+    half = float(stats.t.ppf(0.5 + level / 2, df) * se)
+    return diff, diff - half, diff + half, df
+
+
+READINGS = {"final_val_loss": "mid", "annealed": "annealed"}
+CONTRAST_COLUMNS = ["target", "method", "reading", "seeds_a", "diff_a", "diff_a_ci", "seeds_b", "diff_b", "diff_b_ci",
+                    "contrast", "contrast_lo", "contrast_hi", "df"]
+
+
+def contrast_table(sweep_a: Sweep | str, sweep_b: Sweep | str) -> pd.DataFrame:
+    """Difference-in-differences of two sweeps (e.g. one init against another): for each target × method present
+    in both and each reading (mid, annealed), (method − scratch under A) − (method − scratch under B).
+
+    Within each sweep the differences are paired by seed (`per_seed_table`; seeds without their own scratch run are
+    left out); the two sweeps' runs are independent, so the CI is Welch's t interval for the difference of the two
+    means (`welch_ci`). Rows where either sweep has no paired seed for that reading are left out."""
+    a, b = (s if isinstance(s, Sweep) else load_sweep(s) for s in (sweep_a, sweep_b))
+    pa, pb = per_seed_table(a), per_seed_table(b)
+    rows = []
+    for (target, method), ga in pa.groupby(["target", "method"], sort=False):
+        gb = pb[(pb["target"] == target) & (pb["method"] == method)]
+        for col, reading in READINGS.items():
+            da, db = (g[f"{col}_vs_scratch"].to_numpy(float) for g in (ga, gb))
+            da, db = da[np.isfinite(da)], db[np.isfinite(db)]
+            if len(da) == 0 or len(db) == 0:
+                continue
+            contrast, lo, hi, df = welch_ci(da, db)
+            rows.append({"target": target, "method": method, "reading": reading,
+                         "seeds_a": len(da), "diff_a": _mean_ci(da)[0], "diff_a_ci": _mean_ci(da)[1],
+                         "seeds_b": len(db), "diff_b": _mean_ci(db)[0], "diff_b_ci": _mean_ci(db)[1],
+                         "contrast": contrast, "contrast_lo": lo, "contrast_hi": hi, "df": df})
+    if not rows:
+        raise AnalysisError(f"{a.path} and {b.path} share no target × method with seeds paired to scratch")
+    return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
+
+
+def format_contrast_table(df: pd.DataFrame, name_a: str = "A", name_b: str = "B") -> str:
+    head = (f"| target | method | reading | {name_a}: method − scratch | seeds | {name_b}: method − scratch | seeds | "
+            f"{name_a} − {name_b} | 95 % CI (Welch) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        ci = (f"[{r['contrast_lo']:+.4f}, {r['contrast_hi']:+.4f}]" if np.isfinite(r["contrast_lo"])
+              else "< 2 seeds: no CI")
+        lines.append(f"| {r['target']} | {r['method']} | {r['reading']} | {_cell(r['diff_a'], r['diff_a_ci'], '+')} | "
+                     f"{r['seeds_a']} | {_cell(r['diff_b'], r['diff_b_ci'], '+')} | {r['seeds_b']} | "
+                     f"{_cell(r['contrast'], sign='+')} | {ci} |")
+    return "\n".join(lines)
 
 
 HEADER = "| mid loss | mid − scratch | annealed loss | annealed − scratch |"
@@ -100,8 +174,14 @@ def _loss_cells(r) -> str:
 
 def format_loss_table(df: pd.DataFrame) -> str:
     lines = ["| target | method | seeds " + HEADER, "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['method']} | {r['seeds']} | {_loss_cells(r)} |" for _, r in df.iterrows()]
+    lines += [f"| {r['target']} | {r['method']} | {_seeds_cell(r)} | {_loss_cells(r)} |" for _, r in df.iterrows()]
     return "\n".join(lines)
+
+
+def _seeds_cell(r) -> str:
+    """'3', or '3 (2 paired)' when some seeds have no scratch run of their own (left out of the differences)."""
+    paired = r.get("paired", r["seeds"])
+    return f"{r['seeds']}" if pd.isna(paired) or paired == r["seeds"] else f"{r['seeds']} ({int(paired)} paired)"
 
 
 def format_per_seed_table(df: pd.DataFrame) -> str:
@@ -112,12 +192,25 @@ def format_per_seed_table(df: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.loss_table", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", help="a sweep dir written by `stacking sweep`")
+    p.add_argument("sweep_dir", help="a sweep dir written by `stacking sweep` (or its export, analysis/export.py)")
     p.add_argument("--per-seed", action="store_true", help="one row per grown run (its own seed's differences)")
+    p.add_argument("--contrast", metavar="SWEEP_B", help="difference-in-differences against another sweep: "
+                   "(method − scratch here) − (method − scratch in SWEEP_B), Welch 95 %% CI; writes contrast.csv")
+    p.add_argument("--out", metavar="CSV", help="where --contrast writes its table (default: "
+                   "SWEEP_DIR/report/contrast.csv)")
     args = p.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep_dir)
-        print(format_per_seed_table(per_seed_table(sweep)) if args.per_seed else format_loss_table(loss_table(sweep)))
+        if args.contrast:
+            table = contrast_table(sweep, load_sweep(args.contrast))
+            out = Path(args.out) if args.out else sweep.path / "report" / "contrast.csv"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out, index=False)
+            print(format_contrast_table(table))
+            print(f"A = {sweep.path}, B = {args.contrast}; wrote {out}")
+        else:
+            print(format_per_seed_table(per_seed_table(sweep)) if args.per_seed else
+                  format_loss_table(loss_table(sweep)))
     except AnalysisError as err:
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2

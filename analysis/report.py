@@ -31,8 +31,8 @@ import yaml
 
 from analysis import plots
 from analysis.domain import domain_markdown, domain_table, has_eval_sets, plot_domain
-from analysis.loss_table import format_loss_table, loss_table
 from analysis.fit import PAPER_EQ2, fit_chinchilla, fit_eq2, fit_isoflop, fit_loss_compute
+from analysis.loss_table import format_loss_table, loss_table
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     TABLE_KEYS,
@@ -51,6 +51,8 @@ from analysis.sweep import (
     load_sweep,
     loss_compute_points,
     lr_sweep_table,
+    read_provenance,
+    read_val_windows,
     to_jsonable,
 )
 
@@ -75,6 +77,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     table_annealed: pd.DataFrame | None = None  # annealed reading (None without cooldown runs)
     headline: str = ""  # the first sentence of the speed-up section
+    provenance: list[str] = field(default_factory=list)  # code commit, versions, data ids (plan.json)
 
 
 def _ci(fit_ci: dict, name: str, fmt: str = ".4g") -> str:
@@ -222,7 +225,8 @@ def write_report(
         if len(dom):
             plots.save_figure(plot_domain(dom), fig_dir / "domain.png")
         speedup_md += domain_markdown(dom, "figures/domain.png" if len(dom) else None)
-    md = _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes)
+    prov = provenance_lines(sweep)
+    md = _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes, prov)
     path = out / "report.md"
     path.write_text(md)
     return Report(
@@ -233,6 +237,7 @@ def write_report(
         table_own_final=grown_table,
         table_annealed=annealed_table,
         headline=lead,
+        provenance=prov,
     )
 
 
@@ -244,6 +249,34 @@ LOSSES_TEXT = (
     "every seed counts, including those that never reach L*). Each run at its own budget: the same FLOPs as "
     "scratch when the grid sets `grown.total_flops`, else fewer for the grown runs than their scratch run."
 )
+
+
+def provenance_lines(sweep) -> list[str]:
+    """How the sweep was made, from plan.json (analysis.sweep.read_provenance): the git commit, the software
+    versions and the data id of every data dir; for plans written before versions and data ids were recorded,
+    says so, and takes the data ids from the runs' val_windows.json instead. Empty without plan.json."""
+    prov = read_provenance(sweep.path)
+    if not prov:
+        return []
+    git = prov.get("git") or {}
+    sha = git.get("sha")
+    dirty = {True: " with uncommitted changes", False: "", None: ""}[git.get("dirty")]
+    lines = [f"code: git {sha[:12]}{dirty}" if sha else "code: git commit not recorded"]
+    ver = prov.get("versions")
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()) if ver else
+                 "versions: not recorded (plan.json predates them)")
+    data = prov.get("data")
+    if data:
+        lines += [f"data: {did} ({path})" for path, did in data.items()]
+        return lines
+    ids = set()
+    for rel in sweep.results["run_dir"].dropna().astype(str):
+        windows = read_val_windows(sweep.path / rel)
+        if windows is not None:
+            ids.add(windows.get("data_id"))
+    lines.append("data: " + (", ".join(sorted(map(str, ids))) + " (from the runs' val_windows.json; plan.json "
+                             "predates data ids)" if ids else "not recorded"))
+    return lines
 
 
 def _eq2_predictions(sweep, eq2, notes: list[str]) -> list[dict]:
@@ -320,6 +353,8 @@ def _seed_spread_lines(sweep, table: pd.DataFrame, notes: list[str]) -> list[str
         return []
     grid_dir = Path(json.loads(plan.read_text())["grid"]).parent if plan.is_file() else Path.cwd()
     path = Path(rel) if Path(rel).is_absolute() else grid_dir / rel
+    if not Path(rel).is_absolute() and (sweep.path / rel).is_file():  # an export carries its own copy
+        path = sweep.path / rel
     if not path.is_file():
         notes.append(f"seed spread: the grid's seed_spread file {path} is missing")
         return []
@@ -355,7 +390,8 @@ def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:
         key = "annealed_val_loss" if grp["annealed_val_loss"].notna().all() else "final_val_loss"
         best = grp.loc[grp[key].idxmin()]
         lines += [f"{target}, {int(tokens):,} tokens: lowest {key.replace('_', ' ')} at **LR {best['lr']:g}**.", "",
-                  "| LR | seeds | final val loss | best val loss | annealed (cooldown to 100 %) |", "|---|---|---|---|---|"]
+                  "| LR | seeds | final val loss | best val loss | annealed (cooldown to 100 %) |",
+                  "|---|---|---|---|---|"]
         for _, r in grp.iterrows():
             ann = "—" if pd.isna(r["annealed_val_loss"]) else f"{r['annealed_val_loss']:.4f}"
             lines.append(f"| {r['lr']:g} | {r['n_seeds']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "
@@ -364,7 +400,7 @@ def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes) -> str:
+def _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes, prov=()) -> str:
     res = sweep.results
     counts = ", ".join(f"{k}: {v}" for k, v in res["kind"].value_counts().sort_index().items())
     n_done = int((res["status"] == "done").sum())
@@ -374,6 +410,8 @@ def _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figure
         f"{len(res)} runs ({counts}); {n_done} done. Only finished runs are analysed.",
         "",
     ]
+    if prov:
+        lines += ["Provenance (plan.json): " + "; ".join(prov) + ".", ""]
     lines += speedup_md
     lines += ["## Fitted laws", ""]
     if lc_fits:

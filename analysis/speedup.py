@@ -32,7 +32,9 @@ Two readings (column `reading`):
   constant-LR state and decays the LR to its minimum, ending at f × the main run's tokens; its final loss is the
   main run's annealed loss at f. The annealed curve of a main run is its cooldowns' (flops, final loss) points
   (`Sweep.annealed_curve`). L*_f is the scratch run's annealed loss at f and FLOPs_scratch that cooldown's
-  FLOPs; FLOPs_grown is the first crossing of the grown run's annealed curve (running min, same interpolation).
+  FLOPs; FLOPs_grown is the first crossing of the grown run's annealed curve (running min), read on a monotone
+  piecewise-cubic (PCHIP) in log-log through all its points: the chord between 2–4 points far apart lies above a
+  convex curve and overstated the grown FLOPs by 2–5 speed-up points (tests/test_analysis_convex.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.interpolate import PchipInterpolator
+from scipy.optimize import brentq
 
 from analysis.sweep import AnalysisError, Sweep, format_tokens
 
@@ -69,14 +73,34 @@ def running_min(curve: pd.DataFrame) -> pd.DataFrame:
     return curve.assign(val_loss=curve["val_loss"].cummin())
 
 
-def first_crossing(curve: pd.DataFrame, target_loss: float) -> Crossing:
+INTERPOLATIONS = ("chord", "pchip")
+
+
+def _pchip_log_flops(f: np.ndarray, loss: np.ndarray, i: int, target_loss: float) -> float:
+    """log FLOPs where a monotone piecewise-cubic (scipy's PCHIP) through every positive-FLOP point of the
+    running-min curve in (log FLOPs, log loss) reaches `target_loss` between points i − 1 and i (NaN when the
+    points do not allow it: fewer than 3, or FLOPs not strictly increasing; the caller then takes the chord).
+    PCHIP keeps the running minimum's monotonicity, so the crossing is unique in that segment."""
+    pos = f > 0
+    x, y = np.log(f[pos]), np.log(loss[pos])
+    if len(x) < 3 or not np.all(np.diff(x) > 0) or not pos[i - 1]:
+        return math.nan
+    k = i - int(np.flatnonzero(~pos).size)  # index of point i among the positive-FLOP points
+    spline = PchipInterpolator(x, y)
+    return float(brentq(lambda t: float(spline(t)) - math.log(target_loss), x[k - 1], x[k], xtol=1e-12))
+
+
+def first_crossing(curve: pd.DataFrame, target_loss: float, interpolation: str = "chord") -> Crossing:
     """First point where the running minimum of the validation curve (tokens, flops, val_loss) reaches
     `target_loss`.
 
     The crossing evaluation is the first whose best-so-far loss is ≤ the target (the same evaluation as on the
     raw curve: an early noisy dip below the target counts). Between the evaluation before it, taken at its
     best-so-far loss, and the crossing evaluation, log-loss is interpolated linearly in log-FLOPs (linearly in
-    FLOPs when the earlier point is at 0 FLOPs, the scratch run's initial evaluation). Tokens follow from FLOPs,
+    FLOPs when the earlier point is at 0 FLOPs, the scratch run's initial evaluation). With ``interpolation=
+    "pchip"`` (the annealed reading: 2–4 points far apart on a convex curve, where the chord lies above the curve
+    and overstates the FLOPs) the segment is read on a monotone piecewise-cubic through all the points instead
+    (`_pchip_log_flops`; the chord where there are fewer than 3 points). Tokens follow from FLOPs,
     which grow linearly with tokens within a run. A curve already below the target at its first point gives NaN:
     the crossing lies before the curve and is not extrapolated.
     """
@@ -96,9 +120,14 @@ def first_crossing(curve: pd.DataFrame, target_loss: float) -> Crossing:
                 "crossing not bracketed",
             )
         return Crossing(float(f[0]), float(t[0]))
+    if interpolation not in INTERPOLATIONS:
+        raise AnalysisError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     j = i - 1
     frac = (math.log(loss[j]) - math.log(target_loss)) / (math.log(loss[j]) - math.log(loss[i]))
-    if f[j] > 0:
+    log_f = _pchip_log_flops(f, loss, i, target_loss) if interpolation == "pchip" and f[j] > 0 else math.nan
+    if math.isfinite(log_f):
+        flops = math.exp(log_f)
+    elif f[j] > 0:
         flops = math.exp(math.log(f[j]) + frac * (math.log(f[i]) - math.log(f[j])))
     else:
         flops = f[j] + frac * (f[i] - f[j])
@@ -164,6 +193,7 @@ PAIR_COLUMNS = [
     "speedup_max",
     "tokens_ratio",
     "reason",
+    "paired",
 ]
 
 
@@ -185,6 +215,7 @@ def _matched_scratch(scratch: pd.DataFrame, grown: pd.Series) -> pd.DataFrame:
 def _pairs_frame(rows: list[dict]) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     out["reason"] = out["reason"].fillna("")
+    out["paired"] = out["paired"].astype("boolean")
     out["budget_fraction"] = out["budget_fraction"].astype(float)
     return out
 
@@ -230,8 +261,10 @@ def compute_speedups(
 
 
 def _grown_scratch_pairs(sweep: Sweep, grown: pd.DataFrame, reading: str, rows: list):
-    """(grown row, its key columns + reading, matched scratch row) for every pair; a grown run with no finished
-    scratch run of its target gets a row in ``rows`` saying so."""
+    """(grown row, its key columns + reading + paired, matched scratch row) for every pair; a grown run with no
+    finished scratch run of its target gets a row in ``rows`` saying so. ``paired`` is False when the scratch run
+    has another seed (the grown run's own seed has none). Runs evaluated on different validation windows
+    (val_windows.json) are refused: AnalysisError."""
     scratch = sweep.runs("scratch")
     for _, g in grown.iterrows():
         base = {k: g[k] for k in ("run_id", "target", "op", "direction", "g", "grow_at_tokens", "seed")}
@@ -241,7 +274,8 @@ def _grown_scratch_pairs(sweep: Sweep, grown: pd.DataFrame, reading: str, rows: 
             rows.append(base | {"reason": f"no finished scratch run with target {g['target']}"})
             continue
         for _, s in matched.iterrows():
-            yield g, base, s
+            sweep.check_same_windows(str(g["run_id"]), str(s["run_id"]))
+            yield g, base | {"paired": bool(s["seed"] == g["seed"])}, s
 
 
 def compute_annealed_speedups(sweep: Sweep) -> pd.DataFrame:
@@ -257,6 +291,8 @@ def compute_annealed_speedups(sweep: Sweep) -> pd.DataFrame:
     for g, base, s in _grown_scratch_pairs(sweep, grown, "annealed", rows):
         grown_curve = sweep.annealed_curve(g["run_id"])
         scratch_curve = sweep.annealed_curve(s["run_id"])
+        for rid in (*grown_curve["run_id"], *scratch_curve["run_id"]):  # every cooldown on scratch's windows
+            sweep.check_same_windows(str(rid), str(s["run_id"]))
         if scratch_curve.empty:
             rows.append(
                 base | {"scratch_run_id": s["run_id"], "reason": f"scratch run {s['run_id']} has no cooldown runs"}
@@ -265,7 +301,7 @@ def compute_annealed_speedups(sweep: Sweep) -> pd.DataFrame:
         for _, pt in scratch_curve.iterrows():
             cs = Crossing(float(pt["flops"]), float(pt["tokens"]))
             lstar = float(pt["val_loss"])
-            cg = first_crossing(grown_curve, lstar)
+            cg = first_crossing(grown_curve, lstar, interpolation="pchip")
             rows.append(
                 base
                 | {"scratch_run_id": s["run_id"], "budget_fraction": float(pt["anneal_fraction"])}
@@ -322,6 +358,7 @@ def speedup_table(pairs: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         budget_fraction=pairs.get("budget_fraction", 1.0),
         speedup_max=pairs.get("speedup_max", pairs["speedup"]),
     )
+    pairs = pairs.assign(paired=pairs["paired"].fillna(True).astype(bool) if "paired" in pairs else True)
     per_run = pairs.groupby(["run_id", "reading", "budget_fraction"], sort=False, dropna=False).agg(
         **{k: (k, "first") for k in TABLE_KEYS if k not in ("reading", "budget_fraction")},
         target_loss=("target_loss", "mean"),
@@ -329,6 +366,7 @@ def speedup_table(pairs: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         speedup_max=("speedup_max", lambda v: v.mean(skipna=False)),
         tokens_ratio=("tokens_ratio", "mean"),
         reason=("reason", lambda r: next((x for x in r if x), "")),
+        paired=("paired", "all"),
     )
     per_run = per_run.reset_index()
     out = []
@@ -338,6 +376,9 @@ def speedup_table(pairs: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         n_reached = int(grp["speedup"].notna().sum())
         missing = grp.loc[grp["speedup"].isna(), "reason"]
         note = f"{len(missing)}/{len(grp)} not reached: {missing.iloc[0]}" if len(missing) else ""
+        unpaired = int((~grp["paired"]).sum())
+        if unpaired:  # such a grown run is read against every scratch run of its target (their mean speed-up)
+            note = "; ".join(x for x in (note, f"{unpaired}/{len(grp)} unpaired (scratch of another seed)") if x)
         out.append(
             dict(zip(TABLE_KEYS, key))
             | {

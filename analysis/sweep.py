@@ -11,6 +11,9 @@ branch of a main (scratch or grown) run, whose final loss is that main run's *an
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,8 +135,11 @@ def read_results(sweep_dir: str | Path) -> pd.DataFrame:
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
-    """Read one run's metrics.csv."""
+    """Read one run's metrics.csv, or metrics.csv.gz beside it when there is no metrics.csv (an exported sweep,
+    analysis/export.py)."""
     path = Path(path)
+    if not path.is_file() and Path(f"{path}.gz").is_file():
+        path = Path(f"{path}.gz")
     if not path.is_file():
         raise AnalysisError(f"{path} not found")
     df = pd.read_csv(path)
@@ -177,6 +183,42 @@ def method_label(row) -> str:
     return f"{op} g={row['g']:g} d={format_tokens(row['grow_at_tokens'])}"
 
 
+def read_val_windows(run_dir: str | Path) -> dict | None:
+    """A run dir's val_windows.json (or val_windows.json.gz, in an export): which validation windows the run was
+    evaluated on (data_id, seq_len, n_windows, offsets); None without one (sweeps from before the trainer wrote it)."""
+    for name in ("val_windows.json", "val_windows.json.gz"):
+        path = Path(run_dir) / name
+        if path.is_file():
+            raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise AnalysisError(f"{path} is not valid JSON") from None
+    return None
+
+
+def val_windows_id(run_dir: str | Path) -> str | None:
+    """sha256 (16 hex) of a run dir's validation windows (data_id, seq_len, offsets), or None without a record."""
+    content = read_val_windows(run_dir)
+    if content is None:
+        return None
+    keep = {k: content.get(k) for k in ("data_id", "seq_len", "offsets")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_provenance(sweep_dir: str | Path) -> dict:
+    """What plan.json records of how the sweep was made: name, grid, created_at, git, versions, data ({} without
+    plan.json; keys absent from older plans are absent here)."""
+    path = Path(sweep_dir) / "plan.json"
+    if not path.is_file():
+        return {}
+    try:
+        plan = json.loads(path.read_text())
+    except ValueError:
+        raise AnalysisError(f"{path} is not valid JSON") from None
+    return {k: plan[k] for k in ("name", "grid", "created_at", "git", "versions", "data") if k in plan}
+
+
 @dataclass
 class Sweep:
     """A loaded sweep: the results table plus lazily read validation curves."""
@@ -184,6 +226,7 @@ class Sweep:
     path: Path
     results: pd.DataFrame
     _curves: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _windows: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def runs(self, kind: str | None = None, done_only: bool = True) -> pd.DataFrame:
         """Rows of the results table, optionally one kind; by default only runs with status 'done'."""
@@ -202,6 +245,20 @@ class Sweep:
 
     def metrics(self, run_id: str) -> pd.DataFrame:
         return read_metrics(self.path / str(self.row(run_id)["run_dir"]) / "metrics.csv")
+
+    def val_windows_id(self, run_id: str) -> str | None:
+        """A hash of the validation windows the run was evaluated on (its val_windows.json, written by the trainer:
+        data id, sequence length, window offsets); None when the run dir has no such file (older sweeps)."""
+        if run_id not in self._windows:
+            self._windows[run_id] = val_windows_id(self.path / str(self.row(run_id)["run_dir"]))
+        return self._windows[run_id]
+
+    def check_same_windows(self, run_a: str, run_b: str) -> None:
+        """Raise AnalysisError when two runs' recorded validation windows differ (their losses are not comparable)."""
+        a, b = self.val_windows_id(run_a), self.val_windows_id(run_b)
+        if a is not None and b is not None and a != b:
+            raise AnalysisError(f"runs {run_a} and {run_b} were evaluated on different validation windows "
+                                f"(val_windows.json {a} vs {b}): refusing to compare them")
 
     def curve(self, run_id: str) -> pd.DataFrame:
         """Validation curve of a run (cached); raises AnalysisError when missing or empty."""

@@ -1,7 +1,10 @@
-"""Provenance of a sweep: the code's git state (in plan.json and every status.json) and the plan as run."""
+"""Provenance of a sweep: the code's git state (in plan.json and every status.json), the software versions and the
+identity of every data dir the plan reads (plan.json), and the plan as run."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -10,6 +13,8 @@ from experiments.grid import Grid, PlannedRun
 from stacking.fsutil import write_json
 
 _GIT: dict | None = None
+PACKAGES = ("torch", "numpy", "lightning", "litgpt")
+"""The packages whose versions can change a run's numbers (recorded in plan.json's ``versions``)."""
 
 
 def git_info() -> dict:
@@ -28,14 +33,38 @@ def git_info() -> dict:
     return _GIT
 
 
+def versions() -> dict:
+    """{"python": "3.12.3", "torch": …, "numpy": …, "lightning": …, "litgpt": …}: None for a package not installed."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def data_ids(runs: list[PlannedRun], sweep_dir: str | Path = ".") -> dict:
+    """{data dir path: data_id} of every data dir the plan reads (training data and eval sets), sorted by path; a
+    relative path is read from the sweep dir, where the runs execute."""
+    from stacking.config import data_id
+
+    dirs = set()
+    for r in runs:
+        dirs.add(str(r.config.data_dir))
+        dirs.update(str(v) for v in (r.config.eval_data_dirs or {}).values())
+    return {d: data_id(Path(sweep_dir) / d) for d in sorted(dirs)}
+
+
 def write_plan(sweep_dir: Path, grid_path: str | Path, grid: Grid, runs: list[PlannedRun]) -> None:
-    """SWEEP_DIR/grid.yaml (the grid as given) and plan.json (every resolved run and its dependencies)."""
+    """SWEEP_DIR/grid.yaml (the grid as given) and plan.json (every resolved run and its dependencies, with the
+    git state, the software versions and the data ids the plan was made with)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "grid.yaml").write_text(Path(grid_path).read_text())
     write_json(sweep_dir / "plan.json", {"grid": str(Path(grid_path).resolve()), "name": grid.name,
-                                         "created_at": time.time(), "git": git_info(),
-                                         "runs": [r.to_json() for r in runs]})
+                                         "created_at": time.time(), "git": git_info(), "versions": versions(),
+                                         "data": data_ids(runs, sweep_dir), "runs": [r.to_json() for r in runs]})
 
 
-__all__ = ["git_info", "write_plan"]
+__all__ = ["PACKAGES", "data_ids", "git_info", "versions", "write_plan"]

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.sweep import AnalysisError, load_sweep
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     Crossing,
@@ -25,6 +24,7 @@ from analysis.speedup import (
     speedup_from_curves,
     speedup_table,
 )
+from analysis.sweep import AnalysisError, load_sweep
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -320,10 +320,13 @@ def test_annealed_speedup_matches_a_hand_computation(sweep):
     row = pairs[(pairs["run_id"] == g["run_id"]) & (pairs["budget_fraction"] == 0.5)].iloc[0]
     assert row["scratch_run_id"] == s["run_id"]
     assert row["flops_scratch"] == flops_s and row["tokens_scratch"] == 0.5 * MAX_TOKENS
-    assert row["flops_grown"] == pytest.approx(flops_g, rel=1e-12)
-    assert row["speedup"] == pytest.approx(flops_s / flops_g - 1, rel=1e-12)
+    # the annealed reading reads the crossing on a PCHIP through all points (tests/test_analysis_convex.py); on
+    # this fixture's power law that is the chord up to the rounding of the stored losses
+    assert row["flops_grown"] == pytest.approx(flops_g, rel=1e-5)
+    assert row["speedup"] == pytest.approx(flops_s / row["flops_grown"] - 1, rel=1e-12)
+    assert row["speedup"] == pytest.approx(flops_s / flops_g - 1, abs=1e-5)
     tokens_g = 0.25 * MAX_TOKENS + (flops_g - f1) / (f2 - f1) * 0.25 * MAX_TOKENS
-    assert row["tokens_ratio"] == pytest.approx(0.5 * MAX_TOKENS / (D_DEFAULT + tokens_g), rel=1e-12)
+    assert row["tokens_ratio"] == pytest.approx(0.5 * MAX_TOKENS / (D_DEFAULT + tokens_g), rel=1e-5)
     # ... which is the fixture's law: the annealed curves are power laws, so log-log interpolation is exact
     assert row["speedup"] == pytest.approx(expected_annealed_speedup("G_stack", "toy-4M", D_DEFAULT, 0), abs=1e-4)
 
@@ -401,7 +404,8 @@ def _table_row(**kw) -> pd.DataFrame:
 def test_headline_and_one_seed_without_ci():
     one = _table_row()
     assert headline(one) == (
-        "At scratch's final loss, G_stack g=2 d=10M needs 11 % fewer FLOPs than scratch (speed-up +12 %, 1 seed: no CI)."
+        "At scratch's final loss, G_stack g=2 d=10M needs 11 % fewer FLOPs than scratch "
+        "(speed-up +12 %, 1 seed: no CI)."
     )
     assert "| 100% | 1/1 | 3 | +12.0% | 1 seed: no CI | 1.100 |" in format_table(one)
     three = _table_row(n_runs=3, n_reached=3, speedup_lo=-0.02, speedup_hi=0.25)

@@ -1,0 +1,64 @@
+"""Rebuild the report of every exported sweep under results/ (analysis/export.py) from the committed files alone.
+
+    python -m analysis.rebuild [RESULTS_DIR] [--bootstrap K] [--seed S]
+
+Each folder of RESULTS_DIR (default: results/) that holds a results.csv gets `stacking report FOLDER --out
+FOLDER/report` (the same defaults as `stacking report`: 200 bootstrap resamples, seed 0, so the numbers are the ones
+a report of the full sweep dir gives). Prints each folder's headline and the files written. Exits 2 with one line
+when RESULTS_DIR holds no export or a report fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.sweep import AnalysisError
+
+
+def exported_sweeps(results_dir: str | Path) -> list[Path]:
+    """The folders directly under RESULTS_DIR that hold a results.csv, sorted by name."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise AnalysisError(f"{root} does not exist or is not a directory")
+    found = sorted(p for p in root.iterdir() if p.is_dir() and (p / "results.csv").is_file())
+    if not found:
+        raise AnalysisError(f"{root} holds no exported sweep (no */results.csv): see `python -m analysis.export`")
+    return found
+
+
+def rebuild(results_dir: str | Path = "results", bootstrap: int = 200, seed: int = 0) -> dict[Path, list[Path]]:
+    """Write FOLDER/report/ for every exported sweep under RESULTS_DIR; returns {folder: files written}."""
+    from analysis.report import write_report  # matplotlib: loaded only here
+
+    out = {}
+    for folder in exported_sweeps(results_dir):
+        try:
+            rep = write_report(folder, folder / "report", bootstrap=bootstrap, seed=seed)
+        except AnalysisError as err:
+            raise AnalysisError(f"{folder}: {err}") from None
+        files = sorted(p for p in rep.path.parent.rglob("*") if p.is_file())
+        print(f"{folder}: {rep.headline}")
+        for p in files:
+            print(f"  wrote {p}")
+        out[folder] = files
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.rebuild", description=__doc__.split("\n\n")[0])
+    p.add_argument("results_dir", nargs="?", default="results", help="folder of exported sweeps (default: results)")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="K", help="bootstrap resamples of the fitted laws")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap resampling")
+    args = p.parse_args(argv)
+    try:
+        rebuild(args.results_dir, args.bootstrap, args.seed)
+    except AnalysisError as err:
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
