@@ -1,7 +1,7 @@
 """A compact copy of a sweep dir that `stacking report` and `python -m analysis.loss_table` read as they read the sweep:
 what the tables and figures need, small enough to commit (e.g. under results/<sweep>/).
 
-    python -m analysis.export SWEEP_DIR OUT_DIR [--overwrite] [--all-rows]     # `stacking export` once wired
+    stacking export SWEEP_DIR OUT_DIR [--overwrite] [--all-rows]
 
 Copied: results.csv, plan.json (the plan and its provenance: git commit, versions, data ids), grid.yaml, the grid's
 ``seed_spread`` reference file (to OUT_DIR/<its path relative to the grid>), and of every run dir in results.csv its
@@ -120,13 +120,3 @@ def export_sweep(sweep_dir: str | Path, out_dir: str | Path, overwrite: bool = F
             "bytes": sum(p.stat().st_size for p in written), "missing": missing}
     (out / MARKER).write_text(json.dumps(info, indent=1) + "\n")
     return info
-
-
-def main(argv: list[str] | None = None) -> int:
-    from analysis.cli import export_main
-
-    return export_main(sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

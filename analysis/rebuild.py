@@ -24,7 +24,7 @@ def exported_sweeps(results_dir: str | Path) -> list[Path]:
         raise AnalysisError(f"{root} does not exist or is not a directory")
     found = sorted(p for p in root.iterdir() if p.is_dir() and (p / "results.csv").is_file())
     if not found:
-        raise AnalysisError(f"{root} holds no exported sweep (no */results.csv): see `python -m analysis.export`")
+        raise AnalysisError(f"{root} holds no exported sweep (no */results.csv): see `stacking export`")
     return found
 
 
