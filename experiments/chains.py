@@ -6,46 +6,20 @@ stages 0..K-1 (kind ``base``: each is the next stage's base; a stage 0 that is e
 grid base of that shape, seed and budget, or another chain's stage 0 — is not planned again: stage 1 grows from
 that run) and the target (kind ``grown``: op = the chain's label,
 g = the product of the stages' g, d = the tokens of every stage). Each stage continues the data stream of the one
-before and its FLOP counter starts at that stage's end, so the target's FLOPs count every stage. The runs are built
-with `experiments.grid.expand`'s own builders (`Builders`), so chains resolve, name and validate like other runs.
+before and its FLOP counter starts at that stage's end (its grow step's FLOPs included), so the target's FLOPs
+count every stage. The runs are planned by the grid's own `experiments.planner.Planner`, so chains resolve, name,
+grow and validate like other runs.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from experiments.schema import ChainSpec, Grid, GridError, OpSpec, suggest
-from stacking.config import config_hash
-from stacking.train import RunConfig
-
-
-@dataclass
-class Builders:
-    """What `experiments.grid.expand` builds runs with: the grid, its resolved defaults and model cache, and its
-    functions (resolve a RunConfig, make a PlannedRun, plan cooldowns, shapes, names, the extra FLOPs of a grow)."""
-
-    grid: Grid
-    where: str
-    defaults: dict
-    mdl: Any
-    train_tokens: int
-    resolve: Callable
-    planned: Callable
-    anneal_starts: Callable
-    with_cooldowns: Callable
-    base_shape: Callable
-    shape_label: Callable
-    safe: Callable
-    short_hash: Callable
-    extra_flops: Callable
-    trained: dict
-    """config hash → a base or stage-0 run planned so far: a chain whose stage 0 would train exactly that run grows
-    from it instead of training it again (every other chain of the same seed, and a grid base of the same shape)."""
+from experiments.plan import GrowStep, PlannedRun
+from experiments.planner import Planner, base_shape, safe_name, shape_label
+from experiments.schema import ChainSpec, Grid, GridError, suggest
+from stacking.config import RunConfig, config_hash
 
 
 def check_chain(grid: Grid, i: int, ch: ChainSpec, labels: list[str], ops_known: dict, where: str) -> None:
@@ -88,101 +62,130 @@ def check_chain(grid: Grid, i: int, ch: ChainSpec, labels: list[str], ops_known:
         raise GridError(f"{w}.seeds lists a seed twice (duplicate run ids)")
 
 
-def chain_runs(b: Builders, ci: int, ch: ChainSpec, target: str, seed: int) -> list:
+def chain_runs(planner: Planner, index: int, chain: ChainSpec, target: str, seed: int) -> list[PlannedRun]:
     """One chain for one target and seed: stages 0..K-1 (kind base, each the next one's base), then the target
     (kind grown, op = the chain's label, d = the tokens of every earlier stage, FLOPs counted from stage 0)."""
-    w, K, P = f"{b.where}: chains[{ci}] ({ch.label})", len(ch.stages), math.prod(st.g for st in ch.stages)
-    ops = ch.op * K if len(ch.op) == 1 else ch.op
-    mo, seq = b.defaults.get("model_overrides", {}), b.defaults.get("seq_len", RunConfig.seq_len)
-    shapes: list[dict] = []  # model_overrides of each stage, found from the target down
-    into, into_name = b.mdl.config(target, mo, seq)[0], target
-    for k in reversed(range(K)):
+    where = f"{planner.where}: chains[{index}] ({chain.label})"
+    shapes = _stage_shapes(planner, where, chain, target)
+    out: list[PlannedRun] = []
+    prev: PlannedRun | None = None
+    for k, shape in enumerate(shapes):
+        prev, planned_here = _stage(planner, where, chain, k, shape, target, seed, prev)
+        out += [prev] if planned_here else []
+    return out + _target(planner, where, chain, target, seed, prev)
+
+
+def _stage_shapes(planner: Planner, where: str, chain: ChainSpec, target: str) -> list[dict]:
+    """model_overrides of each stage before the target, found from the target down."""
+    product = math.prod(st.g for st in chain.stages)
+    defaults = planner.defaults.get("model_overrides", {})
+    shapes: list[dict] = []
+    into, into_name = planner.models.of(planner.defaults, model=target)[0], target
+    for k in reversed(range(len(chain.stages))):
         try:
-            shape = b.base_shape(into, ch.direction, ch.stages[k].g, into_name)
+            shape = base_shape(into, chain.direction, chain.stages[k].g, into_name)
         except GridError as e:
-            raise GridError(f"{w}: stages[{k}].g: {e} (the product of the stages' g, {P}, must divide the "
+            raise GridError(f"{where}: stages[{k}].g: {e} (the product of the stages' g, {product}, must divide the "
                             "target's shape)") from None
         shapes.insert(0, shape)
-        into = b.mdl.config(target, {**mo, **shape}, seq)[0]
-        into_name = f"{b.shape_label(target, {**mo, **shape})} (stage {k})"
-    carry = b.grid.grown.optimizer == "carry"
-    lr_source = b.grid.scratch.set if b.grid.grown.lr == "target" else b.grid.base.set
-    lr_fields = {k: lr_source[k] for k in ("lr", "min_lr") if k in lr_source}
-    budget_tokens, budget_flops = ((ch.tokens, ch.total_flops) if ch.tokens or ch.total_flops
-                                   else (b.grid.grown.tokens, b.grid.grown.total_flops))
-    out: list = []
-    prev = None
-    for k in range(K + 1):
-        last = k == K
-        kind_set = b.grid.base.set if k == 0 else {**lr_fields, **b.grid.grown.set}
-        fields_ = {**b.defaults, **kind_set}
-        gb = fields_.get("global_batch_tokens", RunConfig.global_batch_tokens)
-        done = sum(st.tokens for st in ch.stages[:k])  # tokens of the earlier stages
-        if last:
-            name = b.safe(f"grown-{target}-{ch.label}-{ch.direction}-g{P}-d{done}-s{seed}")
-            tokens = budget_tokens
-            if tokens is None:
-                _, tfpt = b.mdl.config(target, fields_.get("model_overrides", {}), fields_.get("seq_len", seq))
-                tokens = int((budget_flops - prev.flops) / tfpt // gb) * gb
-            if budget_tokens is None and tokens <= 0:
-                raise GridError(f"{w}: its stages use {prev.flops:.4g} FLOPs, leaving no budget in total_flops = "
-                                f"{budget_flops:.4g} for run {name}")
-            if tokens % gb:
-                raise GridError(f"{w}: tokens = {tokens} must be a positive multiple of global_batch_tokens = {gb}")
-            managed = dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[])
-        else:
-            name = b.safe(f"stage{k}-{target}-{ch.label}-{ch.direction}-s{seed}")
-            tokens = ch.stages[k].tokens
-            if tokens % gb:
-                raise GridError(f"{w}: stages[{k}].tokens = {tokens} must be a positive multiple of "
-                                f"global_batch_tokens = {gb}")
-            managed = dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[tokens],
-                           model_overrides=shapes[k])
-            if b.grid.base.schedule == "constant":  # its growth point on an un-annealed LR, like a base's d
-                managed["schedule"] = "constant"
-            if carry:
-                managed["save_state_at_tokens"] = [tokens]
-        grow, offset, op, st = None, 0.0, None, None
-        if prev is not None:
-            op, st = ops[k - 1], ch.stages[k - 1]
-            options = {**ch.options, **st.options}
-            if op == "G_learn":
-                options["data"] = str(Path(options.get("data", prev.config.data_dir)).resolve())
-            grow_id = b.safe(f"{target}-{ch.label}-{ch.direction}-stage{k}-s{seed}") + "-" + b.short_hash(
-                [prev.id, op, ch.direction, st.g, seed, options] + (["carry"] if carry else []))
-            grow = {"src": f"{prev.config.out_dir}/checkpoints/tokens-{prev.tokens:012d}",
-                    "dst": f"grown/{grow_id}", "op": op, "direction": ch.direction, "g": st.g, "seed": seed,
-                    "options": options}
-            if carry:
-                grow["carry_state"] = f"{prev.config.out_dir}/states/tokens-{prev.tokens:012d}.ckpt"
-            managed.update(init_from=grow["dst"], optimizer_init="carry" if carry else "fresh")
-        cfg = b.resolve(name, kind_set, managed)
-        key = config_hash(cfg) if k == 0 else None
-        if key is not None:  # the same run planned already (a base, another chain's stage 0): grow from it
-            same = b.trained.get(key)
-            if same is not None:
-                prev = same
-                continue
-        if prev is not None:
-            if cfg.data_stream == "continue":
-                for f in ("micro_batch_size", "seq_len"):
-                    if getattr(cfg, f) != getattr(prev.config, f):
-                        raise GridError(f"{w}: run {name} continues the data stream of {prev.name}, so its {f} "
-                                        f"must be {getattr(prev.config, f)} (got {getattr(cfg, f)}); match them "
-                                        "or set data_stream: replay")
-            offset = prev.flops + b.extra_flops(OpSpec(op=op, direction=ch.direction, options=grow["options"]),
-                                               st.g, prev, cfg, b.mdl)
-        points = b.anneal_starts(name, cfg) if last else []
-        if last:
-            cfg.save_state_at_tokens = sorted({s for _, s, _ in points})
-        data_tokens = tokens + (prev.data_tokens if prev is not None and cfg.data_stream == "continue" else 0)
-        run = b.planned(name, "grown" if last else "base", target, cfg, flops_offset=offset,
-                        op=ch.label if last else op, direction=ch.direction, g=P if last else (st and st.g),
-                        grow_at_tokens=done if last else None, parent=prev and prev.id,
-                        deps=[prev.id] if prev is not None else [], grow=grow, data_tokens=data_tokens,
-                        epochs=data_tokens / b.train_tokens, chain=ch.label, stage=k)
-        out.extend(b.with_cooldowns(run, points) if last else [run])
-        if key is not None:
-            b.trained[key] = run
-        prev = run
-    return out
+        into = planner.models.of(planner.defaults, model=target, overrides={**defaults, **shape})[0]
+        into_name = f"{shape_label(target, {**defaults, **shape})} (stage {k})"
+    return shapes
+
+
+def _stage(planner: Planner, where: str, chain: ChainSpec, k: int, shape: dict, target: str, seed: int,
+           prev: PlannedRun | None) -> tuple[PlannedRun, bool]:
+    """Stage k (kind base) and whether it was planned here: stage 0 trained like a grid base (or that run itself,
+    planned already, when one has its exact config), a later stage grown from the previous one; checkpointed at
+    its last token."""
+    grid = planner.grid
+    name = safe_name(f"stage{k}-{target}-{chain.label}-{chain.direction}-s{seed}")
+    kind_set = grid.base.set if prev is None else planner.grown_set
+    settings = planner.settings(kind_set, name)
+    tokens = chain.stages[k].tokens
+    batch = settings.get("global_batch_tokens", RunConfig.global_batch_tokens)
+    if tokens % batch:
+        raise GridError(f"{where}: stages[{k}].tokens = {tokens} must be a positive multiple of "
+                        f"global_batch_tokens = {batch}")
+    managed = {"model": target, "seed": seed, "max_tokens": tokens, "save_at_tokens": [tokens],
+               "model_overrides": shape}
+    if grid.base.schedule == "constant":  # its growth point on an un-annealed LR, like a base's d
+        managed["schedule"] = "constant"
+    if grid.grown.optimizer == "carry":
+        managed["save_state_at_tokens"] = [tokens]
+    fields = {"direction": chain.direction, "chain": chain.label, "stage": k}
+    if prev is None:
+        cfg = planner.resolve(name, kind_set, managed)
+        key = config_hash(cfg)
+        if key in planner.trained:  # the same run planned already (a base, another chain's stage 0): grow from it
+            return planner.trained[key], False
+        planner.trained[key] = planner.run(name, "base", target, cfg, data_tokens=tokens, **fields)
+        return planner.trained[key], True
+    grown_settings = {**settings, "model": target, "model_overrides": {**settings.get("model_overrides", {}),
+                                                                       **shape}}
+    step, grow_flops = _grow_step(planner, chain, k, prev, target, seed, grown_settings)
+    cfg = _resolve_grown(planner, where, name, kind_set, managed, step, prev)
+    return planner.run(name, "base", target, cfg, data_tokens=_data_tokens(cfg, tokens, prev),
+                       flops_offset=prev.flops + grow_flops, op=step.op, g=step.g, parent=prev.id, deps=[prev.id],
+                       grow=step, **fields), True
+
+
+def _target(planner: Planner, where: str, chain: ChainSpec, target: str, seed: int,
+            prev: PlannedRun) -> list[PlannedRun]:
+    """The chain's grown run: the target grown from the last stage, on the chain's budget (tokens, or what its
+    total_flops leaves after every stage and the last grow step), and its cooldowns."""
+    grid, stages = planner.grid, chain.stages
+    done, g = sum(st.tokens for st in stages), math.prod(st.g for st in stages)
+    name = safe_name(f"grown-{target}-{chain.label}-{chain.direction}-g{g}-d{done}-s{seed}")
+    settings = {**planner.settings(planner.grown_set, name), "model": target}
+    step, grow_flops = _grow_step(planner, chain, len(stages), prev, target, seed, settings)
+    budget_tokens, budget_flops = ((chain.tokens, chain.total_flops) if chain.tokens or chain.total_flops
+                                   else (grid.grown.tokens, grid.grown.total_flops))
+    tokens = budget_tokens
+    if tokens is None:
+        tokens = planner.tokens_after_growth(settings, prev.flops + grow_flops, budget_flops)
+        if tokens <= 0:
+            maps = f" and {grow_flops:.4g} on {step.op}'s maps" if grow_flops else ""
+            raise GridError(f"{where}: its stages use {prev.flops:.4g} FLOPs{maps}, leaving no budget in "
+                            f"total_flops = {budget_flops:.4g} for run {name}")
+    batch = settings.get("global_batch_tokens", RunConfig.global_batch_tokens)
+    if tokens % batch:
+        raise GridError(f"{where}: tokens = {tokens} must be a positive multiple of global_batch_tokens = {batch}")
+    cfg = _resolve_grown(planner, where, name, planner.grown_set,
+                         {"model": target, "seed": seed, "max_tokens": tokens, "save_at_tokens": []}, step, prev)
+    return planner.with_cooldowns(name, "grown", target, cfg, _data_tokens(cfg, tokens, prev),
+                                  flops_offset=prev.flops + grow_flops, op=chain.label, direction=chain.direction,
+                                  g=g, grow_at_tokens=done, parent=prev.id, deps=[prev.id], grow=step,
+                                  chain=chain.label, stage=len(stages))
+
+
+def _grow_step(planner: Planner, chain: ChainSpec, k: int, prev: PlannedRun, target: str, seed: int,
+               grown_settings: dict) -> tuple[GrowStep, float]:
+    """The growth into stage k (k = len(stages): the target) from the previous stage's last checkpoint, and the
+    FLOPs it spends besides that stage's (``grown_settings``: the grown run's settings, model and shape included)."""
+    op = chain.op[0] if len(chain.op) == 1 else chain.op[k - 1]
+    stage = chain.stages[k - 1]
+    step = planner.grow_step(f"{target}-{chain.label}-{chain.direction}-stage{k}-s{seed}", [prev.id], prev,
+                             prev.tokens, op, chain.direction, stage.g, seed, {**chain.options, **stage.options})
+    return step, planner.grow_flops(step, prev, grown_settings)
+
+
+def _resolve_grown(planner: Planner, where: str, name: str, kind_set: dict, managed: dict, step: GrowStep,
+                   prev: PlannedRun) -> RunConfig:
+    """The config of a run that starts from ``step``'s dir; one that continues the previous stage's data stream
+    must read it in the same windows (micro_batch_size, seq_len)."""
+    cfg = planner.resolve(name, kind_set, {**managed, "init_from": step.dst,
+                                           "optimizer_init": "carry" if step.carry_state else "fresh"})
+    if cfg.data_stream == "continue":
+        for f in ("micro_batch_size", "seq_len"):
+            if getattr(cfg, f) != getattr(prev.config, f):
+                raise GridError(f"{where}: run {name} continues the data stream of {prev.name}, so its {f} "
+                                f"must be {getattr(prev.config, f)} (got {getattr(cfg, f)}); match them "
+                                "or set data_stream: replay")
+    return cfg
+
+
+def _data_tokens(cfg: RunConfig, tokens: int, prev: PlannedRun) -> int:
+    """Tokens read from the data stream by the end of the run: its own, after the previous stage's if it continues
+    that stream."""
+    return tokens + (prev.data_tokens if cfg.data_stream == "continue" else 0)

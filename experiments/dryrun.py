@@ -128,8 +128,8 @@ def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: in
             if prev is None:
                 after = f"- (chain {chain} stage 0 of {_chain_len(runs, r)})"
             else:
-                after = (f"{r.parent} @ {prev.tokens:,} (chain {chain} stage {r.stage}: {r.grow['op']} "
-                         f"{r.direction} g={r.grow['g']}; FLOPs incl. {r.flops_offset:.3g} of "
+                after = (f"{r.parent} @ {prev.tokens:,} (chain {chain} stage {r.stage}: {r.grow.op} "
+                         f"{r.direction} g={r.grow.g}; FLOPs incl. {r.flops_offset:.3g} of "
                          f"{'stage 0' if r.stage == 1 else f'stages 0–{r.stage - 1}'}"
                          f"; stage {r.stage - 1} at {prev.tokens / prev.params_non_embedding:.3g} tok/param)")
         elif r.kind == "grown":

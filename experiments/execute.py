@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from experiments.plan import PlannedRun
+from experiments.plan import GrowStep, PlannedRun
 from experiments.provenance import git_info
 from experiments.rundir import read_json, run_lock
 from stacking.fsutil import write_json
@@ -82,19 +82,19 @@ def execute(run: PlannedRun, sweep_dir: str | Path) -> dict:
 
 def _grow(run: PlannedRun) -> None:
     """The grow step: base checkpoint at d → grown/<id> (skipped when that dir is already complete)."""
-    spec = run.grow
-    assert spec is not None
-    dst = Path(spec["dst"])
+    step = run.grow
+    assert step is not None
+    dst = Path(step.dst)
     if not ((dst / "lit_model.pth").is_file() and (dst / "growth.json").is_file()):
         from stacking.growth import grow_checkpoint
 
-        grow_checkpoint(spec["src"], spec["dst"], spec["op"], direction=spec["direction"], g=spec["g"],
-                        seed=spec["seed"], **spec["options"])
-    if spec.get("carry_state") and not (dst / CARRY_FILE).is_file():
-        carry_optimizer_state(spec, dst / CARRY_FILE)
+        grow_checkpoint(step.src, step.dst, step.op, direction=step.direction, g=step.g, seed=step.seed,
+                        **step.options)
+    if step.carry_state and not (dst / CARRY_FILE).is_file():
+        carry_optimizer_state(step, dst / CARRY_FILE)
 
 
-def carry_optimizer_state(spec: dict, out: Path) -> None:
+def carry_optimizer_state(step: GrowStep, out: Path) -> None:
     """grown.optimizer: carry — the base's AdamW moments at d (its full state file), keyed by name and mapped
     through the operator's plan onto the grown model's parameters; written atomically to ``out``."""
     import torch
@@ -104,14 +104,13 @@ def carry_optimizer_state(spec: dict, out: Path) -> None:
     from stacking.module import named_optimizer_state
     from stacking.train import load_litgpt_checkpoint
 
-    _, base_cfg, _, _ = load_litgpt_checkpoint(spec["src"])
-    state = torch.load(spec["carry_state"], map_location="cpu", weights_only=True)
+    _, base_cfg, _, _ = load_litgpt_checkpoint(step.src)
+    state = torch.load(step.carry_state, map_location="cpu", weights_only=True)
     with torch.device("meta"):
         model = GPT(base_cfg)
     named = named_optimizer_state(state["optimizer_states"][0], model)
-    options = {k: v for k, v in spec["options"].items()}
-    grown = carry_moments(named, base_cfg, spec["op"], direction=spec["direction"], g=spec["g"], seed=spec["seed"],
-                          **options)
+    grown = carry_moments(named, base_cfg, step.op, direction=step.direction, g=step.g, seed=step.seed,
+                          **step.options)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(grown, tmp)
     os.replace(tmp, out)

@@ -140,8 +140,8 @@ class LocalExecutor:
         cooldown run needs its main run's state at the branch point. Either may start while its source trains on,
         and is not blocked by a source that fails later. (Both are written atomically.)"""
         if r.grow is not None and dep == r.parent:
-            carry = r.grow.get("carry_state")
-            return (self.sweep_dir / r.grow["src"] / "stacking_meta.json").is_file() and \
+            carry = r.grow.carry_state
+            return (self.sweep_dir / r.grow.src / "stacking_meta.json").is_file() and \
                 (carry is None or (self.sweep_dir / carry).is_file())
         return r.kind == "cooldown" and dep == r.branch_of and (self.sweep_dir / r.config.branch_from).is_file()
 

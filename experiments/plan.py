@@ -11,6 +11,37 @@ from stacking.config import RunConfig
 
 
 @dataclass
+class GrowStep:
+    """A grown run's grow step, ``grow_checkpoint(src, dst, op, direction=…, g=…, seed=…, **options)``, run before
+    the run trains from ``dst`` (paths relative to the sweep dir)."""
+
+    src: str
+    """The checkpoint grown: its parent's ``runs/<id>/checkpoints/tokens-<d>``."""
+    dst: str
+    """The grown checkpoint dir, ``grown/<readable name>-<hash>``: the run's ``init_from``."""
+    op: str
+    """Growth operator."""
+    direction: str
+    """depth | width."""
+    g: int
+    """Growth factor of this step."""
+    seed: int
+    """Seed of the operator's random parts."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Operator options (G_learn's ``data`` filled in with its parent's data dir)."""
+    carry_state: str | None = None
+    """grown.optimizer: carry — the parent's full training state at the growth point, whose AdamW moments are
+    mapped onto the grown model; None for fresh AdamW."""
+
+    def to_json(self) -> dict[str, Any]:
+        """plan.json's ``grow``: every field, ``carry_state`` only when set."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["carry_state"] is None:
+            del d["carry_state"]
+        return d
+
+
+@dataclass
 class PlannedRun:
     """One run of a sweep, resolved."""
 
@@ -42,8 +73,8 @@ class PlannedRun:
     """Base run id (grown runs)."""
     deps: list[str] = field(default_factory=list)
     """Run ids that must be done before this one starts."""
-    grow: dict[str, Any] | None = None
-    """The grow step of a grown run: {src, dst, op, direction, g, seed, options} for grow_checkpoint."""
+    grow: GrowStep | None = None
+    """The grow step of a grown run (None for the others, and for a ``continued`` run: it grows nothing)."""
     params_non_embedding: int = 0
     """Non-embedding parameters of this run's model (LM head included)."""
     data_tokens: int = 0
@@ -93,12 +124,15 @@ class PlannedRun:
 
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
+        d["grow"] = self.grow.to_json() if self.grow is not None else None
         return {**d, "tokens": self.tokens, "flops": self.flops, "config": asdict(self.config)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PlannedRun:
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "config"}
+        if kw.get("grow") is not None:
+            kw["grow"] = GrowStep(**kw["grow"])
         return cls(config=RunConfig(**d["config"]), **kw)
 
 
-__all__ = ["PlannedRun"]
+__all__ = ["GrowStep", "PlannedRun"]

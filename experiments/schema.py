@@ -102,8 +102,9 @@ class GrownSpec:
     tokens: int | None = None
     """Tokens trained after growth (the grown run's max_tokens)."""
     total_flops: float | None = None
-    """Total FLOPs of a grown run including its base's FLOPs up to ``d``; the continued tokens are
-    (total_flops − base FLOPs at d) / target FLOPs per token, rounded down to a multiple of global_batch_tokens."""
+    """Total FLOPs of a grown run including its base's FLOPs up to ``d`` and its grow step's (G_learn's map
+    training); the continued tokens are (total_flops − base FLOPs at d − grow step FLOPs) / target FLOPs per token,
+    rounded down to a multiple of global_batch_tokens."""
     optimizer: str = "fresh"
     """Optimiser state at growth: ``fresh`` (new AdamW moments, LR re-warmed as a new run does — the paper's
     policy) | ``carry`` (depth operators whose plan maps every new tensor to a source tensor, e.g. G_stack: the

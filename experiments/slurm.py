@@ -63,9 +63,9 @@ def _follow(run: PlannedRun, sweep: Path, wait_s: float = 3600) -> dict:
 
     if run.grow is not None:
         deadline = time.time() + wait_s
-        while not (sweep / run.grow["dst"] / "growth.json").is_file():
+        while not (sweep / run.grow.dst / "growth.json").is_file():
             if time.time() > deadline:
-                raise TimeoutError(f"rank {os.environ.get('SLURM_PROCID')}: {run.grow['dst']} never appeared")
+                raise TimeoutError(f"rank {os.environ.get('SLURM_PROCID')}: {run.grow.dst} never appeared")
             time.sleep(2)
     old = os.getcwd()
     os.chdir(sweep)

@@ -100,7 +100,7 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
         for f in fields(RunConfig):
             row[f"cfg.{f.name}"] = _cell(getattr(r.config, f.name))
         row.update(state=state["state"], error_class=state["error_class"], attempts=state["attempts"],
-                   planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow["dst"] if r.grow else None,
+                   planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow.dst if r.grow else None,
                    variant=r.variant if grown else None)
         row.update({f"final_val_loss_{n}": summary.get(f"final_val_loss_{n}") for n in r.config.eval_data_dirs})
         rows.append(row)

@@ -49,9 +49,9 @@ def test_chain_plan(tmp_path, tiny_data):
     assert s0.config.schedule == s1.config.schedule == "constant" and s0.config.init_from is None
     for prev, r, op in ((s0, s1, "midas"), (s1, last, "gradual")):
         assert r.deps == [prev.id] and r.parent == prev.id
-        assert r.grow["src"] == f"runs/{prev.id}/checkpoints/tokens-{prev.tokens:012d}"
-        assert (r.grow["op"], r.grow["g"], r.grow["options"]) == (op, 2, {"block": 1})
-        assert r.config.init_from == r.grow["dst"] and r.config.optimizer_init == "fresh"
+        assert r.grow.src == f"runs/{prev.id}/checkpoints/tokens-{prev.tokens:012d}"
+        assert (r.grow.op, r.grow.g, r.grow.options) == (op, 2, {"block": 1})
+        assert r.config.init_from == r.grow.dst and r.config.optimizer_init == "fresh"
         assert r.data_tokens == prev.data_tokens + r.tokens  # the stream continues
     # FLOPs: every stage's offset is the sum of the earlier stages' FLOPs
     f1, f2, f4 = _fpt("tiny-L1-D32"), _fpt("tiny-L2-D32"), _fpt("tiny-L4-D32")
@@ -96,7 +96,7 @@ def test_a_stage_0_planned_already_is_trained_once(tmp_path, tiny_data):
     assert len(base) == 1 and base[0].name == "base-tiny-L4-D32-depth-g4-s0" and base[0].config.save_at_tokens == [1024]
     stage1 = [r for r in runs if r.name.startswith("stage1-")]
     assert len(stage1) == 2 and all(r.deps == [base[0].id] and r.parent == base[0].id for r in stage1)
-    assert all(r.grow["src"] == f"runs/{base[0].id}/checkpoints/tokens-000000001024" for r in stage1)
+    assert all(r.grow.src == f"runs/{base[0].id}/checkpoints/tokens-000000001024" for r in stage1)
     assert all(r.flops_offset == pytest.approx(base[0].flops) for r in stage1)
     assert not [r for r in runs if r.name.startswith("stage0-")]
     # without the grid base, the first chain's stage 0 serves the second chain
@@ -116,7 +116,21 @@ def test_chain_counts_g_learn_map_training(tmp_path, tiny_data):
              (("tiny-L1-D32", "tiny-L2-D32"), ("tiny-L2-D32", "tiny-L4-D32"))]
     assert s1.flops_offset == pytest.approx(s0.flops + extra[0])
     assert last.flops_offset == pytest.approx(s1.flops + extra[1])
-    assert s1.grow["options"]["data"] == str(Path(tiny_data).resolve())  # LiGO learns on the run's own data
+    assert s1.grow.options["data"] == str(Path(tiny_data).resolve())  # LiGO learns on the run's own data
+
+
+def test_chain_total_flops_leaves_room_for_the_last_g_learn_step(tmp_path, tiny_data):
+    from stacking.growth import learn_flops
+
+    chain = dict(CHAIN_GRID["chains"][0], op=["G_stack", "G_learn"], options={},
+                 stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768, "options": {"learn_steps": 8,
+                                                                                      "batch_size": 4}}],
+                 tokens=None, total_flops=4.0e9)
+    s0, s1, last, _ = _plan(tmp_path, tiny_data, dict(CHAIN_GRID, chains=[chain]))
+    maps = learn_flops(*(model_config(n, vocab_size=512, block_size=32) for n in ("tiny-L4-D32", "tiny-L2-D32")),
+                       learn_steps=8, batch_size=4, seq_len=32)  # 1024 tokens: > 4 optimizer steps' FLOPs
+    assert last.flops_offset == pytest.approx(s1.flops + maps)
+    assert 4.0e9 - 256 * _fpt("tiny-L4-D32") < last.flops <= 4.0e9
 
 
 def test_dry_run_shows_each_stage(tmp_path, tiny_data, capsys):

@@ -121,7 +121,7 @@ def test_carry_moments_end_to_end(tmp_path, tiny_data):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     import torch
 
-    state = torch.load(tmp_path / "sweep" / g_carry.grow["dst"] / "optimizer_state.pt", weights_only=True)
+    state = torch.load(tmp_path / "sweep" / g_carry.grow.dst / "optimizer_state.pt", weights_only=True)
     assert torch.equal(state["transformer.h.3.attn.qkv.weight"]["exp_avg"],
                        state["transformer.h.1.attn.qkv.weight"]["exp_avg"])  # layer 3 of G_stack copies layer 1
     assert state["transformer.h.0.attn.qkv.weight"]["exp_avg"].abs().sum() > 0

@@ -33,8 +33,8 @@ def test_e2e_plan_budgets_and_dependencies(tmp_path, tiny_data):
     ft = flops_per_token(model_config("tiny-L4-D32", vocab_size=512, block_size=32), 32)
     for r in runs[1:5]:
         assert r.deps == [base.id] and r.parent == base.id
-        assert r.config.init_from == r.grow["dst"] and r.grow["dst"].startswith("grown/")
-        assert r.grow["src"] == f"runs/{base.id}/checkpoints/tokens-{r.grow_at_tokens:012d}"
+        assert r.config.init_from == r.grow.dst and r.grow.dst.startswith("grown/")
+        assert r.grow.src == f"runs/{base.id}/checkpoints/tokens-{r.grow_at_tokens:012d}"
         assert r.flops_offset == pytest.approx(r.grow_at_tokens * fb)
         assert r.tokens == 3072 and r.flops == pytest.approx(r.grow_at_tokens * fb + 3072 * ft)
     scratch = runs[-1]
@@ -59,6 +59,34 @@ def test_total_flops_budget_and_width_bases(tmp_path, tiny_data):
     assert base.config.model_overrides == {"n_embd": 32, "n_head": 1, "n_query_groups": 1, "intermediate_size": 96,
                                            "head_size": 32}
     assert base.model == "tiny-L2-D32"
+
+
+def test_g_learn_map_flops_come_out_of_the_total_flops_budget(tmp_path, tiny_data):
+    # G_learn trains its maps on the grown model before the grown run trains: with grown.total_flops, base FLOPs at
+    # d + the maps' FLOPs (as the grow step records them, growth.json extra_flops) + the run's own training fit in
+    # the budget, to within one optimizer step; scratch is matched to that, not to an overrun.
+    from stacking.growth import learn_flops
+
+    base_mc, target_mc = (model_config(n, vocab_size=512, block_size=32) for n in ("tiny-L2-D32", "tiny-L4-D32"))
+    fb, ft = flops_per_token(base_mc, 32), flops_per_token(target_mc, 32)
+    maps = learn_flops(target_mc, base_mc, learn_steps=8, batch_size=4, seq_len=32)  # > 4 optimizer steps' FLOPs
+    total = 2048 * fb + 5000 * ft + maps
+    options = {"learn_steps": 8, "batch_size": 4, "seq_len": 32}
+    grid = dict(E2E_GRID, ops=[{"op": "G_learn", "options": options}, "G_stack"],
+                grown={"total_flops": f"{total:.6e}"})
+    runs = _plan(tmp_path, tiny_data, grid)
+    total = float(f"{total:.6e}")
+    learned = [r for r in runs if r.op == "G_learn"]
+    assert len(learned) == 2
+    for r in learned:
+        assert r.flops_offset == pytest.approx(r.grow_at_tokens * fb + maps)
+        assert r.flops == pytest.approx(r.grow_at_tokens * fb + maps + r.tokens * ft)
+        assert total - 256 * ft < r.flops <= total
+    stacked = {r.grow_at_tokens: r for r in runs if r.op == "G_stack"}
+    assert all(stacked[r.grow_at_tokens].tokens > r.tokens for r in learned)  # the maps' share is not trained
+    largest = max(r.flops for r in runs if r.kind == "grown")
+    scratch = next(r for r in runs if r.kind == "scratch")
+    assert largest <= total and largest <= scratch.flops < largest + 256 * ft
 
 
 def test_ids_are_deterministic_and_only_an_override_changes_them(tmp_path, tiny_data):

@@ -227,7 +227,7 @@ def test_grown_run_waits_for_its_checkpoint_not_the_whole_base(tmp_path, tiny_da
     ex = LocalExecutor(tmp_path / "sweep", runs, jobs=1, threads=1, echo=lambda s: None)
     ex.state = {r.id: "pending" for r in runs} | {base.id: "running"}
     assert not ex._ready(early)
-    ckpt = tmp_path / "sweep" / early.grow["src"]
+    ckpt = tmp_path / "sweep" / early.grow.src
     ckpt.mkdir(parents=True)
     (ckpt / "stacking_meta.json").write_text("{}")
     assert ex._ready(early) and not ex._ready(late)
