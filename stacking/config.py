@@ -140,6 +140,8 @@ def data_id(data_dir: str | Path) -> str:
     except (OSError, ValueError):
         return str(data_dir)
     meta.pop("sources", None)
+    meta.pop("val_sources", None)  # paths, like sources
+    meta.pop("shards", None)  # where the tokens lie (file names, byte offsets), not what they are
     # tokenizer_from is a path; tokenizer_sha256 is a function of the rest unless the tokenizer was borrowed
     # (datasets built before these keys existed, and rebuilt ones, keep one id)
     if meta.pop("tokenizer_from", None) is None or meta.get("tokenizer_sha256") is None:

@@ -1,18 +1,23 @@
 """Token dataset dirs: reading them, and the LightningDataModule that samples them deterministically (building
-one: :mod:`stacking.corpus`, `stacking data`).
+one: :mod:`stacking.corpus`, `stacking data`; pointing one at tokens made elsewhere: :mod:`stacking.importers`).
+
+A split is one token space: its shards (meta.json ``shards``; legacy dirs: train.bin / val.bin) laid end to end.
+Everything below reads that space by position, so the same tokens sample identically however they are sharded.
 
 Sampling is a pure function of (seed, micro-batch index): micro-batch ``i`` reads ``micro_batch_size`` windows at
 offsets drawn from ``np.random.default_rng([seed, i])``. The data position is therefore one integer (the number of
 micro-batches consumed), which makes exact resume and multi-process sharding trivial.
 
-The validation set is a fixed set of windows spread over all of val.bin (see :func:`val_window_offsets`): a pure
-function of (val.bin, seq_len, val_tokens), the same for every run on a data dir.
+The validation set is a fixed set of windows spread over the whole val split (see :func:`val_window_offsets`): a
+pure function of (the val tokens, seq_len, val_tokens), the same for every run on a data dir.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -22,24 +27,139 @@ import torch
 from stacking.errors import DataError
 from stacking.fsutil import sha256_file
 
+
 def read_meta(data_dir: str | Path) -> dict:
+    """A dataset dir's meta.json, after checking that both splits' token files are there and large enough."""
     d = Path(data_dir)
+    meta = _meta_json(d)
+    for split in ("train", "val"):
+        split_shards(d, meta, split)
+    return meta
+
+
+def _meta_json(d: Path) -> dict:
     if not d.is_dir():
         raise DataError(f"data_dir {str(d)!r} does not exist; build one with `stacking data --out {d}`")
     try:
-        meta = json.loads((d / "meta.json").read_text())
+        return json.loads((d / "meta.json").read_text())
     except FileNotFoundError:
         raise DataError(f"data_dir {str(d)!r} has no meta.json; build it with `stacking data --out {d}`") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{d / 'meta.json'} is not valid JSON ({e}); rebuild the dataset") from None
-    for split in ("train", "val"):
+
+
+@dataclass(frozen=True)
+class Shard:
+    """``tokens`` token ids of one file, from byte ``byte_offset`` on (meta.json ``shards``)."""
+
+    path: Path
+    tokens: int
+    byte_offset: int = 0
+
+
+def split_shards(data_dir: str | Path, meta: dict, split: str) -> list[Shard]:
+    """The shards of one split, checked: each file exists and holds its byte range; the counts add up to
+    ``{split}_tokens``. No ``shards`` key: the legacy layout, ``{split}.bin`` as one shard of exactly that size."""
+    d = Path(data_dir)
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    if "shards" not in meta:
         f = d / f"{split}.bin"
-        expected = meta[f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+        expected = meta[f"{split}_tokens"] * itemsize
         if not f.exists() or f.stat().st_size != expected:
             raise DataError(f"{f} is missing or has the wrong size (expected {expected} bytes); rebuild the dataset")
         if meta[f"{split}_tokens"] == 0:
             raise DataError(f"{f} is empty; give more data")
-    return meta
+        return [Shard(f, meta[f"{split}_tokens"])]
+    entries = meta["shards"].get(split) if isinstance(meta["shards"], dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{d / 'meta.json'}: shards.{split} must be a non-empty list of {{path, tokens, byte_offset}}")
+    shards = [_shard(d, split, i, e, itemsize) for i, e in enumerate(entries)]
+    total = sum(s.tokens for s in shards)
+    if total != meta.get(f"{split}_tokens"):
+        raise DataError(f"{d / 'meta.json'}: shards.{split} add up to {total} tokens but {split}_tokens is "
+                        f"{meta.get(f'{split}_tokens')}; rebuild or re-import the dataset")
+    if total == 0:
+        raise DataError(f"{d / 'meta.json'}: shards.{split} hold no tokens; give more data")
+    return shards
+
+
+def _shard(d: Path, split: str, i: int, entry, itemsize: int) -> Shard:
+    """One meta.json shard entry, checked against its file."""
+    ok = isinstance(entry, dict) and isinstance(entry.get("path"), str)
+    tokens, offset = (entry.get("tokens"), entry.get("byte_offset", 0)) if ok else (None, None)
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (tokens, offset)):
+        raise DataError(f"{d / 'meta.json'}: shards.{split}[{i}] must be {{path, tokens, byte_offset}} with "
+                        f"integers >= 0, got {entry!r}")
+    path = d / entry["path"]  # an absolute path stays as it is
+    if not path.is_file():
+        raise DataError(f"{path} (shards.{split}[{i}] of {d}) is missing")
+    need = offset + tokens * itemsize
+    if path.stat().st_size < need:
+        raise DataError(f"{path} has {path.stat().st_size} bytes, fewer than shards.{split}[{i}] of {d} needs "
+                        f"(byte_offset {offset} + {tokens} tokens x {itemsize} bytes = {need})")
+    return Shard(path, tokens, offset)
+
+
+class ShardedTokens:
+    """One split stored in several shards, read as one token array: ``len``, slices ``t[a:b]`` and integer-array
+    indexing ``t[idx]`` (both return np.ndarray, reading across shard boundaries), ``np.asarray(t)`` (the whole
+    split in memory) and ``dtype``.
+
+    Shards are memory-mapped on first use; at most :attr:`max_open` stay mapped (each holds a file descriptor).
+    """
+
+    max_open = 64
+
+    def __init__(self, shards: list[Shard], dtype):
+        self.shards, self.dtype = shards, np.dtype(dtype)
+        self.starts = np.concatenate([[0], np.cumsum([s.tokens for s in shards])]).astype(np.int64)
+        self._open: OrderedDict[int, np.memmap] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _part(self, i: int) -> np.memmap:
+        if i not in self._open:
+            if len(self._open) >= self.max_open:
+                self._open.popitem(last=False)
+            self._open[i] = _memmap(self.shards[i], self.dtype)
+        self._open.move_to_end(i)
+        return self._open[i]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            a, b, step = key.indices(len(self))
+            return self._range(a, b) if step == 1 else self[np.arange(a, b, step)]
+        idx = np.asarray(key)
+        if idx.dtype.kind not in "iu":
+            raise IndexError(f"ShardedTokens takes slices and integer arrays, got {key!r}")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} tokens")
+        flat = idx.ravel()
+        out = np.empty(flat.shape, self.dtype)
+        shard = np.searchsorted(self.starts, flat, side="right") - 1  # empty shards are never chosen
+        for i in np.unique(shard):
+            sel = shard == i
+            out[sel] = self._part(int(i))[flat[sel] - self.starts[i]]
+        return out.reshape(idx.shape) if idx.ndim else out[0]
+
+    def _range(self, a: int, b: int) -> np.ndarray:
+        if b <= a:
+            return np.empty(0, self.dtype)
+        first = int(np.searchsorted(self.starts, a, side="right")) - 1
+        last = int(np.searchsorted(self.starts, b, side="left")) - 1  # the shard holding token b - 1
+        parts = [self._part(i)[max(a - self.starts[i], 0): min(b, self.starts[i + 1]) - self.starts[i]]
+                 for i in range(first, last + 1) if self.shards[i].tokens]  # an empty file cannot be mapped
+        return np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._range(0, len(self))
+        return out if dtype is None else out.astype(dtype)
+
+
+def _memmap(shard: Shard, dtype) -> np.memmap:
+    return np.memmap(shard.path, dtype=dtype, mode="r", offset=shard.byte_offset, shape=(shard.tokens,))
 
 
 def tokenizer_id(data_dir: str | Path) -> str:
@@ -57,10 +177,12 @@ def tokenizer_id(data_dir: str | Path) -> str:
     return sha256_file(path)
 
 
-def load_tokens(data_dir: str | Path, split: str) -> np.memmap:
-    """One split of a dataset dir as a read-only memmap."""
-    meta = read_meta(data_dir)
-    return np.memmap(Path(data_dir) / f"{split}.bin", dtype=meta["dtype"], mode="r")
+def load_tokens(data_dir: str | Path, split: str) -> np.memmap | ShardedTokens:
+    """One split of a dataset dir: a read-only memmap when it is one file (the legacy layout, or one shard),
+    else a :class:`ShardedTokens` over its shards. Checks only this split's files (:func:`split_shards`)."""
+    meta = _meta_json(Path(data_dir))
+    shards = split_shards(data_dir, meta, split)
+    return _memmap(shards[0], meta["dtype"]) if len(shards) == 1 else ShardedTokens(shards, meta["dtype"])
 
 
 class _TrainStream(torch.utils.data.IterableDataset):
@@ -76,10 +198,11 @@ class _TrainStream(torch.utils.data.IterableDataset):
         n = len(tokens) - self.seq_len - 1
         if n <= 0:
             raise DataError(f"train split has {len(tokens)} tokens, fewer than seq_len+1 = {self.seq_len + 1}")
+        window = np.arange(self.seq_len + 1)  # a window may cross shard boundaries: one gather per shard
         i = self.start
         while True:
             offsets = np.random.default_rng([self.seed, i * self.world + self.rank]).integers(0, n, size=self.mbs)
-            xy = torch.from_numpy(np.stack([tokens[o: o + self.seq_len + 1] for o in offsets]).astype(np.int64))
+            xy = torch.from_numpy(np.asarray(tokens[offsets[:, None] + window]).astype(np.int64))
             yield xy[:, :-1], xy[:, 1:]
             i += 1
 
@@ -174,7 +297,7 @@ def val_windows(data_dir: str | Path, seq_len: int, val_tokens: int) -> torch.Te
 
 
 def windows_at(data_dir: str | Path, offsets: np.ndarray, seq_len: int) -> torch.Tensor:
-    """(n, seq_len + 1) int64 windows of val.bin starting at ``offsets``."""
+    """(n, seq_len + 1) int64 windows of the val split starting at ``offsets``."""
     tokens = load_tokens(data_dir, "val")
     idx = offsets[:, None] + np.arange(seq_len + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))

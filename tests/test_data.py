@@ -212,7 +212,7 @@ def test_source_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="max_files must be >= 0"):
         build_dataset(DataConfig(max_files=-1, **cfg))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="contains no text, .jsonl or .parquet files"):
+    with pytest.raises(DataError, match="contains no text, .jsonl, .* or .parquet files"):
         build_dataset(DataConfig(sources=[str(tmp_path / "empty")], **cfg))
     monkeypatch.setattr(corpus, "_C_HEADER_ROOTS", (str(tmp_path / "no-include"),))
     with pytest.raises(DataError, match="named source 'c-headers' has no directory on this machine"):

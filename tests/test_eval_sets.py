@@ -117,8 +117,8 @@ def test_tokenizer_id_of_datasets_built_before_the_hash(tiny_data, bytes_data, t
     """Dirs whose meta.json lacks tokenizer_sha256 are identified by hashing their tokenizer.json."""
     old = tmp_path / "old"
     old.mkdir()
-    for f in ("train.bin", "val.bin", "tokenizer.json"):
-        (old / f).write_bytes((tiny_data / f).read_bytes())
+    for f in [*tiny_data.glob("*.bin"), tiny_data / "tokenizer.json"]:
+        (old / f.name).write_bytes(f.read_bytes())
     meta = json.loads((tiny_data / "meta.json").read_text())
     del meta["tokenizer_sha256"]
     (old / "meta.json").write_text(json.dumps(meta))

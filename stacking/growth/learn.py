@@ -13,7 +13,7 @@ materialised into a plain litgpt state dict (the official code, tongxuluo/prts `
   projection's input uses the query-head map (its inputs are query heads; with GQA the value map has the wrong size).
   Maps start at ``[I; N(0, 1/new)]`` (prts ligo.py); not function preserving.
 
-Data is a token dataset dir (docs/formats.md): ``train.bin`` read with ``np.memmap`` and ``meta.json``'s dtype.
+Data is a token dataset dir (docs/formats.md): its train split, read with ``stacking.data.load_tokens``.
 
 Compute: learning the maps is training, so `learn_flops` counts it (from the two configs alone, no weights) and
 `grow_checkpoint` records it as growth.json ``extra_flops``; a grid planner adds it to the grown run's FLOPs.
@@ -21,9 +21,7 @@ Compute: learning the maps is training, so `learn_flops` counts it (from the two
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from litgpt import GPT, Config
 from torch.func import functional_call
 
+from stacking.data import DataError, load_tokens
 from stacking.errors import GrowthError
 from stacking.growth import depth, width
 from stacking.growth.layout import expected_shapes, layer_key, split_layer_key
@@ -69,24 +68,22 @@ def _check_learn_options(learn_steps, lr, seq_len, batch_size, data, config: Con
     return seq_len
 
 
-def open_tokens(data) -> np.memmap:
-    """The train split of a token dataset dir, memory-mapped with the dtype meta.json names."""
+def open_tokens(data):
+    """The train split of a token dataset dir (``stacking.data.load_tokens``: train.bin, or its train shards)."""
     if data is None:
         raise GrowthError("G_learn needs data=DATA_DIR (a token dataset dir with train.bin and meta.json)")
-    d = Path(data)
-    if not (d / "train.bin").is_file() or not (d / "meta.json").is_file():
-        raise GrowthError(f"data dir {str(d)!r} needs train.bin and meta.json (see docs/formats.md)")
     try:
-        meta = json.loads((d / "meta.json").read_text())
-        return np.memmap(d / "train.bin", dtype=np.dtype(meta["dtype"]), mode="r")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise GrowthError(f"data dir {str(d)!r}: cannot read train.bin with meta.json's dtype ({e})") from None
+        return load_tokens(data, "train")
+    except DataError as e:
+        raise GrowthError(f"data dir {str(data)!r} needs meta.json and train.bin or train shards ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise GrowthError(f"data dir {str(data)!r}: cannot read train.bin with meta.json's dtype ({e})") from None
 
 
-def _batches(tokens: np.memmap, seq_len: int, batch_size: int, vocab: int, seed: int):
+def _batches(tokens, seq_len: int, batch_size: int, vocab: int, seed: int):
     """Random windows (seeded), as (inputs, targets) int64 tensors."""
     if len(tokens) < seq_len + 2:
-        raise GrowthError(f"train.bin has {len(tokens)} tokens; G_learn needs more than seq_len+1={seq_len + 1}")
+        raise GrowthError(f"the train split has {len(tokens)} tokens; G_learn needs more than seq_len+1={seq_len + 1}")
     rng = np.random.default_rng(seed)
     while True:
         starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)
