@@ -15,13 +15,17 @@
 #   4. the `small` replicate at its main d, seed 0 (G_stack g = 2, G↑zero, scratch; their cooldowns), then the
 #      rest of seed 0 as time allows; `stacking report` → OUT_DIR/results.csv, report.md, replicate-small.tar.gz
 #      (every run's metrics.csv, summary.json, config.yaml and the report's figures)
-# Budgets (seconds) can be changed with THROUGHPUT_S, SWEEP_S, DATA_S, REPORT_S.
+#   5. benchmarks/paper_rehearsal.py --device cuda: stack-410m at its true shapes through `stacking sweep
+#      scaling.yaml --scale paper` (bf16-mixed, compile, micro-batch 8; SentencePiece 32000 data built there),
+#      base → G_stack → grown, SIGKILL after the grown run's first last.ckpt, resumed   → OUT_DIR/rehearsal/
+#      (rehearsal.json: sec/step, peak RSS, FLOPs, resume checks; docs/paper_scale.md)
+# Budgets (seconds) can be changed with THROUGHPUT_S, SWEEP_S, DATA_S, REPORT_S, REHEARSAL_S.
 set -uo pipefail
 
 if [ "${1:-}" = "--wheels" ]; then  # here, with internet to the package registries: the wheels the GPU image lacks
     rm -rf .gpu_wheels && mkdir -p .gpu_wheels
     python3 -m pip download -q --no-deps -d .gpu_wheels litgpt==0.5.13 "jsonargparse[signatures]==4.41.0" \
-        docstring-parser typeshed-client submitit "lightning>=2.6.1,<2.7"
+        docstring-parser typeshed-client submitit "lightning>=2.6.1,<2.7" sentencepiece zstandard
     grep -qx '/.gpu_wheels/' .git/info/exclude 2>/dev/null || echo '/.gpu_wheels/' >> .git/info/exclude
     ls .gpu_wheels
     exit 0
@@ -51,12 +55,15 @@ if [ "$DRY" = "--dry" ]; then
     SCALE=demo; ONLY='*G_stack-depth-g2-d327680-s0*'; SWEEP_ARGS=(--dry-run)
     TP_ARGS=(--device cpu --smoke --compile 0)   # torch.compile on CPU spends minutes in the C++ compiler
     THROUGHPUT_S=${THROUGHPUT_S:-600}; SWEEP_S=${SWEEP_S:-300}; DATA_S=${DATA_S:-300}
+    REHEARSAL_ARGS=(--dry --steps 6); REHEARSAL_S=${REHEARSAL_S:-300}   # toy size on CPU, bytes data: ~1 min
 else
     PY=${PY:-python3}
     DATA=data/code-bpe4096; DATA_ARGS=(--out "$DATA" --sources stdlib site-packages c-headers)
     SCALE=small; ONLY='*-s0-*'; SWEEP_ARGS=(--jobs 1)
     TP_ARGS=(--device cuda)
     THROUGHPUT_S=${THROUGHPUT_S:-150}; SWEEP_S=${SWEEP_S:-330}; DATA_S=${DATA_S:-240}
+    # sentencepiece is a dependency (carried in .gpu_wheels); without it the rehearsal's data is stacking's BPE 32000
+    REHEARSAL_ARGS=(--device cuda --threads 8 --tokenizer spm); REHEARSAL_S=${REHEARSAL_S:-360}
     if ! "$PY" -c "import litgpt, jsonargparse, submitit, stacking" 2>/dev/null; then
         step install 120 bash -c "'$PY' -m pip install -q --no-index --no-deps .gpu_wheels/*.whl && \
             '$PY' -m pip install -q --no-deps --no-build-isolation -e ."
@@ -88,5 +95,9 @@ if [ -f "$SWEEP/plan.json" ]; then
     (cd "$SWEEP" && find . \( -name metrics.csv -o -name summary.json -o -name config.yaml -o -path './report/*' \) \
         -print0 | tar --null -czf "$OUT/replicate-$SCALE.tar.gz" -T -)
 fi
+"$PY" -c "import sentencepiece" 2>/dev/null || [ "$DRY" = "--dry" ] || REHEARSAL_ARGS+=(--tokenizer bpe)
+step rehearsal "$REHEARSAL_S" "$PY" benchmarks/paper_rehearsal.py "${REHEARSAL_ARGS[@]}" --out "$OUT/rehearsal"
+R="$OUT/rehearsal/sweep"  # GBs of weights and the dataset are deleted: only the numbers and logs come back
+rm -rf "$R/grown" "$R/runs"/*/checkpoints "$R/runs"/*/*.ckpt "$R/runs"/*/*.tmp "$OUT/rehearsal"/data-* 2>/dev/null
 echo "=== [$(date +%T)] done; $OUT:" | tee -a "$LOG"
 ls -la "$OUT" | tee -a "$LOG"

@@ -33,7 +33,7 @@ every ``stacking data``                  ``--out DIR`` → ``--out DIR          
 The scratch directory also holds what the commands expect to find (fixtures, not edits): ``experiments/grids/``
 and ``tests/fixtures/{sweep_small,chinchilla}`` copied from the repo; ``corpus/`` (text files) and ``notes.jsonl``
 for ``stacking data --sources corpus/ notes.jsonl``; a fake ``sbatch``/``srun`` on PATH (as in test_sweep_slurm.py)
-so that ``--executor slurm`` submits to it; and, for ``--scale paper``, a stand-in ``data/slimpajama-bpe32000``
+so that ``--executor slurm`` submits to it; and, for ``--scale paper``, a stand-in ``data/slimpajama-llama2``
 whose meta.json claims the paper's corpus size over a sparse train.bin (submission reads only the sizes; no job runs).
 """
 
@@ -188,12 +188,15 @@ def make_workdir(work: Path) -> None:
 
 
 def paper_corpus_standin(work: Path) -> None:
-    """data/slimpajama-bpe32000 (the paper scale's data_dir) from the tour's data/stdlib-bpe4096: its meta.json
-    with the paper's corpus size (627B tokens) over a sparse train.bin. Only sizes are read at submission."""
-    src, dst = work / "data" / "stdlib-bpe4096", work / "data" / "slimpajama-bpe32000"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train.bin"))
+    """data/slimpajama-llama2 (the paper scale's data_dir) from the tour's data/stdlib-bpe4096: its meta.json
+    with the paper's corpus size (627B tokens) over a sparse train.bin (the one train shard of a sharded layout).
+    Only sizes are read at submission."""
+    src, dst = work / "data" / "stdlib-bpe4096", work / "data" / "slimpajama-llama2"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train*.bin"))
     meta = json.loads((dst / "meta.json").read_text())
     meta.update(train_tokens=627_000_000_000, vocab_size=32000)
+    if "shards" in meta:
+        meta["shards"]["train"] = [{"path": "train.bin", "tokens": meta["train_tokens"]}]
     (dst / "meta.json").write_text(json.dumps(meta))
     try:
         with open(dst / "train.bin", "wb") as f:
