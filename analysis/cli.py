@@ -9,6 +9,7 @@ malformed input), printed as one line on stderr without a traceback. The parsers
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,48 @@ def _export(argv: list[str]) -> int:
 def export_main(argv: list[str]) -> int:
     """`stacking export SWEEP_DIR OUT_DIR [--overwrite] [--all-rows]`."""
     return run_command("stacking export", _export, argv, (AnalysisError,))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stacking loss-table
+# --------------------------------------------------------------------------------------------------------------
+
+
+def loss_table_parser():
+    p = parser("stacking loss-table", "Final losses of a sweep (mid-schedule and annealed), each grown run minus "
+               "its own seed's scratch run: mean ± 95 % CI over seeds; --contrast: the difference-in-differences "
+               "against another sweep (e.g. another init).")
+    p.add_argument("sweep_dir", help="a sweep dir written by `stacking sweep` (or its export, `stacking export`)")
+    p.add_argument("--per-seed", action="store_true", help="one row per grown run (its own seed's differences)")
+    p.add_argument("--contrast", metavar="SWEEP_B", help="difference-in-differences against another sweep: "
+                   "(method − scratch here) − (method − scratch in SWEEP_B), Welch 95 %% CI; writes contrast.csv")
+    p.add_argument("--out", metavar="CSV", help="where --contrast writes its table (default: "
+                   "SWEEP_DIR/report/contrast.csv)")
+    return p
+
+
+def _loss_table(argv: list[str]) -> int:
+    from analysis.loss_table import (contrast_table, format_contrast_table, format_loss_table,
+                                     format_per_seed_table, loss_table, per_seed_table)
+    from analysis.sweep import load_sweep
+
+    args = parse(loss_table_parser(), argv)
+    sweep = load_sweep(args.sweep_dir)
+    if args.contrast:
+        table = contrast_table(sweep, load_sweep(args.contrast))
+        out = Path(args.out) if args.out else sweep.path / "report" / "contrast.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+        print(format_contrast_table(table))
+        print(f"A = {sweep.path}, B = {args.contrast}; wrote {out}")
+    else:
+        print(format_per_seed_table(per_seed_table(sweep)) if args.per_seed else format_loss_table(loss_table(sweep)))
+    return 0
+
+
+def loss_table_main(argv: list[str]) -> int:
+    """`stacking loss-table SWEEP_DIR [--per-seed] [--contrast SWEEP_B [--out CSV]]`."""
+    return run_command("stacking loss-table", _loss_table, argv, (AnalysisError,))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A compact copy of a sweep dir that `stacking report` and `python -m analysis.loss_table` read as they read the sweep:
+"""A compact copy of a sweep dir that `stacking report` and `stacking loss-table` read as they read the sweep:
 what the tables and figures need, small enough to commit (e.g. under results/<sweep>/).
 
     stacking export SWEEP_DIR OUT_DIR [--overwrite] [--all-rows]

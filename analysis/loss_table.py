@@ -1,8 +1,8 @@
 """Final losses per method over seeds, and each grown method's loss minus its own seed's scratch run's: the plainest
 reading of a seeded sweep, beside the speed-ups (which read FLOPs at a loss and so magnify small loss gaps).
 
-    python -m analysis.loss_table SWEEP_DIR [--per-seed]
-    python -m analysis.loss_table SWEEP_A --contrast SWEEP_B [--out contrast.csv]
+    stacking loss-table SWEEP_DIR [--per-seed]
+    stacking loss-table SWEEP_A --contrast SWEEP_B [--out contrast.csv]
 
 mid = the main run's last validation loss (constant LR); annealed = its cooldown run ending at the full budget.
 Mean ± half-width of the Student-t 95 % CI over seeds; the difference is paired by seed (same data order and init
@@ -14,10 +14,6 @@ difference-in-differences of two sweeps (e.g. TinyLlama's init against PyTorch's
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,34 +184,3 @@ def format_per_seed_table(df: pd.DataFrame) -> str:
     lines = ["| target | method | seed " + HEADER, "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['target']} | {r['method']} | {r['seed']:g} | {_loss_cells(r)} |" for _, r in df.iterrows()]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.loss_table", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", help="a sweep dir written by `stacking sweep` (or its export, analysis/export.py)")
-    p.add_argument("--per-seed", action="store_true", help="one row per grown run (its own seed's differences)")
-    p.add_argument("--contrast", metavar="SWEEP_B", help="difference-in-differences against another sweep: "
-                   "(method − scratch here) − (method − scratch in SWEEP_B), Welch 95 %% CI; writes contrast.csv")
-    p.add_argument("--out", metavar="CSV", help="where --contrast writes its table (default: "
-                   "SWEEP_DIR/report/contrast.csv)")
-    args = p.parse_args(argv)
-    try:
-        sweep = load_sweep(args.sweep_dir)
-        if args.contrast:
-            table = contrast_table(sweep, load_sweep(args.contrast))
-            out = Path(args.out) if args.out else sweep.path / "report" / "contrast.csv"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(out, index=False)
-            print(format_contrast_table(table))
-            print(f"A = {sweep.path}, B = {args.contrast}; wrote {out}")
-        else:
-            print(format_per_seed_table(per_seed_table(sweep)) if args.per_seed else
-                  format_loss_table(loss_table(sweep)))
-    except AnalysisError as err:
-        print(f"{p.prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,8 @@
 """`stacking …` — one entry point, one subcommand per workflow.
 
-    stacking data     [--out DIR] [--sources stdlib|site-packages|c-headers|PATH …] [--tokenizer bpe|bytes] …
+    stacking data     [--out DIR] [--sources stdlib|site-packages|c-headers|PATH …] [--tokenizer bpe|bytes|PATH]
+                      [--workers N] [--val_tokens N] [--val_sources PATH …] …
+    stacking data     --import PATH … --out DIR [--val_import PATH …] [--dtype D] [--vocab_size V] [--tokenizer PATH]
     stacking train    CONFIG.yaml [--field value …]
     stacking grow     SRC_DIR DST_DIR --op OP [--direction depth|width] --g G [op options]
     stacking plan-growth --target PRESET (--flops C | --tokens T) [--g G] [--fit SWEEP_DIR]
@@ -8,6 +10,10 @@
                       [--only PATTERN] [--retries K] [--cluster slurm|local|debug]
     stacking sweep status SWEEP_DIR
     stacking report   SWEEP_DIR [--out DIR] [--target-loss X]
+    stacking loss-table SWEEP_DIR [--per-seed] [--contrast SWEEP_B]
+    stacking export   SWEEP_DIR OUT_DIR [--overwrite]
+    stacking eval     CKPT_OR_RUN --tasks T1,T2 [--include_path DIR] [--limit N] [--num_fewshot K] [--out FILE]
+    stacking eval-tasks --data_dir DIR --out DIR
     stacking fit-law  CSV --n COL (--d COL | --flops COL) --loss COL [--bootstrap K]
     stacking import-hf HF_DIR LIT_DIR
     stacking export-hf LIT_DIR HF_DIR
@@ -131,14 +137,15 @@ def run_command(prog: str, body: Callable[[list[str]], int], argv: list[str],
         return 1
 
 
-def _sources_as_list(argv: list[str]) -> list[str]:
+def _sources_as_list(argv: list[str], flag: str = "--sources") -> list[str]:
     """``--sources A B C`` (every value up to the next ``-…``) → ``--sources '["A", "B", "C"]'`` for jsonargparse;
-    a single value written as a list (``--sources '[A, B]'``) and ``--sources+ A`` pass through."""
+    a single value written as a list (``--sources '[A, B]'``) and ``--sources+ A`` pass through. ``flag``: another
+    list option read the same way."""
     import json
 
     out, i = [], 0
     while i < len(argv):
-        if argv[i] != "--sources":
+        if argv[i] != flag:
             out.append(argv[i])
             i += 1
             continue
@@ -146,24 +153,44 @@ def _sources_as_list(argv: list[str]) -> list[str]:
         while j < len(argv) and not argv[j].startswith("-"):
             j += 1
         values = argv[i + 1: j]
-        out += ["--sources", *values] if len(values) == 1 and values[0].startswith("[") else ["--sources",
-                                                                                              json.dumps(values)]
+        out += [flag, *values] if len(values) == 1 and values[0].startswith("[") else [flag, json.dumps(values)]
         i = j
     return out
 
 
 def _data(argv: list[str]) -> int:
+    if "--import" in argv:
+        return _data_import(argv)
     from stacking.corpus import DataConfig, build_dataset
 
-    p = parser("stacking data", "Build a token dataset dir (train.bin, val.bin, tokenizer.json, meta.json) from "
-               "named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths, e.g. "
-               "`--sources stdlib site-packages c-headers my_dir/`. Files are split train/val by a hash of their "
-               "path. A run validates on fixed windows spread over every val.bin document "
+    p = parser("stacking data", "Build a token dataset dir (ordered train/val shard files, the tokenizer, meta.json) "
+               "from named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths (text, "
+               "JSONL, .jsonl.gz/.jsonl.zst, Parquet, or dirs of them), e.g. `--sources stdlib site-packages "
+               "c-headers my_dir/`. Streams the corpus and tokenizes it in --workers processes; a killed build "
+               "resumes from its finished units when rerun. Documents are split train/val by a hash of their key "
+               "(or --val_sources). A run validates on fixed windows spread over every val document "
                "(`stacking.data.val_window_offsets`, docs/formats.md).", config_help="YAML file with these fields")
     p.add_class_arguments(DataConfig, fail_untyped=False, as_group=False)
-    ns = parse(p, _sources_as_list(argv))
+    argv = ["--val_sources" if a == "--val-sources" else a for a in argv]
+    ns = parse(p, _sources_as_list(_sources_as_list(argv), "--val_sources"))
     cfg = DataConfig(**{k: v for k, v in vars(ns).items() if k in DataConfig.__dataclass_fields__})
     print(build_dataset(cfg))
+    return 0
+
+
+def _data_import(argv: list[str]) -> int:
+    from stacking.importers import ImportConfig, import_dataset
+
+    p = parser("stacking data --import", "Describe a corpus someone already tokenized as a dataset dir, without "
+               "copying a token: Megatron-LM indexed datasets (PREFIX.bin + PREFIX.idx) or flat uint16/uint32 numpy "
+               "token files (OLMo/Dolma; raw or .npy). Writes only meta.json (and a tokenizer copy) into --out; "
+               "validation is --val_import, else the last --val_tokens tokens of the last file, cut at a document "
+               "start (docs/formats.md, 'Imports').", config_help="YAML file with these fields")
+    p.add_class_arguments(ImportConfig, fail_untyped=False, as_group=False)
+    argv = ["--paths" if a == "--import" else "--val_import" if a == "--val-import" else a for a in argv]
+    ns = parse(p, _sources_as_list(_sources_as_list(argv, "--paths"), "--val_import"))
+    cfg = ImportConfig(**{k: v for k, v in vars(ns).items() if k in ImportConfig.__dataclass_fields__})
+    print(import_dataset(cfg))
     return 0
 
 
@@ -235,7 +262,11 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "export-hf": _lazy("stacking.growth.cli", "export_hf_main"),
     "sweep": _lazy("experiments.cli", "sweep_main"),
     "report": _lazy("analysis.cli", "report_main"),
+    "loss-table": _lazy("analysis.cli", "loss_table_main"),
+    "export": _lazy("analysis.cli", "export_main"),
     "fit-law": _lazy("analysis.cli", "fit_law_main"),
+    "eval": _lazy("stacking.evaluate", "eval_main"),
+    "eval-tasks": _lazy("stacking.evaluate", "eval_tasks_main"),
 }
 
 

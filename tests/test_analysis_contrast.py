@@ -1,4 +1,4 @@
-"""`python -m analysis.loss_table SWEEP_A --contrast SWEEP_B`: difference-in-differences with a Welch interval,
+"""`stacking loss-table SWEEP_A --contrast SWEEP_B`: difference-in-differences with a Welch interval,
 checked against numbers worked out by hand."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.loss_table import contrast_table, main, welch_ci
+from analysis.cli import loss_table_main as main
+from analysis.loss_table import contrast_table, welch_ci
 from analysis.sweep import REQUIRED_RESULTS_COLUMNS, AnalysisError
 
 

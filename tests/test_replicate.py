@@ -64,7 +64,7 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
     row = table.loc[[m for m in table.index if m.startswith("G_stack")][0]]
     assert abs(row["final_val_loss_vs_scratch"] - expect) < 1e-9 and math.isfinite(row["annealed_vs_scratch"])
     assert "| tiny-L4-D32 | scratch | 2 |" in format_loss_table(loss_table(sweep))
-    from analysis.loss_table import main as loss_main
+    from analysis.cli import loss_table_main as loss_main
     from analysis.loss_table import per_seed_table
 
     seeds = per_seed_table(sweep)
