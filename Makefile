@@ -2,6 +2,7 @@
 #
 #   make demo    set up .venv (once), then the main job: dataset, demo sweep, report
 #   make test    set up .venv (once), then the test suite (.ci/run runs exactly this)
+#   make test-fast  the same without the end-to-end tests marked `slow` (the README tour, sweeps, notebooks, …)
 #
 # Setup reuses an existing .venv and installs only what is missing: torch only when the venv has no torch yet
 # (a CUDA torch already there is kept), the package whenever pyproject.toml is newer than the last install.
@@ -23,7 +24,7 @@ STAMP := $(abspath $(VENV))/.stacking-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 
 setup: $(STAMP)
 
@@ -47,3 +48,7 @@ demo: setup
 # The tests (README "The tests").
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The fast lane: everything but the end-to-end tests (`@pytest.mark.slow`); `make test` and CI run them all.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -16,6 +16,8 @@ from stacking.growth.cli import export_hf_main, import_hf_main
 from stacking.growth.hf import export_hf, import_hf
 from stacking.growth.io import load_checkpoint
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
+
 
 def tiny_llama(tmp_path, name="hf", tie=False, shard=None, seed=0):
     """A random GQA Llama saved with save_pretrained (safetensors; sharded when ``shard`` is given)."""

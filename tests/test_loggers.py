@@ -9,6 +9,8 @@ from conftest import tiny_run_config
 
 from stacking.train import run
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
+
 
 def metric_rows(run_dir):
     with open(run_dir / "metrics.csv", newline="") as f:

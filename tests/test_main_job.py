@@ -3,9 +3,12 @@
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from stacking.cli import main as cli_main
+
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
 
 DEMO = Path(__file__).parent.parent / "experiments" / "grids" / "demo.yaml"
 

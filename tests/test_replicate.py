@@ -15,6 +15,8 @@ from nbclient import NotebookClient
 from experiments.grid import apply_scale
 from stacking.cli import main as cli_main
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 REPLICATE = ROOT / "experiments" / "grids" / "replicate.yaml"
 

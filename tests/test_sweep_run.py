@@ -20,6 +20,8 @@ from sweep_helpers import E2E_GRID, run_sweep, sweep_cmd, write_grid
 
 from experiments.table import RESULT_COLUMNS, format_status
 
+pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
+
 WALL_CLOCK = {"tokens_per_s", "wall_time_s", "attempts"}
 METRIC_COLS = ["step", "tokens", "flops", "train_loss", "val_loss", "lr"]  # all but the wall-clock ones
 

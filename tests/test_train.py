@@ -150,6 +150,7 @@ def test_init_from_checkpoint_offsets_flops_and_is_not_a_resume(tiny_data, tmp_p
     assert "initialised from" in log and "resuming" not in log
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path):
     kw = dict(max_tokens=10240, checkpoint_every_tokens=256, val_every_tokens=1024)
     run(tiny_run_config(tmp_path / "ref", tiny_data, **kw))
@@ -176,6 +177,7 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path):
     assert all(torch.equal(sd_ref[k], sd_res[k]) for k in sd_ref)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_count_tokens_globally(tiny_data, tmp_path):
     cfg = tiny_run_config(tmp_path, tiny_data, devices=2, strategy="ddp", accelerator="cpu", max_tokens=2048,
                           micro_batch_size=2)
