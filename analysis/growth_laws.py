@@ -232,15 +232,18 @@ LK_SUMMARY_COLUMNS = (["target", "op", "direction", "g", "reading", "n_points", 
 def liew_kato_summary(sweep_dir: Sweep | str, *, reading: str = "auto", bootstrap: int = 200,
                       seed: int = 0) -> pd.DataFrame:
     """One row per target × op × direction × g of the sweep's grown runs: the Liew-Kato fit on `liew_kato_points`
-    with its bootstrap CIs, or NaN parameters and the one-line reason in `note` when the points cannot support it (a
+    (``auto``: the annealed points, or the mid-schedule curves when the cooldowns sit at a single d) with its
+    bootstrap CIs, or NaN parameters and the one-line reason in `note` when the points cannot support it (a
     single d, too few points)."""
     sweep = sweep_dir if isinstance(sweep_dir, Sweep) else load_sweep(sweep_dir)
     rows = []
     for (target, op, direction, g), _ in sweep.runs("grown").groupby(["target", "op", "direction", "g"], dropna=False):
         row = {"target": target, "op": op, "direction": direction, "g": float(g), "note": ""}
         try:
-            pts = liew_kato_points(sweep, str(op), target=str(target), g=float(g), reading=reading,
-                                   direction=None if pd.isna(direction) else str(direction))
+            kw = {"target": str(target), "g": float(g), "direction": None if pd.isna(direction) else str(direction)}
+            pts = liew_kato_points(sweep, str(op), reading=reading, **kw)
+            if reading == "auto" and pts["D1"].nunique() < 2:  # cooldowns at one d only: the curves may span more
+                pts = liew_kato_points(sweep, str(op), reading="mid", **kw)
             row |= {"reading": pts["reading"].iloc[0], "n_points": len(pts), "n_d1": pts["D1"].nunique()}
             fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"], bootstrap=bootstrap, seed=seed)
         except AnalysisError as err:

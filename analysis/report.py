@@ -215,6 +215,8 @@ def write_report(
         losses = loss_table(sweep)
         losses.to_csv(out / "losses.csv", index=False)
         speedup_md += [LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""]
+    if n_grown and n_scratch:
+        speedup_md += _growth_law_markdown(sweep, out, min(bootstrap, 100), notes)
     lrs = lr_sweep_table(sweep)
     if len(lrs):
         lrs.to_csv(out / "lr_sweep.csv", index=False)
@@ -239,6 +241,32 @@ def write_report(
         headline=lead,
         provenance=prov,
     )
+
+
+def _growth_law_markdown(sweep, out: Path, bootstrap: int, notes: list[str]) -> list[str]:
+    """The g-bound table (Klein, Hutter et al. 2026) and Liew & Kato's L(D1, D2) fits (analysis/growth_laws.py),
+    written to g_bound.csv / liew_kato.csv; a section that cannot be computed becomes a note."""
+    from analysis.growth_laws import (format_g_bound_table, format_liew_kato_summary, g_bound_table,
+                                      liew_kato_summary)
+
+    md: list[str] = []
+    try:
+        bound = g_bound_table(sweep)
+        bound.to_csv(out / "g_bound.csv", index=False)
+        md += ["### Growth factor bound", "", "Grown − scratch loss per g, paired by seed (95 % CI; * = CI below 0), "
+               "and the largest g still significantly ahead of scratch (Klein, Hutter et al. 2026).", "",
+               format_g_bound_table(bound), ""]
+    except AnalysisError as err:
+        notes.append(f"g-bound table: skipped ({err})")
+    try:
+        laws = liew_kato_summary(sweep.path, bootstrap=bootstrap)
+        laws.to_csv(out / "liew_kato.csv", index=False)
+        md += ["### L(D1, D2) = A·D1^−α1·D2^(−α2 + α3·ln D1) + E (Liew & Kato 2025)", "",
+               f"Base tokens D1 = d, tokens after growth D2; bootstrap 95 % CIs over {bootstrap} resamples.", "",
+               format_liew_kato_summary(laws), ""]
+    except AnalysisError as err:
+        notes.append(f"Liew & Kato fit: skipped ({err})")
+    return md
 
 
 LOSSES_HEADING = "### Final losses, paired by seed"

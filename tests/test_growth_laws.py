@@ -142,8 +142,12 @@ def test_point_errors_are_one_line(sweep, kwargs, message):
 
 
 def test_summary_fits_what_it_can_and_says_why_not(sweep):
-    auto = liew_kato_summary(sweep, bootstrap=0)
-    assert len(auto) == 9 and auto["note"].str.contains("not identifiable").all() and auto["A"].isna().all()
+    annealed = liew_kato_summary(sweep, reading="annealed", bootstrap=0)  # cooldowns at one d only
+    assert len(annealed) == 9 and annealed["A"].isna().all()
+    assert annealed[annealed["op"] != "G_zero"]["note"].str.contains("not identifiable").all()
+    assert annealed[annealed["op"] == "G_zero"]["note"].str.contains("no annealed loss").all()
+    auto = liew_kato_summary(sweep, bootstrap=0)  # falls back to the curves, which span 3 d's
+    assert set(auto["reading"]) == {"mid"} and auto[auto["op"] == "G_stack"]["A"].notna().all()
     mid = liew_kato_summary(SWEEP_SMALL, reading="mid", bootstrap=0)
     fitted = mid[mid["note"] == ""]
     assert list(fitted["op"]) == ["G_stack"] * 3 and (fitted["n_d1"] == 3).all() and (fitted["rmse"] < 0.02).all()
@@ -233,3 +237,18 @@ def test_g_bound_on_the_fixture_sweep(sweep):
     assert (r["g_bound"] == "none").all() and set(r["budget"]) == {"final", "f=0.25", "f=0.5", "f=0.75", "f=1"}
     r = t[(t["target"] == "toy-1M") & (t["op"] == "G_stack") & (t["d"] == 1e7)]
     assert (r["g_bound"] == 2.0).all() and r["better"].all()
+
+
+def test_the_report_shows_the_g_bound_and_the_liew_kato_fits(tmp_path):
+    """`stacking report` adds both sections and their CSVs; with cooldowns at one d only, the fit reads the
+    mid-schedule curves, which span the fixture's three d's (G_stack), and says why the others have no fit."""
+    from analysis.report import write_report
+
+    rep = write_report(Path(__file__).parent / "fixtures" / "sweep_small", tmp_path / "r", bootstrap=10)
+    text = rep.path.read_text()
+    assert "### Growth factor bound" in text and "(Liew & Kato 2025)" in text
+    laws = pd.read_csv(tmp_path / "r" / "liew_kato.csv")
+    stack = laws[laws["op"] == "G_stack"]
+    assert (stack["reading"] == "mid").all() and (stack["n_d1"] == 3).all() and stack["alpha2"].notna().all()
+    assert laws[laws["op"] == "G_zero"]["note"].str.contains("not identifiable").all()
+    assert set(pd.read_csv(tmp_path / "r" / "g_bound.csv")["op"]) >= {"G_stack", "G_random"}
