@@ -64,12 +64,17 @@ def split_shards(data_dir: str | Path, meta: dict, split: str) -> list[Shard]:
     itemsize = np.dtype(meta["dtype"]).itemsize
     if "shards" not in meta:
         f = d / f"{split}.bin"
-        expected = meta[f"{split}_tokens"] * itemsize
-        if not f.exists() or f.stat().st_size != expected:
-            raise DataError(f"{f} is missing or has the wrong size (expected {expected} bytes); rebuild the dataset")
-        if meta[f"{split}_tokens"] == 0:
+        if not f.exists():
+            raise DataError(f"{f} is missing; rebuild the dataset")
+        n = meta.get(f"{split}_tokens")  # absent in a hand-written meta.json: the file's size says it
+        if n is None and f.stat().st_size % itemsize == 0:
+            n = f.stat().st_size // itemsize
+        if n is None or f.stat().st_size != n * itemsize:
+            raise DataError(f"{f} has the wrong size ({f.stat().st_size} bytes, expected {split}_tokens x "
+                            f"{itemsize}); rebuild the dataset")
+        if n == 0:
             raise DataError(f"{f} is empty; give more data")
-        return [Shard(f, meta[f"{split}_tokens"])]
+        return [Shard(f, n)]
     entries = meta["shards"].get(split) if isinstance(meta["shards"], dict) else None
     if not isinstance(entries, list) or not entries:
         raise DataError(f"{d / 'meta.json'}: shards.{split} must be a non-empty list of {{path, tokens, byte_offset}}")
