@@ -1,9 +1,9 @@
-"""Entry points of `stacking report`, `stacking export` and `stacking fit-law` (wired into the top-level CLI by
-stacking/cli.py).
+"""Entry points of `stacking report`, `stacking export`, `stacking loss-table`, `stacking fit-law` and `stacking
+plan-growth` (wired into the top-level CLI by stacking/cli.py, which reaches analysis/ only through this module).
 
-Both return an exit code instead of exiting: 0 on success, 2 on a user error (bad arguments, missing or
+Each returns an exit code instead of exiting: 0 on success, 2 on a user error (bad arguments, missing or
 malformed input), printed as one line on stderr without a traceback. The parsers are jsonargparse's
-(`stacking.cli.parser`), so either command can also be driven by ``--config FILE.yaml``.
+(`stacking.cli.parser`), so every command can also be driven by ``--config FILE.yaml``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import OBJECTIVES, check_points, fit_chinchilla
+from analysis.plan import PAPER_G, PlanError, format_plan, plan_growth
 from analysis.speedup import format_table
 from analysis.sweep import AnalysisError, to_jsonable
 from stacking.cli import parse, parser, run_command
+from stacking.errors import ModelConfigError
 
 # --------------------------------------------------------------------------------------------------------------
 # stacking report
@@ -269,3 +271,47 @@ def fit_law_main(argv: list[str]) -> int:
     """`stacking fit-law CSV --n COL --d COL|--flops COL --loss COL [--bootstrap K] [--drop-top K]
     [--objective huber|lad] [--seed S] [--ci-level P]`."""
     return run_command("stacking fit-law", _fit_law, argv, (AnalysisError,))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stacking plan-growth
+# --------------------------------------------------------------------------------------------------------------
+
+
+def plan_growth_parser():
+    p = parser("stacking plan-growth", "When to grow: for a target preset and a budget, the growth timing d of "
+               "the Stacking paper's Eq. 2 (log10 d = 0.88·log10 N + 163.27/log10 C − 5.74), the share of the budget "
+               "the base (the target with n_layer / g layers) takes up to d, tokens per parameter, and warnings "
+               "where the numbers leave the paper's regime. No training; docs/growth.md, 'Planning a growth run'.")
+    p.add_argument("--target", required=True, metavar="PRESET",
+                   help="target model: tiny-d{N}, tiny-L{L}-D{D}, stack-410m|1.1b|3b|7b[-base] or a litgpt name")
+    # exactly one of --flops and --tokens, checked by plan_growth (an argparse group would not see a --config file)
+    p.add_argument("--flops", type=float, default=None, metavar="C", help="budget in FLOPs, the base's included")
+    p.add_argument("--tokens", type=float, default=None, metavar="T",
+                   help="budget in tokens of the target trained from scratch (C = T × its FLOPs/token)")
+    p.add_argument("--g", type=int, default=PAPER_G, metavar="G",
+                   help="depth growth factor; must divide the target's n_layer (the paper's 4; it recommends 2–4)")
+    p.add_argument("--fit", default=None, metavar="SWEEP_DIR",
+                   help="also refit Eq. 2 on this sweep's IsoFLOP minima (as `stacking report` does) and predict "
+                   "with it")
+    p.add_argument("--seq-len", type=int, default=None, metavar="S",
+                   help="sequence length for FLOPs/token (default: 128 for tiny presets, else the paper's 2048)")
+    p.add_argument("--vocab-size", type=int, default=None, metavar="V",
+                   help="vocabulary (default: 257, the main job's bytes, for tiny presets; else the preset's own)")
+    p.add_argument("--batch-tokens", type=int, default=None, metavar="B",
+                   help="tokens per optimizer step (default: 2048 for tiny presets, else the paper's 1024 × 2048)")
+    return p
+
+
+def _plan_growth(argv: list[str]) -> int:
+    args = parse(plan_growth_parser(), argv)
+    plan = plan_growth(args.target, flops=args.flops, tokens=args.tokens, g=args.g, fit_dir=args.fit,
+                       seq_len=args.seq_len, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens)
+    print(format_plan(plan))
+    return 0
+
+
+def plan_growth_main(argv: list[str]) -> int:
+    """`stacking plan-growth --target PRESET (--flops C | --tokens T) [--g G] [--fit SWEEP_DIR] [--seq-len S]
+    [--vocab-size V] [--batch-tokens B]`."""
+    return run_command("stacking plan-growth", _plan_growth, argv, (PlanError, AnalysisError, ModelConfigError))

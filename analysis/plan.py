@@ -181,7 +181,8 @@ def plan_growth(target: str, flops: float | None = None, tokens: float | None = 
     seq_len / vocab_size / batch_tokens (for FLOPs/token and one optimizer step) default to the main job's for the
     tiny presets (128 / 257 / 2048) and to the paper's otherwise (2048 / the preset's own / 1024 × 2048).
     Every bad input is a PlanError (or ModelConfigError) raised before the sweep is read."""
-    from stacking.models import ModelConfigError, flops_per_token, model_config, param_breakdown
+    from stacking.errors import ModelConfigError
+    from stacking.models import flops_per_token, model_config, param_breakdown
 
     if (flops is None) == (tokens is None):
         raise PlanError("give exactly one of --flops C and --tokens T (the budget), got "

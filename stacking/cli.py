@@ -209,41 +209,6 @@ def _train(argv: list[str]) -> int:
     return 0 if summary["status"] == "done" else 1
 
 
-def _plan_growth(argv: list[str]) -> int:
-    from analysis.plan import PAPER_G, PlanError, format_plan, plan_growth
-    from analysis.sweep import AnalysisError
-
-    p = parser("stacking plan-growth", "When to grow: for a target preset and a budget, the growth timing d of "
-               "the Stacking paper's Eq. 2 (log10 d = 0.88·log10 N + 163.27/log10 C − 5.74), the share of the budget "
-               "the base (the target with n_layer / g layers) takes up to d, tokens per parameter, and warnings "
-               "where the numbers leave the paper's regime. No training; docs/growth.md, 'Planning a growth run'.")
-    p.add_argument("--target", required=True, metavar="PRESET",
-                   help="target model: tiny-d{N}, tiny-L{L}-D{D}, stack-410m|1.1b|3b|7b[-base] or a litgpt name")
-    # exactly one of --flops and --tokens, checked by plan_growth (an argparse group would not see a --config file)
-    p.add_argument("--flops", type=float, default=None, metavar="C", help="budget in FLOPs, the base's included")
-    p.add_argument("--tokens", type=float, default=None, metavar="T",
-                   help="budget in tokens of the target trained from scratch (C = T × its FLOPs/token)")
-    p.add_argument("--g", type=int, default=PAPER_G, metavar="G",
-                   help="depth growth factor; must divide the target's n_layer (the paper's 4; it recommends 2–4)")
-    p.add_argument("--fit", default=None, metavar="SWEEP_DIR",
-                   help="also refit Eq. 2 on this sweep's IsoFLOP minima (as `stacking report` does) and predict "
-                   "with it")
-    p.add_argument("--seq-len", type=int, default=None, metavar="S",
-                   help="sequence length for FLOPs/token (default: 128 for tiny presets, else the paper's 2048)")
-    p.add_argument("--vocab-size", type=int, default=None, metavar="V",
-                   help="vocabulary (default: 257, the main job's bytes, for tiny presets; else the preset's own)")
-    p.add_argument("--batch-tokens", type=int, default=None, metavar="B",
-                   help="tokens per optimizer step (default: 2048 for tiny presets, else the paper's 1024 × 2048)")
-    args = parse(p, argv)
-    try:
-        plan = plan_growth(args.target, flops=args.flops, tokens=args.tokens, g=args.g, fit_dir=args.fit,
-                           seq_len=args.seq_len, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens)
-    except (PlanError, AnalysisError) as err:
-        raise UsageError(str(err)) from None
-    print(format_plan(plan))
-    return 0
-
-
 def _lazy(module: str, fn: str) -> Callable[[list[str]], int]:
     def call(argv: list[str]) -> int:
         import importlib
@@ -257,7 +222,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "data": _data,
     "train": _train,
     "grow": _lazy("stacking.growth.cli", "main"),
-    "plan-growth": _plan_growth,
+    "plan-growth": _lazy("analysis.cli", "plan_growth_main"),
     "import-hf": _lazy("stacking.growth.cli", "import_hf_main"),
     "export-hf": _lazy("stacking.growth.cli", "export_hf_main"),
     "sweep": _lazy("experiments.cli", "sweep_main"),

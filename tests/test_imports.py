@@ -1,5 +1,7 @@
-"""Module hygiene: no import cycle among the project's modules (lazy imports inside functions included), and
-every module short enough to read top to bottom (../shared/STYLE.md: ≲ 600 lines)."""
+"""Module hygiene: the packages import each other only downwards (stacking is the library; experiments and analysis
+build on it; the `stacking` CLI reaches them only through their own `cli` modules), no import cycle among the
+project's modules (lazy imports inside functions included), and every module short enough to read top to bottom
+(≲ 600 lines, the size of nanoGPT's model.py and train.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("stacking", "experiments", "analysis")
 MAX_LINES = 600
+# Which packages each package may import. stacking is the library at the bottom; experiments (grid → runs →
+# results.csv) and analysis (results → tables, fits, figures) each build on it and meet only through the files a
+# sweep writes.
+MAY_IMPORT = {"stacking": {"stacking"}, "experiments": {"stacking", "experiments"},
+              "analysis": {"stacking", "analysis"}}
+# The one way up: `stacking …`'s dispatch table names each package's own CLI module (which imports stacking.cli's
+# parser back: a cycle by design, closed only when a command runs, so not counted as one).
+ENTRY_POINTS = {"stacking.cli": {"experiments.cli", "analysis.cli"}}
 
 
 def modules() -> dict[str, Path]:
@@ -23,18 +33,22 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+def import_graph(mods: dict[str, Path], *, by_name: bool = False) -> dict[str, set[str]]:
     """Module → the project modules it imports anywhere in its body (top level, functions, try blocks).
 
     ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``. The implicit import
     of a parent package by its submodules is not an edge: a package ``__init__`` that re-exports its submodules is
-    not a cycle."""
+    not a cycle. ``by_name``: a string that is a submodule's dotted name is an edge too — the modules imported at
+    run time by name (``_lazy("analysis.cli", "report_main")``, ``importlib.import_module("…")``, a forkserver's
+    preload list). A bare package name is not: ``"stacking"`` is also the wandb project's."""
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
         is_pkg = path.name == "__init__.py"
         edges: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
+            if by_name and isinstance(node, ast.Constant) and isinstance(node.value, str):
+                targets = [node.value] if "." in node.value and node.value in mods else []
+            elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 if node.level:  # relative: resolve against this module's package
@@ -53,6 +67,12 @@ def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
                     edges.add(t)
         graph[name] = edges
     return graph
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """The edges ``a -> b`` that go where `MAY_IMPORT` and `ENTRY_POINTS` do not allow."""
+    return [f"{mod} -> {t}" for mod, edges in sorted(graph.items()) for t in sorted(edges)
+            if t.split(".")[0] not in MAY_IMPORT[mod.split(".")[0]] and t not in ENTRY_POINTS.get(mod, ())]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -81,6 +101,24 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_find_cycle_reports_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_layering_violations_name_each_edge():
+    graph = {"stacking.cli": {"analysis.cli", "analysis.plan", "stacking.train"}, "stacking.data": {"experiments.cli"},
+             "experiments.planner": {"stacking.config", "analysis.sweep"}, "analysis.report": {"stacking.models"}}
+    assert layering_violations(graph) == ["experiments.planner -> analysis.sweep", "stacking.cli -> analysis.plan",
+                                          "stacking.data -> experiments.cli"]
+
+
+def test_packages_import_only_downwards():
+    graph = import_graph(modules(), by_name=True)
+    # the walk sees the dispatch table's strings and the forkserver's preload list
+    assert {"analysis.cli", "experiments.cli", "stacking.growth.cli"} <= graph["stacking.cli"]
+    assert "stacking.train" in graph["experiments.local"]
+    bad = layering_violations(graph)
+    assert not bad, ("imports against the layering (stacking imports neither experiments nor analysis; they do not "
+                     "import each other; stacking/cli.py reaches them only through experiments.cli and analysis.cli): "
+                     + "; ".join(bad))
 
 
 def test_no_import_cycle():
