@@ -1,7 +1,8 @@
 """`stacking data` at scale: tokens/s against the tokenizer's own ceiling, and peak memory at two corpus sizes.
 
 Generates JSONL.zst corpora (files of ~48 MiB of JSONL each) from this machine's Python source (site-packages and
-the stdlib, one document per .py file; repeated with shuffled blocks of lines when more text is needed) at each of
+the stdlib, one document per .py file, files over ``--max_doc_mb`` cut at line ends; repeated with shuffled blocks
+of lines when more text is needed) at each of
 ``--sizes`` GB of text, trains a byte-level BPE tokenizer.json (``--vocab``, on the first ~64 MB of text; with a
 tokenizer_config.json naming its EOS, so `stacking data --tokenizer DIR` reads it as a pretrained tokenizer), then:
 
@@ -13,6 +14,12 @@ tokenizer_config.json naming its EOS, so `stacking data --tokenizer DIR` reads i
   ``--ceiling_gb`` GB). ``encode_batch_fast`` (no offsets; what the build calls) is timed as well.
 
 Targets: end-to-end tokens/s >= 0.8 x ceiling; peak(largest size) <= 1.2 x peak(smallest size).
+
+The build's peak memory is bounded by the settings (workers x chunk_bytes) plus its longest document: the tokenizer
+holds ~230 bytes per token of the document it encodes (measured for HF BPE). Without the cut, a larger corpus of
+this machine's files holds larger files (a 4.4 MB file at 1 GB, none over 1.4 MB at 0.3 GB) and the peak follows
+them, not the corpus size; the script measures the longest document's share on its own (a fresh process encoding
+it alone) and prints it under the table.
 
     python benchmarks/data_build.py                      # sizes 0.3 and 1 GB: ~30 min on 2 idle CPUs, ~1 GB disk
     python benchmarks/data_build.py --quick              # 10 and 30 MB: ~3 min, to test the script
@@ -65,15 +72,40 @@ def variants(texts: list[str]):
             yield "".join(line for b in blocks for line in b)
 
 
-def make_corpus(d: Path, gb: float, texts: list[str], file_mib: int) -> dict:
-    """~``gb`` GB of text as JSONL.zst files of ~``file_mib`` MiB of JSONL each (cached: manifest.json)."""
+def cut_long(texts: list[str], max_chars: int) -> list[str]:
+    """Texts longer than ``max_chars`` cut at line ends into documents of at most ``max_chars`` (a longer single
+    line stays whole); 0: unchanged."""
+    if not max_chars:
+        return texts
+    out = []
+    for t in texts:
+        if len(t) <= max_chars:
+            out.append(t)
+            continue
+        cur, size = [], 0
+        for line in t.splitlines(keepends=True):
+            if cur and size + len(line) > max_chars:
+                out.append("".join(cur))
+                cur, size = [], 0
+            cur.append(line)
+            size += len(line)
+        out += ["".join(cur)] if cur else []
+    return out
+
+
+def make_corpus(d: Path, gb: float, texts: list[str], file_mib: int, max_doc_chars: int) -> dict:
+    """~``gb`` GB of text as JSONL.zst files of ~``file_mib`` MiB of JSONL each (cached: manifest.json), from the
+    texts cut to documents of at most ``max_doc_chars``."""
     import zstandard
 
     if (d / "manifest.json").exists():
-        return json.loads((d / "manifest.json").read_text())
+        manifest = json.loads((d / "manifest.json").read_text())
+        if manifest.get("max_doc_chars") == max_doc_chars:
+            return manifest
+    texts = cut_long(texts, max_doc_chars)
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
-    target, chars, docs, n_files, lines, size = int(gb * 1e9), 0, 0, 0, [], 0
+    target, chars, docs, n_files, lines, size, longest = int(gb * 1e9), 0, 0, 0, [], 0, 0
     cctx = zstandard.ZstdCompressor(level=3)
 
     def flush():
@@ -84,14 +116,15 @@ def make_corpus(d: Path, gb: float, texts: list[str], file_mib: int) -> dict:
     for text in variants(texts):
         line = json.dumps({"text": text}) + "\n"
         lines.append(line)
-        size, chars, docs = size + len(line), chars + len(text), docs + 1
+        size, chars, docs, longest = size + len(line), chars + len(text), docs + 1, max(longest, len(text))
         if size >= file_mib << 20:
             flush()
         if chars >= target:
             break
     if lines:
         flush()
-    manifest = {"gb_text": chars / 1e9, "docs": docs, "files": n_files,
+    manifest = {"gb_text": chars / 1e9, "docs": docs, "files": n_files, "max_doc_chars": max_doc_chars,
+                "longest_doc_chars": longest,
                 "gb_on_disk": sum(f.stat().st_size for f in d.glob("*.zst")) / 1e9}
     (d / "manifest.json").write_text(json.dumps(manifest))
     return manifest
@@ -209,15 +242,42 @@ def ceiling(corpus: Path, tok: Path, max_gb: float, chunk_bytes: int) -> dict:
     return out
 
 
+_PROBE = """
+import json, sys, zstandard
+from pathlib import Path
+from tokenizers import Tokenizer
+rss = lambda: int(Path('/proc/self/status').read_text().split('VmRSS:')[1].split()[0]) * 1024
+doc = ''
+for f in sorted(Path(sys.argv[1]).glob('*.jsonl.zst')):
+    for line in zstandard.ZstdDecompressor().decompress(f.read_bytes()).decode().splitlines():
+        doc = max(doc, json.loads(line)['text'], key=len)
+t = Tokenizer.from_file(sys.argv[2])
+t.encode_batch_fast(['warm up'])
+before = rss()
+ids = t.encode_batch_fast([doc])[0].ids
+print(json.dumps({'longest_doc_chars': len(doc), 'longest_doc_tokens': len(ids), 'rss_bytes': rss() - before}))
+"""
+
+
+def longest_doc_memory(corpus: Path, tok: Path) -> dict:
+    """RSS growth of encoding the corpus's longest document alone (``encode_batch_fast``, what the build calls), in
+    a fresh process: the part of the build's peak that depends on the data rather than on the settings."""
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(corpus), str(tok / "tokenizer.json")], check=True,
+                         capture_output=True, text=True).stdout
+    r = json.loads(out)
+    return r | {"longest_doc_rss_mb": r["rss_bytes"] / 2**20, "rss_bytes_per_token": r["rss_bytes"] /
+                max(r["longest_doc_tokens"], 1)}
+
+
 # --------------------------------------------------------------------------------------------------------------
 
 
 def table(rows: list[dict], sizes: list[float]) -> str:
-    head = ("| corpus GB | workers | train shards | wall s | tokens | tokens/s | ceiling tokens/s (encode_batch / "
-            "_fast) | e2e / ceiling | peak tree RSS MB | max process MB |")
-    lines = [head, "|" + "---:|" * 10]
+    head = ("| corpus GB | longest doc (chars) | workers | train shards | wall s | tokens | tokens/s | ceiling "
+            "tokens/s (encode_batch / _fast) | e2e / ceiling | peak tree RSS MB | max process MB |")
+    lines = [head, "|" + "---:|" * 11]
     for r in rows:
-        lines.append(f"| {r['gb_text']:.2f} | {r['workers']} | {r['train_shards']} | {r['seconds']:.1f} | "
+        lines.append(f"| {r['gb_text']:.2f} | {r['longest_doc_chars']:,} | {r['workers']} | {r['train_shards']} | {r['seconds']:.1f} | "
                      f"{r['tokens']:,} | "
                      f"{r['tokens_per_s'] / 1e6:.2f}M | {r['encode_batch_tokens_per_s'] / 1e6:.2f}M / "
                      f"{r['encode_batch_fast_tokens_per_s'] / 1e6:.2f}M | "
@@ -228,6 +288,11 @@ def table(rows: list[dict], sizes: list[float]) -> str:
         lines.append(f"\nworkers {w}: peak tree RSS at {large['gb_text']:.2f} GB / at {small['gb_text']:.2f} GB = "
                      f"{large['peak_tree_rss_mb'] / small['peak_tree_rss_mb']:.2f} (target <= 1.2); max process "
                      f"{large['max_proc_hwm_mb'] / small['max_proc_hwm_mb']:.2f}")
+    for s in sizes:
+        r = next(r for r in rows if r["size"] == s)
+        lines.append(f"\nlongest document at {r['gb_text']:.2f} GB: {r['longest_doc_chars']:,} chars, "
+                     f"{r['longest_doc_tokens']:,} tokens; encoding it alone grows RSS by {r['longest_doc_rss_mb']:.0f} "
+                     f"MB ({r['rss_bytes_per_token']:.0f} B/token)")
     return "\n".join(lines)
 
 
@@ -239,6 +304,9 @@ def main() -> None:
     p.add_argument("--chunk_bytes", type=int, default=1 << 20, help="passed to stacking data (its default); "
                    "the ceiling's batches")
     p.add_argument("--shard_bytes", type=int, default=32 << 20, help="passed to stacking data (its default)")
+    p.add_argument("--max_doc_mb", type=float, default=1.0, help="source files longer than this (MB of text) are "
+                   "cut at line ends into documents of at most this size, so every corpus size draws on the same "
+                   "document lengths (the build's peak memory follows its longest document); 0: no cut")
     p.add_argument("--ceiling_gb", type=float, default=0.3, help="ceiling measured on at most this much text")
     p.add_argument("--out", type=Path, default=Path("/tmp/stacking-data-bench"))
     p.add_argument("--keep", action="store_true", help="keep the corpora and tokenizer in --out")
@@ -254,9 +322,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         corpus = args.out / f"corpus-{size:g}gb"
-        info = make_corpus(corpus, size, texts, file_mib)
+        info = make_corpus(corpus, size, texts, file_mib, int(args.max_doc_mb * 1e6))
         print(f"corpus {corpus}: {info} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
-        ceil = ceiling(corpus, tok, args.ceiling_gb, args.chunk_bytes)
+        ceil = ceiling(corpus, tok, args.ceiling_gb, args.chunk_bytes) | longest_doc_memory(corpus, tok)
         for w in args.workers:
             r = run_build(corpus, tok, args.out / "dataset", w, args.chunk_bytes, args.shard_bytes)
             rows.append({"size": size, "gb_text": info["gb_text"], "workers": w, **r, **ceil})
