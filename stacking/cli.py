@@ -195,7 +195,8 @@ def _data_import(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from stacking.train import RunConfig, run
+    from stacking.config import RunConfig
+    from stacking.train import run
 
     p = parser("stacking train", "Train one run (scratch, init_from a checkpoint dir, or resume its own "
                "last.ckpt). CONFIG.yaml holds RunConfig fields; flags override them.",

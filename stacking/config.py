@@ -15,11 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from stacking.errors import RunError
 
@@ -162,15 +160,6 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def load_config(path: str | Path, **overrides: Any) -> RunConfig:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    raw.update(overrides)
-    unknown = sorted(set(raw) - {f.name for f in fields(RunConfig)})
-    if unknown:
-        raise RunError(f"{path}: unknown RunConfig fields {unknown}")
-    return RunConfig(**raw)
-
-
 def resolve_model(cfg: RunConfig) -> tuple[Config, dict]:
     from stacking import models
     from stacking.data import read_meta
@@ -235,7 +224,8 @@ EVAL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 def check_eval_data_dirs(cfg: RunConfig) -> None:
     """eval_data_dirs: column-safe names, existing dataset dirs, and data_dir's tokenizer (one line each)."""
-    from stacking.data import DataError, tokenizer_id
+    from stacking.data import tokenizer_id
+    from stacking.errors import DataError
 
     if not isinstance(cfg.eval_data_dirs, dict):
         raise RunError(f"eval_data_dirs must be a mapping {{name: DATA_DIR}}, got {cfg.eval_data_dirs!r}")
@@ -257,5 +247,5 @@ def check_eval_data_dirs(cfg: RunConfig) -> None:
                            f"{path} --tokenizer_from {cfg.data_dir}`")
 
 
-__all__ = ["EVAL_NAME", "RunConfig", "RunError", "check_eval_data_dirs", "config_dict", "config_hash", "data_id",
-           "load_config", "resolve_model", "validate"]
+__all__ = ["EVAL_NAME", "RunConfig", "check_eval_data_dirs", "config_dict", "config_hash", "data_id", "resolve_model",
+           "validate"]

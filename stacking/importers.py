@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stacking.data import DataError, read_meta
+from stacking.data import read_meta
+from stacking.errors import DataError
 from stacking.fsutil import atomic_dir, sha256_file
 from stacking.tokenizer import meta_fields, stage_pretrained
 

@@ -174,7 +174,7 @@ class NaNLossError(RuntimeError):
 
 
 class GPTModule(L.LightningModule):
-    """One run's model and optimisation. ``cfg`` is the resolved ``stacking.train.RunConfig``."""
+    """One run's model and optimisation. ``cfg`` is the resolved ``stacking.config.RunConfig``."""
 
     def __init__(self, cfg: Any, model_config: Config, flops_per_token: float, flops_offset: float = 0.0,
                  growth: dict | None = None):

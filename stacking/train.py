@@ -27,26 +27,11 @@ from lightning.pytorch.utilities import rank_zero_only  # the rank from the laun
 from litgpt import Config
 
 from stacking import models
-from stacking.bookkeeping import METRIC_COLUMNS, ProgressBar, RunBookkeeping, close_logger, extra_logger, metric_columns
-from stacking.checkpoint import (
-    CARRY_FILE,
-    SHAPE_FIELDS,
-    CheckpointError,
-    load_litgpt_checkpoint,
-    read_run_state,
-    save_litgpt_checkpoint,
-)
-from stacking.config import (
-    RunConfig,
-    RunError,
-    config_dict,
-    config_hash,
-    data_id,
-    load_config,
-    resolve_model,
-    validate,
-)
-from stacking.data import DataError, TokenDataModule, val_window_offsets, windows_at
+from stacking.bookkeeping import ProgressBar, RunBookkeeping, close_logger, extra_logger, metric_columns
+from stacking.checkpoint import CARRY_FILE, SHAPE_FIELDS, load_litgpt_checkpoint, read_run_state
+from stacking.config import RunConfig, config_dict, config_hash, data_id, resolve_model, validate
+from stacking.data import TokenDataModule, val_window_offsets, windows_at
+from stacking.errors import CheckpointError, RunError
 from stacking.fsutil import write_json
 from stacking.module import GPTModule, NaNLossError, mfu
 
@@ -298,24 +283,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = [  # what other code imports from stacking.train (config, checkpoints and the callback live in their modules)
-    "CARRY_FILE",
-    "METRIC_COLUMNS",
-    "SHAPE_FIELDS",
-    "CheckpointError",
-    "DataError",
-    "RunBookkeeping",
-    "RunConfig",
-    "RunError",
-    "config_dict",
-    "config_hash",
-    "data_id",
-    "data_stream",
-    "load_config",
-    "load_litgpt_checkpoint",
-    "resolve_model",
-    "run",
-    "save_litgpt_checkpoint",
-    "stream_start",
-    "validate",
-]
+__all__ = ["data_stream", "rank_zero", "run", "stream_start"]

@@ -259,7 +259,8 @@ def test_chain_sweeps_for_real_and_reports(tmp_path, tiny_data):
         first = pd.read_csv(sweep / r["run_dir"] / "metrics.csv").iloc[0]
         assert first["tokens"] == 0 and first["flops"] == pytest.approx(r["flops_offset"])
     # data stream: each stage's first micro-batch is the one after the previous stage's last
-    from stacking.train import RunConfig, data_stream
+    from stacking.config import RunConfig
+    from stacking.train import data_stream
 
     meta0 = json.loads((ck0 / "stacking_meta.json").read_text())
     meta1 = json.loads((ck1 / "stacking_meta.json").read_text())

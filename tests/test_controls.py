@@ -10,16 +10,12 @@ import pytest
 import torch
 from conftest import tiny_run_config
 
+from stacking.checkpoint import load_litgpt_checkpoint
+from stacking.config import config_hash
 from stacking.data import TokenDataModule
+from stacking.errors import RunError
 from stacking.growth import grow_checkpoint
-from stacking.train import (
-    RunError,
-    config_hash,
-    data_stream,
-    load_litgpt_checkpoint,
-    run,
-    stream_start,
-)
+from stacking.train import data_stream, run, stream_start
 
 
 def rows(path):
@@ -135,8 +131,8 @@ def test_width_growth_runs_through_train_with_the_checkpoint_config(base_run, tm
 
 
 def test_init_option(tiny_data, tmp_path):
+    from stacking.config import resolve_model
     from stacking.module import GPTModule
-    from stacking.train import resolve_model
 
     cfg = tiny_run_config(tmp_path, tiny_data, init="torch_default")
     mc, _ = resolve_model(cfg)

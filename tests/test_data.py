@@ -13,12 +13,12 @@ from stacking import corpus
 from stacking.cli import main as cli_main
 from stacking.corpus import DataConfig, build_dataset, collect_files
 from stacking.data import (
-    DataError,
     load_tokens,
     read_meta,
     val_window_offsets,
     val_windows,
 )
+from stacking.errors import DataError
 
 
 def covered_documents(tokens: np.ndarray, eot_id: int, offsets: np.ndarray, seq_len: int) -> np.ndarray:

@@ -14,8 +14,9 @@ from litgpt import GPT
 
 import stacking.module
 from stacking import models
+from stacking.checkpoint import load_litgpt_checkpoint
 from stacking.module import lm_loss
-from stacking.train import load_litgpt_checkpoint, run
+from stacking.train import run
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 

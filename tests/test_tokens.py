@@ -12,7 +12,8 @@ from conftest import tiny_run_config
 from test_golden import synthetic_data
 
 from stacking.config import data_id
-from stacking.data import DataError, ShardedTokens, TokenDataModule, load_tokens, read_meta, tokenizer_id, val_windows
+from stacking.data import ShardedTokens, TokenDataModule, load_tokens, read_meta, tokenizer_id, val_windows
+from stacking.errors import DataError
 from stacking.growth.learn import _batches, open_tokens
 from stacking.importers import MEGATRON_MAGIC, ImportConfig, import_dataset
 

@@ -18,11 +18,13 @@ from lightning.fabric.utilities.throughput import measure_flops
 from litgpt import GPT
 
 from stacking import models
+from stacking.checkpoint import load_litgpt_checkpoint
 from stacking.cli import main as cli_main
 from stacking.corpus import DataConfig, build_dataset
-from stacking.data import DataError, load_tokens, read_meta
+from stacking.data import load_tokens, read_meta
+from stacking.errors import CheckpointError, DataError, RunError
 from stacking.module import lr_at, mfu, peak_flops
-from stacking.train import CheckpointError, RunError, load_litgpt_checkpoint, run
+from stacking.train import run
 
 DETERMINISTIC = ["step", "tokens", "flops", "train_loss", "val_loss", "lr"]  # tokens_per_s / mfu are wall-clock
 
@@ -241,7 +243,7 @@ def test_empty_dataset_dir_and_corrupt_checkpoints(tiny_data, tmp_path):
 def test_train_help_documents_every_field(capsys):
     from dataclasses import fields
 
-    from stacking.train import RunConfig
+    from stacking.config import RunConfig
 
     assert cli_main(["train", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())

@@ -8,9 +8,10 @@ import torch
 from conftest import tiny_run_config
 from litgpt import GPT
 
+from stacking.checkpoint import load_litgpt_checkpoint
 from stacking.data import val_windows
 from stacking.growth import grow_checkpoint
-from stacking.train import load_litgpt_checkpoint, run
+from stacking.train import run
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,8 @@ def resolve_target(value: str, source: Config) -> Config:
     """``--to``: a model_config.yaml path, or a stacking.models preset built with the source's vocabulary."""
     if Path(value).is_file():
         return load_config(value)
-    from stacking.models import ModelConfigError, model_config
+    from stacking.errors import ModelConfigError
+    from stacking.models import model_config
 
     try:
         preset = model_config(value)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from litgpt import GPT, Config
 from torch.func import functional_call
 
-from stacking.data import DataError, load_tokens
-from stacking.errors import GrowthError
+from stacking.data import load_tokens
+from stacking.errors import DataError, GrowthError
 from stacking.growth import depth, width
 from stacking.growth.layout import expected_shapes, layer_key, split_layer_key
 from stacking.growth.operator import GrowthResult
