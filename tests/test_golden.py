@@ -45,3 +45,30 @@ def test_first_losses_are_pinned(tmp_path):
     print("train", [f"{x:.7f}" for x in train], "val", [f"{x:.7f}" for x in val])
     assert train == pytest.approx(GOLDEN_TRAIN, abs=1e-5)
     assert val == pytest.approx(GOLDEN_VAL, abs=1e-5)
+
+
+GOLDEN_GROWN_TRAIN = [3.7441373, 3.6952720, 3.5941868]
+"""train_loss of the G_stack-grown run's optimizer steps 1–3 (tokens 256 … 768 after growth)."""
+GOLDEN_GROWN_VAL = [3.7986025, 3.5348407]
+"""val_loss of the grown run at its tokens 0 and 512."""
+
+
+def test_grown_run_losses_are_pinned(tmp_path):
+    """The same pin for the growth path: the golden base grown ×2 in depth by G_stack at 1,280 tokens, then trained
+    on (data stream continued after the base's tokens, fresh AdamW, re-warmup): catches a change in an operator's
+    numerics, in the grown run's data offset or in its optimizer/LR start, none of which the base's pin sees."""
+    from stacking.growth import grow_checkpoint
+
+    data = synthetic_data(tmp_path / "data")
+    run(tiny_run_config(tmp_path / "base", data, max_tokens=1280, val_every_tokens=1024, schedule="constant"))
+    grown = grow_checkpoint(tmp_path / "base/run/checkpoints/tokens-000000001280", tmp_path / "grown", "G_stack",
+                            direction="depth", g=2, seed=0)
+    run(tiny_run_config(tmp_path / "grown_run", data, model="tiny-L4-D64", init_from=str(grown), max_tokens=768,
+                        val_every_tokens=512, schedule="constant", warmup_tokens=256))
+    with open(tmp_path / "grown_run/run/metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
+    val = [float(r["val_loss"]) for r in rows if r["val_loss"]][:2]
+    print("train", [f"{x:.7f}" for x in train], "val", [f"{x:.7f}" for x in val])
+    assert train == pytest.approx(GOLDEN_GROWN_TRAIN, abs=1e-5)
+    assert val == pytest.approx(GOLDEN_GROWN_VAL, abs=1e-5)
