@@ -1,7 +1,8 @@
 """Module hygiene: the packages import each other only downwards (stacking is the library; experiments and analysis
 build on it; the `stacking` CLI reaches them only through their own `cli` modules), no import cycle among the
-project's modules (lazy imports inside functions included), and every module short enough to read top to bottom
-(≲ 600 lines, the size of nanoGPT's model.py and train.py)."""
+project's modules (lazy imports inside functions included), every module short enough to read top to bottom
+(≲ 600 lines, the size of nanoGPT's model.py and train.py), and every function short enough to hold in one's head
+(≤ 100 lines: a longer one is split into named steps)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("stacking", "experiments", "analysis")
 MAX_LINES = 600
+MAX_FUNCTION_LINES = 100
 # Which packages each package may import. stacking is the library at the bottom; experiments (grid → runs →
 # results.csv) and analysis (results → tables, fits, figures) each build on it and meet only through the files a
 # sweep writes.
@@ -132,3 +134,33 @@ def test_no_import_cycle():
 def test_modules_are_short():
     long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
+
+
+def long_functions(tree: ast.AST, limit: int) -> dict[str, int]:
+    """``function`` / ``Class.method`` / ``outer.inner`` → its length in lines (``def`` to its last line), for each
+    one over ``limit``."""
+    out: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if not isinstance(child, ast.ClassDef) and (n := child.end_lineno - child.lineno + 1) > limit:
+                    out[prefix + child.name] = n
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return out
+
+
+def test_long_functions_are_found():
+    src = "class A:\n    def f(self):\n" + "        x = 1\n" * 3 + "def g():\n    def h():\n        pass\n"
+    assert long_functions(ast.parse(src), 3) == {"A.f": 4}
+    assert long_functions(ast.parse(src), 2) == {"A.f": 4, "g": 3}
+
+
+def test_functions_are_short():
+    long = {f"{path.relative_to(ROOT)}::{fn}": n for path in modules().values()
+            for fn, n in long_functions(ast.parse(path.read_text(), str(path)), MAX_FUNCTION_LINES).items()}
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {long}"
