@@ -120,6 +120,9 @@ class Checkpoint:
 
 
 def _read_json(path: Path) -> dict | None:
+    """A checkpoint's side file (stacking_meta.json, growth.json), None when absent. Unlike a run dir's status files
+    (experiments.rundir.read_json: half-written reads as not yet there), a corrupt one is a CheckpointError: a
+    checkpoint is never used with its metadata silently dropped."""
     if not path.is_file():
         return None
     try:
