@@ -19,8 +19,16 @@
 #      scaling.yaml --scale paper` (bf16-mixed, compile, micro-batch 8; SentencePiece 32000 data built there),
 #      base → G_stack → grown, SIGKILL after the grown run's first last.ckpt, resumed   → OUT_DIR/rehearsal/
 #      (rehearsal.json: sec/step, peak RSS, FLOPs, resume checks; docs/paper_scale.md)
-# Budgets (seconds) can be changed with THROUGHPUT_S, SWEEP_S, DATA_S, REPORT_S, REHEARSAL_S.
+# Budgets (seconds) can be changed with THROUGHPUT_S, SWEEP_S, DATA_S, REPORT_S, REHEARSAL_S. The whole call stops
+# at DEADLINE_S (default 570: the device tool kills a command at 600 s): each step's limit is cut to what is left and
+# a step with under 20 s left is skipped. The steps' limits add up to more than one call, so split a session with
+# STEPS (default "install data throughput sweep report rehearsal"), e.g. two calls back to back on the warm machine:
+#   STEPS="install data throughput sweep" bash benchmarks/gpu_run.sh $OUT
+#   STEPS="install report rehearsal" bash benchmarks/gpu_run.sh $OUT
 set -uo pipefail
+DEADLINE_S=${DEADLINE_S:-570}
+STEPS=" ${STEPS:-install data throughput sweep report rehearsal} "
+wanted() { [[ "$STEPS" == *" $1 "* ]]; }
 
 if [ "${1:-}" = "--wheels" ]; then  # here, with internet to the package registries: the wheels the GPU image lacks
     rm -rf .gpu_wheels && mkdir -p .gpu_wheels
@@ -41,7 +49,13 @@ export PYTHONUNBUFFERED=1
 
 step() {  # step NAME SECONDS CMD… : run with a time limit, log output, record wall time and exit status
     local name=$1 limit=$2; shift 2
-    local t0=$SECONDS
+    local t0=$SECONDS left=$((DEADLINE_S - SECONDS))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then
+        echo "=== [$(date +%T)] $name skipped: ${left}s left of DEADLINE_S=$DEADLINE_S" | tee -a "$LOG"
+        printf '%s\t0\tskipped\n' "$name" >> "$OUT/timings.tsv"
+        return 0
+    fi
     echo "=== [$(date +%T)] $name (limit ${limit}s): $*" | tee -a "$LOG"
     timeout "$limit" "$@" >> "$LOG" 2>&1
     local rc=$?
@@ -64,7 +78,7 @@ else
     THROUGHPUT_S=${THROUGHPUT_S:-150}; SWEEP_S=${SWEEP_S:-330}; DATA_S=${DATA_S:-240}
     # sentencepiece is a dependency (carried in .gpu_wheels); without it the rehearsal's data is stacking's BPE 32000
     REHEARSAL_ARGS=(--device cuda --threads 8 --tokenizer spm); REHEARSAL_S=${REHEARSAL_S:-360}
-    if ! "$PY" -c "import litgpt, jsonargparse, submitit, stacking" 2>/dev/null; then
+    if wanted install && ! "$PY" -c "import litgpt, jsonargparse, submitit, stacking" 2>/dev/null; then
         step install 120 bash -c "'$PY' -m pip install -q --no-index --no-deps .gpu_wheels/*.whl && \
             '$PY' -m pip install -q --no-deps --no-build-isolation -e ."
     fi
@@ -75,10 +89,11 @@ fi
 'python', platform.python_version())"; git rev-parse HEAD 2>/dev/null; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" | tee -a "$LOG"
 
-[ -f "$DATA/meta.json" ] || step data "$DATA_S" "$PY" -m stacking data "${DATA_ARGS[@]}"
-step throughput "$THROUGHPUT_S" bash -c "'$PY' benchmarks/throughput.py ${TP_ARGS[*]} > '$OUT/throughput.txt' 2>&1"
+wanted data && { [ -f "$DATA/meta.json" ] || step data "$DATA_S" "$PY" -m stacking data "${DATA_ARGS[@]}"; }
+wanted throughput && step throughput "$THROUGHPUT_S" bash -c \
+    "'$PY' benchmarks/throughput.py ${TP_ARGS[*]} > '$OUT/throughput.txt' 2>&1"
 # the main d first (G_stack g = 2, G↑zero, scratch: --only keeps their bases), then the rest of seed 0
-for only in '*-G_stack-depth-g2-*-s0-*' '*-G_zero-depth-g2-*-s0-*' 'scratch-*-s0-*' "$ONLY"; do
+wanted sweep && for only in '*-G_stack-depth-g2-*-s0-*' '*-G_zero-depth-g2-*-s0-*' 'scratch-*-s0-*' "$ONLY"; do
     [ "$DRY" = "--dry" ] && only=$ONLY
     left=$((SWEEP_S - $(awk -F'\t' '$1 ~ /^sweep/ {s += $2} END {print s + 0}' "$OUT/timings.tsv")))
     [ "$left" -gt 20 ] || break
@@ -88,7 +103,7 @@ for only in '*-G_stack-depth-g2-*-s0-*' '*-G_zero-depth-g2-*-s0-*' 'scratch-*-s0
 done
 SWEEP=sweeps/replicate-$SCALE
 [ "$DRY" = "--dry" ] && SWEEP=${DRY_SWEEP:-sweeps/lr-scratch-demo}  # a dry run trains nothing: package a finished sweep
-if [ -f "$SWEEP/plan.json" ]; then
+if wanted report && [ -f "$SWEEP/plan.json" ]; then
     step report "${REPORT_S:-240}" "$PY" -m stacking report "$SWEEP"
     cp "$SWEEP/results.csv" "$OUT/" 2>/dev/null
     cp "$SWEEP/report/report.md" "$OUT/" 2>/dev/null
@@ -96,7 +111,8 @@ if [ -f "$SWEEP/plan.json" ]; then
         -print0 | tar --null -czf "$OUT/replicate-$SCALE.tar.gz" -T -)
 fi
 "$PY" -c "import sentencepiece" 2>/dev/null || [ "$DRY" = "--dry" ] || REHEARSAL_ARGS+=(--tokenizer bpe)
-step rehearsal "$REHEARSAL_S" "$PY" benchmarks/paper_rehearsal.py "${REHEARSAL_ARGS[@]}" --out "$OUT/rehearsal"
+wanted rehearsal && step rehearsal "$REHEARSAL_S" "$PY" benchmarks/paper_rehearsal.py "${REHEARSAL_ARGS[@]}" \
+    --out "$OUT/rehearsal"
 R="$OUT/rehearsal/sweep"  # GBs of weights and the dataset are deleted: only the numbers and logs come back
 rm -rf "$R/grown" "$R/runs"/*/checkpoints "$R/runs"/*/*.ckpt "$R/runs"/*/*.tmp "$OUT/rehearsal"/data-* 2>/dev/null
 echo "=== [$(date +%T)] done; $OUT:" | tee -a "$LOG"
