@@ -35,6 +35,7 @@ import torch
 from stacking.checkpoint import WEIGHTS, load_checkpoint
 from stacking.cli import UsageError, parse, parser, run_command
 from stacking.errors import CheckpointError, DataError, ModelConfigError
+from stacking.eval_records import result_name
 from stacking.fsutil import sha256_file, write_json
 
 MISSING = "lm-eval is not installed; pip install -e '.[eval]'"
@@ -361,10 +362,7 @@ def default_out(record: dict) -> Path:
     .json``."""
     ck, ev = record["checkpoint"], record["eval"]
     base = Path(ck["run_dir"] or Path(ck["path"]).parent) / "eval"
-    tasks = "+".join(re.sub(r"[^\w.-]", "_", t) for t in ev["tasks"])[:96]
-    limit = f"_limit{ev['limit']:g}" if ev["limit"] is not None else ""
-    shots = f"_{ev['num_fewshot']}shot" if ev["num_fewshot"] is not None else ""
-    return base / f"{Path(ck['path']).name}_{tasks}{limit}{shots}.json"
+    return base / result_name(Path(ck["path"]).name, ev["tasks"], ev["limit"], ev["num_fewshot"])
 
 
 # ---- the offline tasks --------------------------------------------------------------------------------------------
