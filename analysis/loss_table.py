@@ -23,13 +23,13 @@ from analysis.speedup import mean_ci
 from analysis.sweep import AnalysisError, Sweep, load_sweep, method_label
 
 
-def _mean_ci(values) -> tuple[float, float]:
+def mean_ci_half(values) -> tuple[float, float]:
     """Mean and 95 % CI half-width over seeds (`analysis.speedup.mean_ci`; NaN half-width with one seed)."""
     m, _, hi = mean_ci(values)
     return m, hi - m
 
 
-def _main_runs(sweep: Sweep) -> pd.DataFrame:
+def main_runs(sweep: Sweep) -> pd.DataFrame:
     """Finished grown and scratch runs with their method label and annealed loss (the f = 1 cooldown's)."""
     main = sweep.runs()
     main = main[main["kind"].isin(["grown", "scratch"])].copy()
@@ -45,25 +45,37 @@ def _scratch_by_seed(main: pd.DataFrame, target) -> pd.DataFrame:
     return scratch.sort_values("tokens").drop_duplicates("seed", keep="last").set_index("seed")
 
 
-def loss_table(sweep: Sweep | str) -> pd.DataFrame:
-    """One row per target × method: seeds, mid and annealed loss (mean, CI half-width), and the paired difference
-    to scratch of the same target and seed (mean, CI half-width; NaN for scratch itself)."""
-    sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
-    main = _main_runs(sweep)
-    rows = []
+def paired_groups(sweep: Sweep, main: pd.DataFrame):
+    """Per target × method of `main_runs`: (target, method, its runs, those of them whose seed has a scratch run,
+    the target's scratch runs indexed by seed); each paired run's validation windows checked against its scratch
+    run's (`Sweep.check_same_windows`)."""
     for (target, method), grp in main.groupby(["target", "method"], sort=False):
         scratch = _scratch_by_seed(main, target)
         own = grp[grp["seed"].isin(scratch.index)]
         if method != "scratch":
             for rid, seed in zip(own["run_id"], own["seed"]):
                 sweep.check_same_windows(str(rid), str(scratch.loc[seed, "run_id"]))
+        yield target, method, grp, own, scratch
+
+
+def paired_difference(own: pd.DataFrame, scratch: pd.DataFrame, col: str) -> np.ndarray:
+    """Each paired run's ``col`` minus its own seed's scratch run's."""
+    return own[col].to_numpy(float) - scratch.loc[own["seed"], col].to_numpy(float)
+
+
+def loss_table(sweep: Sweep | str) -> pd.DataFrame:
+    """One row per target × method: seeds, mid and annealed loss (mean, CI half-width), and the paired difference
+    to scratch of the same target and seed (mean, CI half-width; NaN for scratch itself)."""
+    sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
+    rows = []
+    for target, method, grp, own, scratch in paired_groups(sweep, main_runs(sweep)):
         row = {"target": target, "method": method, "seeds": len(grp),
                "paired": len(own) if method != "scratch" else len(grp)}
         for col in ("final_val_loss", "annealed"):
-            row[col], row[f"{col}_ci"] = _mean_ci(grp[col])
+            row[col], row[f"{col}_ci"] = mean_ci_half(grp[col])
             if method != "scratch":
-                diff = own[col].to_numpy(float) - scratch.loc[own["seed"], col].to_numpy(float)
-                row[f"{col}_vs_scratch"], row[f"{col}_vs_scratch_ci"] = _mean_ci(diff)
+                diff = paired_difference(own, scratch, col)
+                row[f"{col}_vs_scratch"], row[f"{col}_vs_scratch_ci"] = mean_ci_half(diff)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -72,7 +84,7 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
     """One row per grown run: target, method, seed, mid and annealed loss, and each minus its own seed's scratch
     run's (NaN without a scratch run of that seed)."""
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
-    main = _main_runs(sweep)
+    main = main_runs(sweep)
     rows, by_target = [], {t: _scratch_by_seed(main, t) for t in main["target"].unique()}
     for _, r in main[main["kind"] == "grown"].iterrows():
         scratch = by_target[r["target"]]
@@ -131,8 +143,8 @@ def contrast_table(sweep_a: Sweep | str, sweep_b: Sweep | str) -> pd.DataFrame:
                 continue
             contrast, lo, hi, df = welch_ci(da, db)
             rows.append({"target": target, "method": method, "reading": reading,
-                         "seeds_a": len(da), "diff_a": _mean_ci(da)[0], "diff_a_ci": _mean_ci(da)[1],
-                         "seeds_b": len(db), "diff_b": _mean_ci(db)[0], "diff_b_ci": _mean_ci(db)[1],
+                         "seeds_a": len(da), "diff_a": mean_ci_half(da)[0], "diff_a_ci": mean_ci_half(da)[1],
+                         "seeds_b": len(db), "diff_b": mean_ci_half(db)[0], "diff_b_ci": mean_ci_half(db)[1],
                          "contrast": contrast, "contrast_lo": lo, "contrast_hi": hi, "df": df})
     if not rows:
         raise AnalysisError(f"{a.path} and {b.path} share no target × method with seeds paired to scratch")

@@ -15,24 +15,26 @@ Writes into OUT (default SWEEP_DIR/report/):
 Each analysis runs only when the sweep has the data it needs: Chinchilla needs ≥ 2 target sizes, IsoFLOP
 needs ≥ 3 growth timings d of one (target, op, g), Eq. 2 needs IsoFLOP argmins at ≥ 2 sizes and budgets, the
 annealed reading needs cooldown runs. Cooldown runs enter no analysis but the annealed speed-ups.
+
+Compute, then render: each part of the report is a function that returns a `Section` (markdown lines, the CSV
+tables and figures it writes, notes, fits); `write_report` computes them, `render` puts their markdown in the
+report's order, and the files are written last.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from analysis import plots
 from analysis.domain import domain_markdown, domain_table, has_eval_sets, plot_domain
-from analysis.fit import PAPER_EQ2, fit_chinchilla, fit_eq2, fit_isoflop, fit_loss_compute
 from analysis.loss_table import format_loss_table, loss_table
+from analysis.report_fits import fitted_law_sections
+from analysis.section import Figure, Section
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     TABLE_KEYS,
@@ -43,18 +45,7 @@ from analysis.speedup import (
     headline,
     speedup_table,
 )
-from analysis.sweep import (
-    AnalysisError,
-    chinchilla_points,
-    compute_frontier,
-    isoflop_points,
-    load_sweep,
-    loss_compute_points,
-    lr_sweep_table,
-    read_provenance,
-    read_val_windows,
-    to_jsonable,
-)
+from analysis.sweep import AnalysisError, load_sweep, lr_sweep_table, read_provenance, read_val_windows, to_jsonable
 
 SPEEDUP_DEFINITION = (
     "speed-up = FLOPs_scratch(L*) / FLOPs_grown(L*) − 1, FLOPs to first reach L* read on the running minimum of "
@@ -80,11 +71,14 @@ class Report:
     provenance: list[str] = field(default_factory=list)  # code commit, versions, data ids (plan.json)
 
 
-def _ci(fit_ci: dict, name: str, fmt: str = ".4g") -> str:
-    if name not in fit_ci:
-        return ""
-    lo, hi = fit_ci[name]
-    return f" [{lo:{fmt}}, {hi:{fmt}}]"
+@dataclass
+class Speedups:
+    """The speed-up tables a report returns and the seed-spread line quotes."""
+
+    table: pd.DataFrame
+    grown_table: pd.DataFrame | None
+    annealed_table: pd.DataFrame | None
+    headline: str
 
 
 def write_report(
@@ -94,27 +88,80 @@ def write_report(
     bootstrap: int = 200,
     seed: int = 0,
 ) -> Report:
-    """Analyse a sweep dir and write report.md, speedups.csv, speedup_runs.csv, fits.json and figures/."""
+    """Analyse a sweep dir and write report.md, speedups.csv, speedup_runs.csv, fits.json and figures/ (and the
+    other sections' CSV files where the sweep has their data)."""
     sweep = load_sweep(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep.path / "report"
-    fig_dir = out / "figures"  # created by the first figure; `out` once the inputs are checked
-    notes: list[str] = []
-    figures: list[tuple[str, str]] = []  # (caption, relative path)
-    fits: dict = {}
+    speed, speedups = speedup_section(sweep, target_loss)
+    fitted = fitted_law_sections(sweep, bootstrap, seed)
+    spread = seed_spread_section(sweep, speedups) if target_loss is None else Section()
+    body = [speed] + result_sections(sweep, bootstrap)
+    computed = [speed, *fitted, spread, *body[1:]]  # the order notes and figures are listed in
+    notes = [n for s in computed for n in s.notes]
+    figures = [f for s in computed for f in s.figures]
+    prov = provenance_lines(sweep)
+    md = render(sweep, speedups.headline, prov, [spread, *body], fitted, notes, figures)
+    fits = {k: v for s in fitted for k, v in s.fits.items()}
+    _write(out, computed, figures, fits)
+    path = out / "report.md"
+    path.write_text(md)
+    return Report(path=path, table=speedups.table, fits=fits, notes=notes, table_own_final=speedups.grown_table,
+                  table_annealed=speedups.annealed_table, headline=speedups.headline, provenance=prov)
 
-    def figure(fig, name: str, caption: str) -> None:
-        plots.save_figure(fig, fig_dir / name)
-        figures.append((caption, f"figures/{name}"))
 
-    # ---- speed-ups -------------------------------------------------------------------------------------------
+def _write(out: Path, sections: list[Section], figures: list[Figure], fits: dict) -> None:
+    """The sections' CSV files and figures, and fits.json, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for section in sections:
+        for name, table in section.csv.items():
+            table.to_csv(out / name, index=False)
+    for f in figures:
+        plots.save_figure(f.fig, out / "figures" / f.name)
+    (out / "fits.json").write_text(json.dumps(to_jsonable(fits), indent=1, allow_nan=False) + "\n")
+
+
+def render(sweep, headline_text: str, prov: list[str], body: list[Section], fitted: list[Section],
+           notes: list[str], figures: list[Figure]) -> str:
+    """report.md: the header, the speed-up headline, the body sections (seed spread, speed-ups, losses, growth
+    laws, LR sweep, domain), the fitted laws, the notes, the listed figures."""
+    res = sweep.results
+    counts = ", ".join(f"{k}: {v}" for k, v in res["kind"].value_counts().sort_index().items())
+    n_done = int((res["status"] == "done").sum())
+    lines = [
+        f"# Sweep report: {sweep.path}",
+        "",
+        f"{len(res)} runs ({counts}); {n_done} done. Only finished runs are analysed.",
+        "",
+    ]
+    if prov:
+        lines += ["Provenance (plan.json): " + "; ".join(prov) + ".", ""]
+    lines += ["## Speed-ups", "", headline_text, ""]
+    for section in body:
+        lines += section.markdown
+    lines += ["## Fitted laws", ""]
+    for section in fitted:
+        lines += section.markdown
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["## Figures", ""]
+    for f in figures:
+        if f.listed:
+            lines += [f"### {f.caption}", "", f"![{f.caption}](figures/{f.name})", ""]
+    return "\n".join(lines)
+
+
+# ---- sections ----------------------------------------------------------------------------------------------------
+def speedup_section(sweep, target_loss: float | None) -> tuple[Section, Speedups]:
+    """Speed-ups (mid reading at L*_p or a fixed L*, at the grown runs' own final loss, annealed reading): the
+    tables, speedups.csv and speedup_runs.csv, the bar and loss-curve figures."""
+    sec = Section()
     n_grown, n_scratch = len(sweep.runs("grown")), len(sweep.runs("scratch"))
     if n_grown == 0 or n_scratch == 0:
-        notes.append(f"speed-ups: skipped, the sweep has {n_grown} finished grown and {n_scratch} scratch runs")
+        sec.notes.append(f"speed-ups: skipped, the sweep has {n_grown} finished grown and {n_scratch} scratch runs")
     pairs = compute_speedups(sweep, target_loss=target_loss, fractions=BUDGET_FRACTIONS)
     table = speedup_table(pairs)
     reference = "fixed" if target_loss is not None else "scratch"
-    tables = [table.assign(reference=reference)]
-    pairs_all = [pairs.assign(reference=reference)]
+    tables, pairs_all = [table.assign(reference=reference)], [pairs.assign(reference=reference)]
     grown_table = None
     if target_loss is None and n_grown and n_scratch:
         grown_pairs = compute_speedups(sweep, reference="grown")
@@ -123,150 +170,104 @@ def write_report(
         pairs_all.append(grown_pairs.assign(reference="grown"))
     annealed_table = None
     if sweep.runs("cooldown").empty:
-        notes.append(NO_COOLDOWNS)
+        sec.notes.append(NO_COOLDOWNS)
     else:
         annealed_pairs = compute_annealed_speedups(sweep)
         annealed_table = speedup_table(annealed_pairs)
         tables.append(annealed_table.assign(reference="scratch"))
         pairs_all.append(annealed_pairs.assign(reference="scratch"))
         if annealed_table.empty:
-            notes.append("annealed reading: no finished grown run has cooldown runs")
-    out.mkdir(parents=True, exist_ok=True)
+            sec.notes.append("annealed reading: no finished grown run has cooldown runs")
     order = TABLE_KEYS + ["reference"]
     speedups = pd.concat(tables, ignore_index=True)
-    speedups[order + [c for c in speedups.columns if c not in order]].to_csv(out / "speedups.csv", index=False)
-    pd.concat(pairs_all, ignore_index=True).to_csv(out / "speedup_runs.csv", index=False)
+    sec.csv["speedups.csv"] = speedups[order + [c for c in speedups.columns if c not in order]]
+    sec.csv["speedup_runs.csv"] = pd.concat(pairs_all, ignore_index=True)
     main = table[(table["budget_fraction"] == 1.0) | table["budget_fraction"].isna()]
     lead = headline(main, "scratch's final loss" if target_loss is None else f"L* = {target_loss:g}")
+    _speedup_figures(sec, sweep, table, annealed_table)
+    sec.markdown = _speedup_markdown(table, grown_table, annealed_table, target_loss)
+    return sec, Speedups(table, grown_table, annealed_table, lead)
+
+
+def _speedup_figures(sec: Section, sweep, table: pd.DataFrame, annealed_table: pd.DataFrame | None) -> None:
     if len(table):
-        figure(
-            plots.plot_speedups(table),
-            "speedups.png",
-            "Speed-up per operator at L*_p, mid reading (bars: mean, whiskers: 95% CI)",
-        )
+        sec.figure(plots.plot_speedups(table), "speedups.png",
+                   "Speed-up per operator at L*_p, mid reading (bars: mean, whiskers: 95% CI)")
     if annealed_table is not None and len(annealed_table):
-        figure(
-            plots.plot_speedups(annealed_table, title="annealed speed-up vs scratch"),
-            "speedups_annealed.png",
-            "Speed-up per operator at L*_f, annealed reading (bars: mean, whiskers: 95% CI)",
-        )
+        sec.figure(plots.plot_speedups(annealed_table, title="annealed speed-up vs scratch"), "speedups_annealed.png",
+                   "Speed-up per operator at L*_f, annealed reading (bars: mean, whiskers: 95% CI)")
     for target in sorted(sweep.runs()["target"].dropna().unique()):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(target))
-        figure(plots.plot_loss_curves(sweep, target), f"curves_{safe}.png", f"Loss curves, target {target}")
+        sec.figure(plots.plot_loss_curves(sweep, target), f"curves_{safe}.png", f"Loss curves, target {target}")
 
-    # ---- L(C) per method -------------------------------------------------------------------------------------
-    frontier = compute_frontier(loss_compute_points(sweep))
-    lc_fits = {}
-    fits["loss_compute"] = {}
-    for method, grp in frontier.groupby("method"):
-        try:
-            with_e = fit_loss_compute(grp["flops"], grp["loss"], offset=True, bootstrap=bootstrap, seed=seed)
-            power = fit_loss_compute(grp["flops"], grp["loss"], offset=False, bootstrap=bootstrap, seed=seed)
-        except AnalysisError as err:
-            notes.append(f"L(C) for {method}: skipped ({err})")
-            continue
-        lc_fits[method] = with_e
-        fits["loss_compute"][method] = {"with_offset": with_e.to_dict(), "power_law": power.to_dict()}
-    if lc_fits:
-        figure(
-            plots.plot_loss_compute(frontier, lc_fits), "loss_compute.png", "L(C) per method with extrapolation bands"
-        )
 
-    # ---- Chinchilla L(N, D) on scratch runs -----------------------------------------------------------------
-    cpts = chinchilla_points(sweep)
-    chin = None
-    if cpts["N"].nunique() < 2:
-        notes.append(
-            f"Chinchilla L(N, D): skipped, the scratch runs cover {cpts['N'].nunique()} model size(s); "
-            "the fit needs at least 2 (better ≥ 4)"
-        )
-    else:
-        try:
-            chin = fit_chinchilla(cpts["N"], cpts["D"], cpts["loss"], bootstrap=bootstrap, seed=seed)
-            fits["chinchilla"] = chin.to_dict() | {"data": "validation curves of scratch runs (10% warm-up dropped)"}
-            figure(plots.plot_chinchilla(cpts, chin), "chinchilla.png", "Chinchilla L(N, D) fit on scratch curves")
-        except AnalysisError as err:
-            notes.append(f"Chinchilla L(N, D): skipped ({err})")
+def seed_spread_section(sweep, speedups: Speedups) -> Section:
+    """The grid's ``seed_spread`` line, right under the speed-up headline (`_seed_spread_lines`)."""
+    sec = Section()
+    tables = [t for t in (speedups.table, speedups.annealed_table) if t is not None]
+    sec.markdown = _seed_spread_lines(sweep, pd.concat(tables), sec.notes)
+    return sec
 
-    # ---- growth timing: IsoFLOP and Eq. 2 -------------------------------------------------------------------
-    ipts = isoflop_points(sweep)
-    iso = fit_isoflop(ipts) if len(ipts) else pd.DataFrame()
-    eq2 = None
-    if iso.empty:
-        notes.append("IsoFLOP over d: skipped, no (target, op, g) has ≥ 3 growth timings d with overlapping FLOPs")
-    else:
-        fits["isoflop"] = iso.to_dict(orient="records")
-        figure(plots.plot_isoflop(ipts, iso), "isoflop.png", "IsoFLOP curves of growth timing d")
-        good = iso[iso["interior"]]
-        try:
-            eq2 = fit_eq2(good["N"], good["budget"], good["d_opt"])
-            fits["eq2_fit"] = eq2.to_dict()
-        except AnalysisError as err:
-            notes.append(f"Eq. 2 fit: skipped ({err})")
-    eq2_rows = _eq2_predictions(sweep, eq2, notes)
-    fits["eq2_paper"] = PAPER_EQ2.to_dict() | {"predictions": eq2_rows}
 
-    (out / "fits.json").write_text(json.dumps(to_jsonable(fits), indent=1, allow_nan=False) + "\n")
-    speedup_md = _speedup_markdown(lead, table, grown_table, annealed_table, target_loss)
-    if target_loss is None:
-        spread = _seed_spread_lines(sweep, pd.concat([t for t in (table, annealed_table) if t is not None]), notes)
-        speedup_md[4:4] = spread  # right under the headline sentence
-    if n_grown and n_scratch:
+def result_sections(sweep, bootstrap: int) -> list[Section]:
+    """The sections after the speed-ups, each where the sweep has its data: final losses (grown and scratch runs),
+    growth laws, the LR sweep, domain and general loss."""
+    out = []
+    if len(sweep.runs("grown")) and len(sweep.runs("scratch")):
         losses = loss_table(sweep)
-        losses.to_csv(out / "losses.csv", index=False)
-        speedup_md += [LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""]
-    if n_grown and n_scratch:
-        speedup_md += _growth_law_markdown(sweep, out, min(bootstrap, 100), notes)
-    lrs = lr_sweep_table(sweep)
-    if len(lrs):
-        lrs.to_csv(out / "lr_sweep.csv", index=False)
-        speedup_md += _lr_sweep_markdown(lrs)
-    if has_eval_sets(sweep):  # eval_data_dirs: domain gained vs general lost (LLaMA Pro's figure; analysis/domain.py)
-        dom = domain_table(sweep)
-        dom.to_csv(out / "domain.csv", index=False)
-        if len(dom):
-            plots.save_figure(plot_domain(dom), fig_dir / "domain.png")
-        speedup_md += domain_markdown(dom, "figures/domain.png" if len(dom) else None)
-    prov = provenance_lines(sweep)
-    md = _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes, prov)
-    path = out / "report.md"
-    path.write_text(md)
-    return Report(
-        path=path,
-        table=table,
-        fits=fits,
-        notes=notes,
-        table_own_final=grown_table,
-        table_annealed=annealed_table,
-        headline=lead,
-        provenance=prov,
-    )
+        out.append(Section(markdown=[LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""],
+                           csv={"losses.csv": losses}))
+        out.append(growth_law_section(sweep, min(bootstrap, 100)))
+    out.append(lr_sweep_section(sweep))
+    out.append(domain_section(sweep))
+    return out
 
 
-def _growth_law_markdown(sweep, out: Path, bootstrap: int, notes: list[str]) -> list[str]:
+G_BOUND_TEXT = ("Grown − scratch loss per g, paired by seed (95 % CI; * = CI below 0), and the largest g still "
+                "significantly ahead of scratch (Klein, Hutter et al. 2026).")
+
+
+def growth_law_section(sweep, bootstrap: int) -> Section:
     """The g-bound table (Klein, Hutter et al. 2026) and Liew & Kato's L(D1, D2) fits (analysis/growth_laws.py),
-    written to g_bound.csv / liew_kato.csv; a section that cannot be computed becomes a note."""
+    as g_bound.csv / liew_kato.csv; a part that cannot be computed becomes a note."""
     from analysis.growth_laws import (format_g_bound_table, format_liew_kato_summary, g_bound_table,
                                       liew_kato_summary)
 
-    md: list[str] = []
+    sec = Section()
     try:
         bound = g_bound_table(sweep)
-        bound.to_csv(out / "g_bound.csv", index=False)
-        md += ["### Growth factor bound", "", "Grown − scratch loss per g, paired by seed (95 % CI; * = CI below 0), "
-               "and the largest g still significantly ahead of scratch (Klein, Hutter et al. 2026).", "",
-               format_g_bound_table(bound), ""]
+        sec.csv["g_bound.csv"] = bound
+        sec.markdown += ["### Growth factor bound", "", G_BOUND_TEXT, "", format_g_bound_table(bound), ""]
     except AnalysisError as err:
-        notes.append(f"g-bound table: skipped ({err})")
+        sec.notes.append(f"g-bound table: skipped ({err})")
     try:
         laws = liew_kato_summary(sweep.path, bootstrap=bootstrap)
-        laws.to_csv(out / "liew_kato.csv", index=False)
-        md += ["### L(D1, D2) = A·D1^−α1·D2^(−α2 + α3·ln D1) + E (Liew & Kato 2025)", "",
-               f"Base tokens D1 = d, tokens after growth D2; bootstrap 95 % CIs over {bootstrap} resamples.", "",
-               format_liew_kato_summary(laws), ""]
+        sec.csv["liew_kato.csv"] = laws
+        sec.markdown += ["### L(D1, D2) = A·D1^−α1·D2^(−α2 + α3·ln D1) + E (Liew & Kato 2025)", "",
+                         f"Base tokens D1 = d, tokens after growth D2; bootstrap 95 % CIs over {bootstrap} resamples.",
+                         "", format_liew_kato_summary(laws), ""]
     except AnalysisError as err:
-        notes.append(f"Liew & Kato fit: skipped ({err})")
-    return md
+        sec.notes.append(f"Liew & Kato fit: skipped ({err})")
+    return sec
+
+
+def lr_sweep_section(sweep) -> Section:
+    """The LR sweep on scratch runs (lr_sweep.csv), where the sweep has one."""
+    lrs = lr_sweep_table(sweep)
+    if not len(lrs):
+        return Section()
+    return Section(markdown=_lr_sweep_markdown(lrs), csv={"lr_sweep.csv": lrs})
+
+
+def domain_section(sweep) -> Section:
+    """eval_data_dirs: domain gained vs general lost (LLaMA Pro's figure; analysis/domain.py), domain.csv."""
+    if not has_eval_sets(sweep):
+        return Section()
+    dom = domain_table(sweep)
+    sec = Section(markdown=domain_markdown(dom, "figures/domain.png" if len(dom) else None), csv={"domain.csv": dom})
+    if len(dom):
+        sec.figures.append(Figure(plot_domain(dom), "domain.png", listed=False))
+    return sec
 
 
 LOSSES_HEADING = "### Final losses, paired by seed"
@@ -307,34 +308,9 @@ def provenance_lines(sweep) -> list[str]:
     return lines
 
 
-def _eq2_predictions(sweep, eq2, notes: list[str]) -> list[dict]:
-    """Paper's (and our fitted) Eq. 2 d for each target at its scratch run's total FLOPs."""
-    rows = []
-    scratch = sweep.runs("scratch")
-    for target, grp in scratch.groupby("target"):
-        n, c = float(grp["params_total"].iloc[0]), float(grp["flops"].max())
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            d_paper = float(PAPER_EQ2.predict_d(n, c))
-            d_fit = float(eq2.predict_d(n, c)) if eq2 is not None else math.nan
-        rows.append(
-            {
-                "target": target,
-                "N": n,
-                "C": c,
-                "d_paper": d_paper,
-                "d_fit": d_fit,
-                "warnings": [str(w.message) for w in caught],
-            }
-        )
-    if any(r["warnings"] for r in rows):
-        notes.append(next(r["warnings"][0] for r in rows if r["warnings"]))
-    return rows
-
-
-def _speedup_markdown(lead: str, table, grown_table, annealed_table, target_loss) -> list[str]:
-    """The speed-up section: the headline sentence, the definition, the mid tables, the annealed table or note."""
-    lines = ["## Speed-ups", "", lead, "", SPEEDUP_DEFINITION, "", "### Mid reading (the main runs' curves)", ""]
+def _speedup_markdown(table, grown_table, annealed_table, target_loss) -> list[str]:
+    """The speed-up section after its headline: the definition, the mid tables, the annealed table or note."""
+    lines = [SPEEDUP_DEFINITION, "", "### Mid reading (the main runs' curves)", ""]
     if target_loss is not None:
         lstar = f"fixed L* = {target_loss:g}"
     else:
@@ -426,93 +402,3 @@ def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:
                          f"{ann} |")
         lines.append("")
     return lines
-
-
-def _markdown(sweep, speedup_md, fits, chin, lc_fits, iso, eq2, eq2_rows, figures, notes, prov=()) -> str:
-    res = sweep.results
-    counts = ", ".join(f"{k}: {v}" for k, v in res["kind"].value_counts().sort_index().items())
-    n_done = int((res["status"] == "done").sum())
-    lines = [
-        f"# Sweep report: {sweep.path}",
-        "",
-        f"{len(res)} runs ({counts}); {n_done} done. Only finished runs are analysed.",
-        "",
-    ]
-    if prov:
-        lines += ["Provenance (plan.json): " + "; ".join(prov) + ".", ""]
-    lines += speedup_md
-    lines += ["## Fitted laws", ""]
-    if lc_fits:
-        lines += [
-            "### L(C) per method (compute-efficient frontier of validation curves)",
-            "",
-            "| method | L = a·C^b + E: a | b | E | L = a·C^b: a | b | points |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for method, f in fits["loss_compute"].items():
-            w, p = f["with_offset"], f["power_law"]
-            ci_w, ci_p = w.get("ci", {}), p.get("ci", {})
-            lines.append(
-                f"| {method} | {w['a']:.4g}{_ci(ci_w, 'a')} | {w['b']:.4f}{_ci(ci_w, 'b', '.4f')} | "
-                f"{w['E']:.4g}{_ci(ci_w, 'E')} | {p['a']:.4g}{_ci(ci_p, 'a')} | {p['b']:.4f}{_ci(ci_p, 'b', '.4f')} | "
-                f"{w['n_points']} |"
-            )
-        lines += ["", "Brackets: bootstrap percentile 95% CI. Extrapolation bands are in the L(C) figure.", ""]
-    if chin is not None:
-        lines += [
-            "### Chinchilla L(N, D) = E + A/N^α + B/D^β (scratch runs)",
-            "",
-            "| parameter | estimate | 95% CI |",
-            "|---|---|---|",
-        ]
-        for k in ("E", "A", "B", "alpha", "beta"):
-            lo_hi = chin.ci.get(k)
-            ci = f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else "—"
-            lines.append(f"| {k} | {getattr(chin, k):.4g} | {ci} |")
-        a, b = chin.exponents
-        lines += [
-            "",
-            (
-                f"Huber δ=1e-3 on log residuals, {chin.n_starts} starts ({chin.n_converged} converged), "
-                f"{chin.n_points} points, {chin.n_bootstrap} bootstrap resamples. N_opt ∝ C^{a:.3f}, "
-                f"D_opt ∝ C^{b:.3f}. Caveat: points along one cosine run are not separately decayed runs."
-            ),
-            "",
-        ]
-    if not iso.empty:
-        lines += [
-            "### Growth timing d: IsoFLOP argmins",
-            "",
-            "| target | op | g | budget C | d_opt | inside sampled d |",
-            "|---|---|---|---|---|---|",
-        ]
-        for _, r in iso.iterrows():
-            d = f"{r['d_opt']:.3g}" if np.isfinite(r["d_opt"]) else "no valley"
-            lines.append(f"| {r['target']} | {r['op']} | {r['g']:g} | {r['budget']:.3g} | {d} | {r['interior']} |")
-        lines.append("")
-    if eq2 is not None:
-        lines += [
-            (
-                f"Eq. 2 form fitted: log10 d = {eq2.a:.3f}·log10 N + {eq2.b:.2f}/log10 C + {eq2.c:.2f} "
-                f"({eq2.n_points} argmins, RMS {eq2.rms_log10:.3f} in log10 d)."
-            ),
-            "",
-        ]
-    lines += [
-        f"Paper's Eq. 2 (a={PAPER_EQ2.a}, b={PAPER_EQ2.b}, c={PAPER_EQ2.c}; fitted at C ≈ 1e19.5–1e21):",
-        "",
-        "| target | N | C (scratch) | d (paper Eq. 2) | d (our fit) |",
-        "|---|---|---|---|---|",
-    ]
-    for r in eq2_rows:
-        warn = " ⚠ outside fitted C range" if r["warnings"] else ""
-        d_fit = f"{r['d_fit']:.3g}" if np.isfinite(r["d_fit"]) else "—"
-        lines.append(f"| {r['target']} | {r['N']:.3g} | {r['C']:.3g} | {r['d_paper']:.3g}{warn} | {d_fit} |")
-    lines.append("")
-
-    if notes:
-        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["## Figures", ""]
-    for caption, rel in figures:
-        lines += [f"### {caption}", "", f"![{caption}]({rel})", ""]
-    return "\n".join(lines)
