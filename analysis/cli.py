@@ -93,7 +93,7 @@ def export_parser():
     p = parser(
         "stacking export",
         "Copy what `stacking report` and the loss table read from a sweep dir into OUT_DIR, compact enough to "
-        "commit (results.csv, plan.json, grid.yaml, each run's summary.json, config.yaml, model.json, "
+        "commit (results.csv, plan.json, grid.yaml, each run's summary.json, config.yaml, model.json, eval/*.json, "
         "val_windows.json and metrics.csv's evaluation rows gzipped); `stacking report OUT_DIR` then gives the same "
         "tables.",
     )
@@ -127,8 +127,9 @@ def export_main(argv: list[str]) -> int:
 
 def loss_table_parser():
     p = parser("stacking loss-table", "Final losses of a sweep (mid-schedule and annealed), each grown run minus "
-               "its own seed's scratch run: mean ± 95 % CI over seeds; --contrast: the difference-in-differences "
-               "against another sweep (e.g. another init).")
+               "its own seed's scratch run: mean ± 95 % CI over seeds; with a grid's eval:, the downstream scores "
+               "paired the same way under it; --contrast: the difference-in-differences against another sweep (e.g. "
+               "another init).")
     p.add_argument("sweep_dir", help="a sweep dir written by `stacking sweep` (or its export, `stacking export`)")
     p.add_argument("--per-seed", action="store_true", help="one row per grown run (its own seed's differences)")
     p.add_argument("--contrast", metavar="SWEEP_B", help="difference-in-differences against another sweep: "
@@ -152,9 +153,26 @@ def _loss_table(argv: list[str]) -> int:
         table.to_csv(out, index=False)
         print(format_contrast_table(table))
         print(f"A = {sweep.path}, B = {args.contrast}; wrote {out}")
+    elif args.per_seed:
+        print(format_per_seed_table(per_seed_table(sweep)))
     else:
-        print(format_per_seed_table(per_seed_table(sweep)) if args.per_seed else format_loss_table(loss_table(sweep)))
+        losses = loss_table(sweep)
+        print(format_loss_table(losses))
+        _print_downstream(sweep, losses)
     return 0
+
+
+def _print_downstream(sweep, losses: pd.DataFrame) -> None:
+    """The downstream table (a grid's ``eval:``) under the loss table, and where scores and losses disagree."""
+    from analysis.downstream import disagreements, downstream_table, format_downstream_table
+
+    table = downstream_table(sweep, losses)
+    if table.empty:
+        return
+    print("\ndownstream scores (lm-eval; ↑ higher is better, ↓ lower), each method minus its own seed's scratch:")
+    print(format_downstream_table(table))
+    for line in disagreements(table):
+        print(f"disagrees with the loss: {line}")
 
 
 def loss_table_main(argv: list[str]) -> int:

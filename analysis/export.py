@@ -5,7 +5,8 @@ what the tables and figures need, small enough to commit (e.g. under results/<sw
 
 Copied: results.csv, plan.json (the plan and its provenance: git commit, versions, data ids), grid.yaml, the grid's
 ``seed_spread`` reference file (to OUT_DIR/<its path relative to the grid>), and of every run dir in results.csv its
-summary.json, config.yaml and model.json, its val_windows.json gzipped, and its metrics.csv gzipped as metrics.csv.gz
+summary.json, config.yaml and model.json, its downstream results (eval/*.json, `stacking eval`'s records; the
+report's downstream table reads them), its val_windows.json gzipped, and its metrics.csv gzipped as metrics.csv.gz
 (the readers take either) and cut to its evaluation rows, the only rows any analysis reads (``--all-rows`` keeps the
 training steps too: 2–3× the bytes). Not copied: checkpoints, states, logs, results.parquet, report/.
 OUT_DIR/export.json records the source, the file count and the bytes written. The gzip streams carry no timestamp,
@@ -107,6 +108,8 @@ def export_sweep(sweep_dir: str | Path, out_dir: str | Path, overwrite: bool = F
         for name in RUN_FILES:
             if (run_dir / name).is_file():
                 copy(run_dir / name, out / rel / name)
+        for path in sorted((run_dir / "eval").glob("*.json")):
+            copy(path, out / rel / "eval" / path.name)
         for name in GZIP_FILES:
             if (run_dir / name).is_file():
                 dst = out / rel / f"{name}.gz"

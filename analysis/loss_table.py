@@ -8,7 +8,8 @@ mid = the main run's last validation loss (constant LR); annealed = its cooldown
 Mean ± half-width of the Student-t 95 % CI over seeds; the difference is paired by seed (same data order and init
 seed for both), so the scratch run's seed-to-seed spread cancels out of it. ``--per-seed`` prints one row per
 grown run instead (its seed's differences): how a one-seed d sweep is read against the main d's seeds.
-`stacking report` writes the same table into report.md and losses.csv. ``--contrast SWEEP_B`` prints the
+`stacking report` writes the same table into report.md and losses.csv; with a grid's ``eval:`` both add the
+downstream scores paired the same way (analysis/downstream.py). ``--contrast SWEEP_B`` prints the
 difference-in-differences of two sweeps (e.g. TinyLlama's init against PyTorch's default): per method,
 (method − scratch in SWEEP_DIR) − (method − scratch in SWEEP_B), Welch 95 % CI (`contrast_table`).
 """
@@ -29,14 +30,21 @@ def mean_ci_half(values) -> tuple[float, float]:
     return m, hi - m
 
 
-def main_runs(sweep: Sweep) -> pd.DataFrame:
-    """Finished grown and scratch runs with their method label and annealed loss (the f = 1 cooldown's)."""
+def main_runs(sweep: Sweep, values: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Finished grown and scratch runs with their method label and annealed loss (the f = 1 cooldown's). With
+    ``values`` (per-run columns indexed by run id, e.g. downstream scores): each column's mid value (the run's own)
+    as ``mid:<column>`` and its annealed value (its f = 1 cooldown's) as ``annealed:<column>``."""
     main = sweep.runs()
     main = main[main["kind"].isin(["grown", "scratch"])].copy()
     cool = sweep.runs("cooldown")
     cool = cool[np.isclose(cool["anneal_fraction"].astype(float), 1.0)]
     main["annealed"] = main["run_id"].map(dict(zip(cool["parent_run"], cool["final_val_loss"])))
     main["method"] = [("scratch" if r["kind"] == "scratch" else method_label(r)) for _, r in main.iterrows()]
+    if values is not None:
+        cooldown = main["run_id"].map(dict(zip(cool["parent_run"], cool["run_id"])))
+        for col in values.columns:
+            main[f"mid:{col}"] = main["run_id"].map(values[col])
+            main[f"annealed:{col}"] = cooldown.map(values[col])
     return main
 
 

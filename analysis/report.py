@@ -9,6 +9,8 @@ Writes into OUT (default SWEEP_DIR/report/):
     speedup_runs.csv  the per-run pairs behind it (L*, FLOPs and tokens at L*, reason when not reached)
     losses.csv      final losses per target × method over seeds and each minus its own seed's scratch run's
                     (analysis/loss_table.py; with grown and scratch runs)
+    downstream.csv  with a grid's ``eval:``: downstream scores per target × method × metric, each minus its own
+                    seed's scratch run's, beside the loss difference (analysis/downstream.py)
     fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
     figures/*.png   loss curves per target, speed-up bars (and annealed ones), L(C), IsoFLOP, Chinchilla
 
@@ -32,6 +34,7 @@ import yaml
 
 from analysis import plots
 from analysis.domain import domain_markdown, domain_table, has_eval_sets, plot_domain
+from analysis.downstream import downstream_markdown, downstream_table, eval_settings
 from analysis.loss_table import format_loss_table, loss_table
 from analysis.report_fits import fitted_law_sections
 from analysis.section import Figure, Section
@@ -122,8 +125,8 @@ def _write(out: Path, sections: list[Section], figures: list[Figure], fits: dict
 
 def render(sweep, headline_text: str, prov: list[str], body: list[Section], fitted: list[Section],
            notes: list[str], figures: list[Figure]) -> str:
-    """report.md: the header, the speed-up headline, the body sections (seed spread, speed-ups, losses, growth
-    laws, LR sweep, domain), the fitted laws, the notes, the listed figures."""
+    """report.md: the header, the speed-up headline, the body sections (seed spread, speed-ups, losses,
+    downstream, growth laws, LR sweep, domain), the fitted laws, the notes, the listed figures."""
     res = sweep.results
     counts = ", ".join(f"{k}: {v}" for k, v in res["kind"].value_counts().sort_index().items())
     n_done = int((res["status"] == "done").sum())
@@ -211,16 +214,26 @@ def seed_spread_section(sweep, speedups: Speedups) -> Section:
 
 def result_sections(sweep, bootstrap: int) -> list[Section]:
     """The sections after the speed-ups, each where the sweep has its data: final losses (grown and scratch runs),
-    growth laws, the LR sweep, domain and general loss."""
+    downstream scores (a grid's ``eval:``), growth laws, the LR sweep, domain and general loss."""
     out = []
     if len(sweep.runs("grown")) and len(sweep.runs("scratch")):
         losses = loss_table(sweep)
         out.append(Section(markdown=[LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""],
                            csv={"losses.csv": losses}))
+        out.append(downstream_section(sweep, losses))
         out.append(growth_law_section(sweep, min(bootstrap, 100)))
     out.append(lr_sweep_section(sweep))
     out.append(domain_section(sweep))
     return out
+
+
+def downstream_section(sweep, losses: pd.DataFrame) -> Section:
+    """Downstream scores paired by seed (analysis/downstream.py), where plan.json records a grid's ``eval:`` and
+    the runs have results; empty otherwise."""
+    table = downstream_table(sweep, losses)
+    if table.empty:
+        return Section()
+    return Section(markdown=downstream_markdown(table, eval_settings(sweep.path)), csv={"downstream.csv": table})
 
 
 G_BOUND_TEXT = ("Grown − scratch loss per g, paired by seed (95 % CI; * = CI below 0), and the largest g still "
