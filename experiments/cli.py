@@ -5,7 +5,8 @@
     stacking sweep status SWEEP_DIR
 
 Every grid error is one line (``stacking sweep: error: …``, exit status 2) before any compute. A local sweep
-exits 0 when every run is done and 1 when some failed or were skipped (the table says which and why). The parsers
+exits 0 when every run is done (and evaluated, with a grid's ``eval:``) and 1 when some failed or were skipped or an
+evaluation failed (the table says which and why). The parsers
 are jsonargparse's (`stacking.cli.parser`): ``--config FILE.yaml`` gives any option, the grid included.
 """
 
@@ -59,6 +60,7 @@ def _sweep(argv: list[str]) -> int:
         raise GridError("--retries must be >= 0")
     grid = load_grid(args.grid, scale=args.scale)
     runs = expand(grid, where=Path(args.grid).name)
+    evaluation = _evaluation(grid, Path(args.grid).name)
     todo = select(runs, args.only) if args.only else runs
     sweep_dir = Path(args.out) if args.out else Path("sweeps") / (grid.name or Path(args.grid).stem)
     for line in epoch_warnings(todo):
@@ -69,8 +71,24 @@ def _sweep(argv: list[str]) -> int:
 
         print(format_plan(todo, sweep_dir, grid_path=args.grid, jobs=jobs, threads=threads,
                           executor=args.executor))
+        if evaluation is not None:
+            from experiments.evaluation import evaluated
+
+            print(f"eval: {', '.join(evaluation.tasks)} (limit {evaluation.limit}) on the final checkpoint of "
+                  f"{sum(evaluated(r) for r in todo)} runs (scratch, grown, cooldowns at f = 1)")
         return 0
-    return _execute(args, grid, runs, todo, sweep_dir, jobs, threads, gpus)
+    return _execute(args, grid, runs, todo, sweep_dir, jobs, threads, gpus, evaluation)
+
+
+def _evaluation(grid, where: str):
+    """The grid's ``eval:`` with absolute include paths, its tasks checked (lm-eval installed, tasks known), or None."""
+    if grid.eval is None:
+        return None
+    from experiments.evaluation import check_tasks, resolve
+
+    evaluation = resolve(grid.eval)
+    check_tasks(evaluation, where)
+    return evaluation
 
 
 def _resources(args, runs) -> tuple[int, int, int]:
@@ -87,19 +105,19 @@ def _resources(args, runs) -> tuple[int, int, int]:
     return jobs, args.threads or threads, min(jobs, n_gpus)
 
 
-def _execute(args, grid, runs, todo, sweep_dir: Path, jobs: int, threads: int, gpus: int) -> int:
+def _execute(args, grid, runs, todo, sweep_dir: Path, jobs: int, threads: int, gpus: int, evaluation) -> int:
     from experiments.dryrun import kinds_summary
     from experiments.local import LocalExecutor
     from experiments.provenance import write_plan
     from experiments.table import write_results
 
-    write_plan(sweep_dir, args.grid, grid, runs)
+    write_plan(sweep_dir, args.grid, grid, runs, evaluation)
     kinds = kinds_summary(todo)
     if args.executor == "slurm":
         from experiments.slurm import submit_slurm
 
         records = submit_slurm(sweep_dir, todo, grid.slurm, cluster=args.cluster, retries=args.retries,
-                               name=grid.name or "sweep")
+                               name=grid.name or "sweep", evaluation=evaluation)
         for rec in records:
             print(f"[sweep] submitted {rec['run_id']} as job {rec['job_id']}"
                   + (f" ({rec['dependency']})" if rec["dependency"] else ""))
@@ -109,15 +127,19 @@ def _execute(args, grid, runs, todo, sweep_dir: Path, jobs: int, threads: int, g
           f"thread(s), retries {args.retries}", flush=True)
     t0 = time.perf_counter()
     ex = LocalExecutor(sweep_dir, todo, jobs=jobs, threads=threads, retries=args.retries, gpus=gpus,
-                       echo=lambda s: print(s, flush=True), on_finished=lambda: write_results(sweep_dir, runs))
+                       echo=lambda s: print(s, flush=True), on_finished=lambda: write_results(sweep_dir, runs),
+                       evaluation=evaluation)
     states = ex.run()
     write_results(sweep_dir, runs)
     n = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "skipped")}
+    evals = f", {len(ex.eval_failed)} evaluation(s) failed" if ex.eval_failed else ""
     print(f"[sweep] finished in {time.perf_counter() - t0:.1f}s: {n['done']} done, {n['failed']} failed, "
-          f"{n['skipped']} skipped; results: {sweep_dir / 'results.csv'}", flush=True)
+          f"{n['skipped']} skipped{evals}; results: {sweep_dir / 'results.csv'}", flush=True)
     for rid, why in ex.reason.items():
         print(f"[sweep]   {states[rid]} {rid}: {why}", flush=True)
-    return 0 if n["done"] == len(todo) else 1
+    for rid, why in ex.eval_failed.items():
+        print(f"[sweep]   evaluation failed {rid} {why}", flush=True)
+    return 0 if n["done"] == len(todo) and not ex.eval_failed else 1
 
 
 def _status(argv: list[str]) -> int:

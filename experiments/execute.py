@@ -1,9 +1,10 @@
 """One run, executed in this process: grow the base checkpoint (grown runs), train, record the outcome.
 
-Both executors call `execute(run, sweep_dir)` in the process that does the work: it grows the base checkpoint
-(grown runs), then `stacking.train.run` trains — resuming the run's own ``last.ckpt`` when there is one — and
-records the outcome in ``runs/<id>/status.json`` (+ ``error.txt`` with the traceback on failure), holding the run's
-lock (`experiments.rundir.run_lock`) throughout.
+Both executors call `execute(run, sweep_dir, evaluation)` in the process that does the work: it grows the base
+checkpoint (grown runs), then `stacking.train.run` trains — resuming the run's own ``last.ckpt`` when there is one —
+and records the outcome in ``runs/<id>/status.json`` (+ ``error.txt`` with the traceback on failure), holding the
+run's lock (`experiments.rundir.run_lock`) throughout. With a grid's ``eval:`` (``evaluation``), a run it evaluates
+is then evaluated (`experiments.evaluation`); a run trained by an earlier sweep is only evaluated.
 
 Failure classes (status.json ``error_class``): ``nan_loss`` (loss went non-finite; never retried: CPU runs are
 deterministic and it would recur), ``oom`` (out of memory), ``exception`` (anything raised), ``killed`` (the worker
@@ -21,9 +22,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from experiments.evaluation import evaluate_run, evaluated
 from experiments.plan import GrowStep, PlannedRun
 from experiments.provenance import git_info
-from experiments.rundir import read_json, run_lock
+from experiments.rundir import is_done, read_json, run_lock
+from experiments.schema import EvalSpec
 from stacking.fsutil import write_json
 from stacking.train import CARRY_FILE
 
@@ -36,47 +39,60 @@ def _classify(exc: BaseException) -> str:
     return "exception"
 
 
-def execute(run: PlannedRun, sweep_dir: str | Path) -> dict:
-    """Grow (grown runs) and train one run in this process; write and return its status.json. Never raises.
+def execute(run: PlannedRun, sweep_dir: str | Path, evaluation: EvalSpec | None = None) -> dict:
+    """Grow (grown runs) and train one run in this process, unless an earlier sweep trained it; then evaluate it
+    when ``evaluation`` asks for it. Write and return its status.json. Never raises an Exception.
 
     Paths in the run's config are relative to the sweep dir, so this runs with the sweep dir as working directory
     (restored afterwards)."""
     sweep_dir = Path(sweep_dir).resolve()
     run_dir = sweep_dir / run.config.out_dir
-    old_cwd = os.getcwd()
     with run_lock(run_dir):
-        prev = read_json(run_dir / "status.json") or {}
-        status: dict[str, Any] = {
-            "run_id": run.id, "status": "running", "error_class": None, "reason": None,
-            "attempts": int(prev.get("attempts", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "started_at": time.time(), "git": git_info(),
-        }
-        write_json(run_dir / "status.json", status)
-        (run_dir / "error.txt").unlink(missing_ok=True)
-        try:
-            os.chdir(sweep_dir)
-            if run.grow is not None:
-                _grow(run)
-            from stacking.train import run as train
-
-            summary = train(dataclasses.replace(run.config))
-            if summary["status"] == "done":
-                status["status"] = "done"
-            else:
-                status.update(status="failed", reason=summary["status"].removeprefix("failed: "),
-                              error_class="nan_loss" if "nan" in summary["status"] else "exception")
-        except Exception as e:  # noqa: BLE001 - every failure is recorded, none stops the sweep
-            status.update(status="failed", error_class=_classify(e),
-                          reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
-            (run_dir / "error.txt").write_text(traceback.format_exc())
-        except BaseException as e:  # Ctrl-C, or submitit's exit after requeueing a preempted job: resumable
-            status.update(status="interrupted", reason=type(e).__name__, ended_at=time.time())
+        if is_done(sweep_dir, run):  # trained by an earlier sweep: only its evaluation is missing
+            status = {**(read_json(run_dir / "status.json") or {"run_id": run.id}), "status": "done"}
+        else:
+            status = _train(run, sweep_dir, run_dir)
+        if status["status"] == "done" and evaluation is not None and evaluated(run):
+            status["eval"] = evaluate_run(run, sweep_dir, evaluation)
             write_json(run_dir / "status.json", status)
-            raise
-        finally:
-            os.chdir(old_cwd)
-        status["ended_at"] = time.time()
+    return status
+
+
+def _train(run: PlannedRun, sweep_dir: Path, run_dir: Path) -> dict:
+    """Grow and train, recording the outcome in status.json (+ error.txt); the caller holds the run's lock."""
+    old_cwd = os.getcwd()
+    prev = read_json(run_dir / "status.json") or {}
+    status: dict[str, Any] = {
+        "run_id": run.id, "status": "running", "error_class": None, "reason": None,
+        "attempts": int(prev.get("attempts", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "started_at": time.time(), "git": git_info(),
+    }
+    write_json(run_dir / "status.json", status)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    try:
+        os.chdir(sweep_dir)
+        if run.grow is not None:
+            _grow(run)
+        from stacking.train import run as train
+
+        summary = train(dataclasses.replace(run.config))
+        if summary["status"] == "done":
+            status["status"] = "done"
+        else:
+            status.update(status="failed", reason=summary["status"].removeprefix("failed: "),
+                          error_class="nan_loss" if "nan" in summary["status"] else "exception")
+    except Exception as e:  # noqa: BLE001 - every failure is recorded, none stops the sweep
+        status.update(status="failed", error_class=_classify(e),
+                      reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+    except BaseException as e:  # Ctrl-C, or submitit's exit after requeueing a preempted job: resumable
+        status.update(status="interrupted", reason=type(e).__name__, ended_at=time.time())
         write_json(run_dir / "status.json", status)
+        raise
+    finally:
+        os.chdir(old_cwd)
+    status["ended_at"] = time.time()
+    write_json(run_dir / "status.json", status)
     return status
 
 

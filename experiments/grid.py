@@ -43,6 +43,7 @@ from experiments.schema import (
     AnnealSpec,
     BaseSpec,
     ChainSpec,
+    EvalSpec,
     Grid,
     GridError,
     GrownSpec,
@@ -58,9 +59,10 @@ from experiments.schema import (
 )
 
 # The grid API is this module: the schema's names are re-exported from here.
-__all__ = ["CONTINUED", "MAX_EPOCHS", "AnnealSpec", "BaseSpec", "ChainSpec", "Grid", "GridError", "GrowStep",
-           "GrownSpec", "OpSpec", "OverrideSpec", "PlannedRun", "ScratchSpec", "SlurmSpec", "StageSpec", "apply_scale",
-           "base_shape", "epoch_warnings", "expand", "load_grid", "operators", "parse_grid", "select", "shape_label"]
+__all__ = ["CONTINUED", "MAX_EPOCHS", "AnnealSpec", "BaseSpec", "ChainSpec", "EvalSpec", "Grid", "GridError",
+           "GrowStep", "GrownSpec", "OpSpec", "OverrideSpec", "PlannedRun", "ScratchSpec", "SlurmSpec", "StageSpec",
+           "apply_scale", "base_shape", "epoch_warnings", "expand", "load_grid", "operators", "parse_grid", "select",
+           "shape_label"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Operators: which exist, in which direction
@@ -130,7 +132,21 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
             raise GridError(f"{where}: g = {g} must be an integer >= 2")
     for i, ch in enumerate(grid.chains):
         check_chain(grid, i, ch, labels, ops_known, where)
+    if grid.eval is not None:
+        _check_eval(grid.eval, where)
     return labels
+
+
+def _check_eval(spec: EvalSpec, where: str) -> None:
+    """The ``eval`` field's values (its task names and include paths are checked by the sweep, which has lm-eval:
+    `experiments.evaluation.check_tasks`)."""
+    if not spec.tasks or any(not t.strip() for t in spec.tasks):
+        raise GridError(f"{where}: eval.tasks must list at least one lm-eval task name, e.g. [nextline_mc, "
+                        f"heldout_ppl], got {spec.tasks}")
+    for name, value, least in (("limit", spec.limit, 1), ("num_fewshot", spec.num_fewshot, 0),
+                               ("batch_size", spec.batch_size, 1)):
+        if value is not None and value < least:
+            raise GridError(f"{where}: eval.{name} must be an integer >= {least}, got {value}")
 
 
 def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:

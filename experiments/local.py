@@ -3,8 +3,9 @@
 Each run is its own process: forked from the runner, which has imported torch/Lightning/litgpt already (a fresh
 ``python -m stacking train`` pays ~5 s of imports per run), or, on GPU machines, from a forkserver that imported
 them once. A crash or kill of one run is isolated; workers die with the sweep (PR_SET_PDEATHSIG), so a restarted
-sweep never races an orphan. A worker calls `experiments.execute.execute`; this module schedules, retries, and
-prints one line per state change.
+sweep never races an orphan. A worker calls `experiments.execute.execute` (training, then the grid's ``eval:``; a
+run an earlier sweep trained that lacks its evaluation gets a worker that only evaluates); this module schedules,
+retries, and prints one line per state change.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments.evaluation import evaluated, needs_eval, summary_line
 from experiments.execute import execute
 from experiments.plan import PlannedRun
 from experiments.rundir import is_done, read_json
+from experiments.schema import EvalSpec
 from stacking.fsutil import write_json
 
 KIND_ORDER = {"base": 0, "grown": 1, "scratch": 2, "cooldown": 3}
@@ -53,8 +56,8 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker(spec: dict, sweep_dir: str, threads: int, gpu: str | None) -> None:
-    """Entry point of a local worker process: one run, its output in runs/<id>/worker.log."""
+def _worker(spec: dict, sweep_dir: str, threads: int, gpu: str | None, evaluation: EvalSpec | None = None) -> None:
+    """Entry point of a local worker process: one run (and its evaluation), its output in runs/<id>/worker.log."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C goes to the runner, which terminates its workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -70,7 +73,7 @@ def _worker(spec: dict, sweep_dir: str, threads: int, gpu: str | None) -> None:
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
-    status = execute(run, sweep_dir)
+    status = execute(run, sweep_dir, evaluation)
     sys.stdout.flush(), sys.stderr.flush()
     sys.exit(0 if status["status"] == "done" else 1)
 
@@ -117,12 +120,19 @@ class LocalExecutor:
     """Runs a plan's DAG with ``jobs`` concurrent worker processes; prints one line per state change."""
 
     def __init__(self, sweep_dir: Path, runs: list[PlannedRun], *, jobs: int, threads: int, retries: int = 1,
-                 gpus: int = 0, echo: Callable[[str], None] = print, on_finished: Callable[[], None] | None = None):
+                 gpus: int = 0, echo: Callable[[str], None] = print, on_finished: Callable[[], None] | None = None,
+                 evaluation: EvalSpec | None = None):
         self.sweep_dir, self.runs, self.jobs, self.threads = Path(sweep_dir), runs, jobs, threads
         self.retries, self.gpus, self.echo = retries, gpus, echo
         self.on_finished = on_finished
         """Called after every run that ends (done or failed): the CLI rebuilds results.csv, so `stacking report`
         reads a long sweep's finished runs while it goes on."""
+        self.evaluation = evaluation
+        """The grid's ``eval:`` (include paths absolute), or None."""
+        self.trained: set[str] = set()
+        """Runs an earlier sweep trained whose evaluation is missing: their workers only evaluate."""
+        self.eval_failed: dict[str, str] = {}
+        """Run id → why its evaluation failed (the run itself is done)."""
         self.by_id = {r.id: r for r in runs}
         self.state: dict[str, str] = {}
         self.reason: dict[str, str] = {}
@@ -146,7 +156,7 @@ class LocalExecutor:
         return r.kind == "cooldown" and dep == r.branch_of and (self.sweep_dir / r.config.branch_from).is_file()
 
     def _ready(self, r: PlannedRun) -> bool:
-        return all(self.state[d] == "done" or self._source_ready(r, d) for d in r.deps)
+        return all(self.state[d] == "done" or d in self.trained or self._source_ready(r, d) for d in r.deps)
 
     def _skip_blocked(self) -> None:
         changed = True
@@ -169,10 +179,14 @@ class LocalExecutor:
     def run(self) -> dict[str, str]:
         """Execute every run that is not done; return run id → final state (done | failed | skipped)."""
         for r in self.runs:
-            self.state[r.id] = "done" if is_done(self.sweep_dir, r) else "pending"
+            done = is_done(self.sweep_dir, r)
+            if done and needs_eval(self.sweep_dir, r, self.evaluation):
+                self.trained.add(r.id)
+            self.state[r.id] = "done" if done and r.id not in self.trained else "pending"
         n_done = sum(1 for s in self.state.values() if s == "done")
-        if n_done:
-            self._line(f"{n_done} run(s) already done, skipped")
+        if n_done or self.trained:
+            more = f"; {len(self.trained)} trained before, to evaluate" if self.trained else ""
+            self._line(f"{n_done} run(s) already done, skipped{more}")
         free_gpus = visible_gpus()[: self.gpus]
         ctx = worker_context(use_gpus=bool(free_gpus))
         running: dict[Any, tuple[PlannedRun, Any, str | None]] = {}  # sentinel → (run, process, gpu)
@@ -186,14 +200,14 @@ class LocalExecutor:
                         break
                     if self.state[r.id] == "pending" and self._ready(r):
                         gpu = free_gpus.pop(0) if free_gpus else None
-                        p = ctx.Process(target=_worker, args=(r.to_json(), str(self.sweep_dir), self.threads, gpu),
-                                        name=f"sweep-{r.id}")
+                        p = ctx.Process(target=_worker, args=(r.to_json(), str(self.sweep_dir), self.threads, gpu,
+                                                              self.evaluation), name=f"sweep-{r.id}")
                         p.start()
                         running[p.sentinel] = (r, p, gpu)
                         self.tries[r.id] += 1
                         self.state[r.id] = "running"
                         again = f" (attempt {self.tries[r.id]})" if self.tries[r.id] > 1 else ""
-                        self._line(f"started {r.id}{again}")
+                        self._line(f"{'evaluating' if r.id in self.trained else 'started'} {r.id}{again}")
                 if not running:
                     break
                 # poll while a grown run waits on a base that is still training (its checkpoint may appear)
@@ -224,12 +238,28 @@ class LocalExecutor:
         """One line per running run from the last row of its metrics.csv: long runs are never silent."""
         for r in running:
             last = _last_metrics_row(self.sweep_dir / r.config.out_dir / "metrics.csv")
+            if r.id in self.trained:
+                self.echo(f"[sweep]   {r.id}: evaluating")
+                continue
             if last is None:
                 self.echo(f"[sweep]   {r.id}: starting")
                 continue
             tps = f", {float(last['tokens_per_s']):,.0f} tokens/s" if last.get("tokens_per_s") else ""
             loss = f", train loss {float(last['train_loss']):.3f}" if last.get("train_loss") else ""
             self.echo(f"[sweep]   {r.id}: {int(last['tokens']):,}/{r.config.max_tokens:,} tokens{loss}{tps}")
+
+    def _evaluated(self, r: PlannedRun, outcome: dict | None) -> None:
+        """The line of a finished run's evaluation (runs the grid's ``eval:`` evaluates)."""
+        if self.evaluation is None or not evaluated(r):
+            return
+        if outcome is None or outcome.get("state") == "done" and needs_eval(self.sweep_dir, r, self.evaluation):
+            outcome = {"state": "failed", "reason": "the worker recorded no evaluation", "tasks": self.evaluation.tasks}
+        detail = summary_line(self.sweep_dir / r.config.out_dir, outcome)
+        if outcome.get("state") == "done":
+            self._line(f"evaluated {r.id}: {detail}")
+            return
+        self.eval_failed[r.id] = detail
+        self._line(f"evaluation failed {r.id} {detail} (training results kept; the next sweep tries again)")
 
     def _finished(self, r: PlannedRun, exitcode: int | None) -> None:
         path = self.sweep_dir / r.config.out_dir / "status.json"
@@ -241,8 +271,10 @@ class LocalExecutor:
         if st["status"] == "done":
             self.state[r.id] = "done"
             s = read_json(self.sweep_dir / r.config.out_dir / "summary.json") or {}
-            self._line(f"done {r.id} (val loss {s.get('final_val_loss', float('nan')):.4f}, "
-                       f"{s.get('wall_time_s', 0):.1f}s)")
+            if r.id not in self.trained:
+                self._line(f"done {r.id} (val loss {s.get('final_val_loss', float('nan')):.4f}, "
+                           f"{s.get('wall_time_s', 0):.1f}s)")
+            self._evaluated(r, st.get("eval"))
             return
         cls, why = st.get("error_class"), st.get("reason")
         if cls != "nan_loss" and self.tries[r.id] <= self.retries:

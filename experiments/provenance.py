@@ -7,9 +7,10 @@ import importlib.metadata
 import platform
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from experiments.grid import Grid, PlannedRun
+from experiments.grid import EvalSpec, Grid, PlannedRun
 from stacking.fsutil import write_json
 
 _GIT: dict | None = None
@@ -56,15 +57,19 @@ def data_ids(runs: list[PlannedRun], sweep_dir: str | Path = ".") -> dict:
     return {d: data_id(Path(sweep_dir) / d) for d in sorted(dirs)}
 
 
-def write_plan(sweep_dir: Path, grid_path: str | Path, grid: Grid, runs: list[PlannedRun]) -> None:
+def write_plan(sweep_dir: Path, grid_path: str | Path, grid: Grid, runs: list[PlannedRun],
+               evaluation: EvalSpec | None = None) -> None:
     """SWEEP_DIR/grid.yaml (the grid as given) and plan.json (every resolved run and its dependencies, with the
-    git state, the software versions and the data ids the plan was made with)."""
+    git state, the software versions and the data ids the plan was made with; ``eval``: the grid's evaluation
+    settings, include paths absolute, when it has some)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "grid.yaml").write_text(Path(grid_path).read_text())
+    extra = {"eval": asdict(evaluation)} if evaluation is not None else {}
     write_json(sweep_dir / "plan.json", {"grid": str(Path(grid_path).resolve()), "name": grid.name,
                                          "created_at": time.time(), "git": git_info(), "versions": versions(),
-                                         "data": data_ids(runs, sweep_dir), "runs": [r.to_json() for r in runs]})
+                                         "data": data_ids(runs, sweep_dir), **extra,
+                                         "runs": [r.to_json() for r in runs]})
 
 
 __all__ = ["PACKAGES", "data_ids", "git_info", "versions", "write_plan"]

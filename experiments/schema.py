@@ -184,6 +184,27 @@ class SlurmSpec:
 
 
 @dataclass
+class EvalSpec:
+    """Downstream evaluation with lm-evaluation-harness (docs/evaluation.md, "In sweeps") of the checkpoints the
+    loss table reads: the final checkpoint of every scratch and grown run, and of every cooldown run at fraction
+    1.0. Bases and other cooldowns are not evaluated. Not part of any run's config (run ids do not change): adding
+    it to a finished sweep and running the sweep again evaluates its runs without retraining them."""
+
+    tasks: list[str]
+    """lm-eval task names, e.g. [nextline_mc, heldout_ppl] (the offline tasks `stacking eval-tasks` builds) or
+    standard ones (hellaswag, arc_easy, …: their datasets must be in the local HF cache)."""
+    include_path: list[str] = field(default_factory=list)
+    """Dir(s) of task YAMLs, e.g. the --out of `stacking eval-tasks`; a relative path is read from the working
+    dir, like data_dir."""
+    limit: int | None = None
+    """Documents per task (None: all of them)."""
+    num_fewshot: int | None = None
+    """Few-shot examples (None: the task's default)."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+
+
+@dataclass
 class Grid:
     """A sweep: shared RunConfig settings plus the axes that make the runs."""
 
@@ -223,6 +244,8 @@ class Grid:
     seed."""
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     """SLURM resources (used by --executor slurm only)."""
+    eval: EvalSpec | None = None
+    """Downstream evaluation of the finished runs (lm-eval tasks); None: none."""
 
 
 # RunConfig fields the plan sets itself: a grid that sets them is wrong, and the message says what to use instead.

@@ -3,7 +3,9 @@
 Level 0 (bases, scratch) is one job array per resource shape, throttled by ``slurm.array_parallelism``; each grown
 or cooldown run is a job with ``--dependency=afterok:<its source's job id>`` and ``--kill-on-invalid-dep=yes``. The
 job's callable is a ``submitit.helpers.Checkpointable``: on preemption or timeout submitit resubmits it and the run
-resumes from ``last.ckpt``. Every job rebuilds the results table when it ends.
+resumes from ``last.ckpt``. With a grid's ``eval:`` a job evaluates its run after training it (and a run an earlier
+sweep trained that lacks its evaluation gets a job that only evaluates). Every job rebuilds the results table when it
+ends.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import submitit
 
+from experiments.evaluation import needs_eval
 from experiments.execute import execute
-from experiments.grid import PlannedRun, SlurmSpec
+from experiments.grid import EvalSpec, PlannedRun, SlurmSpec
 from experiments.rundir import is_done, read_json
 from experiments.table import write_results
 from stacking.fsutil import write_json
@@ -31,8 +34,8 @@ class SlurmRun(submitit.helpers.Checkpointable):
     environment): rank 0 grows, locks and records; the other ranks wait for the grown dir and join the fit. Such
     jobs are not retried in-job (the ranks would have to agree); SLURM's requeue and a re-sweep cover them."""
 
-    def __init__(self, spec: dict, sweep_dir: str, retries: int = 1):
-        self.spec, self.sweep_dir, self.retries = spec, sweep_dir, retries
+    def __init__(self, spec: dict, sweep_dir: str, retries: int = 1, evaluation: EvalSpec | None = None):
+        self.spec, self.sweep_dir, self.retries, self.evaluation = spec, sweep_dir, retries, evaluation
 
     def __call__(self) -> dict:
         run = PlannedRun.from_json(self.spec)
@@ -47,7 +50,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
             return _follow(run, sweep)
         retries = self.retries if int(os.environ.get("SLURM_NTASKS", "1")) == 1 else 0
         for _ in range(retries + 1):
-            status = execute(run, sweep)
+            status = execute(run, sweep, self.evaluation)
             if status["status"] == "done" or status["error_class"] == "nan_loss":
                 break
         try:
@@ -94,8 +97,9 @@ def _plan_entry(sweep_dir: Path, run_id: str) -> dict:
 
 
 def submit_slurm(sweep_dir: Path, runs: list[PlannedRun], slurm: SlurmSpec, *, cluster: str | None = "slurm",
-                 retries: int = 1, name: str | None = None) -> list[dict]:
-    """Submit every run that is not done; return one record per job: run_id, job_id, dependency, job.
+                 retries: int = 1, name: str | None = None, evaluation: EvalSpec | None = None) -> list[dict]:
+    """Submit every run that is not done, or done but not evaluated (``evaluation``: the grid's ``eval:``); return
+    one record per job: run_id, job_id, dependency, job.
 
     ``cluster``: "slurm", or submitit's "local"/"debug" (tests: the same job graph without a cluster). Job names
     are ``<name>`` (the level-0 array) and ``<name>:<run name>``; ``name`` defaults to the plan's sweep name."""
@@ -105,7 +109,7 @@ def submit_slurm(sweep_dir: Path, runs: list[PlannedRun], slurm: SlurmSpec, *, c
     common = {"timeout_min": slurm.timeout_min, "gpus_per_node": slurm.gpus_per_node,
               "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb, "slurm_partition": slurm.partition,
               "slurm_array_parallelism": slurm.array_parallelism, "name": name}
-    todo = [r for r in runs if not is_done(sweep_dir, r)]
+    todo = [r for r in runs if not is_done(sweep_dir, r) or needs_eval(sweep_dir, r, evaluation)]
     records: list[dict] = []
     job_of: dict[str, str] = {}
     first = [r for r in todo if not any(d in {t.id for t in todo} for d in r.deps)]
@@ -113,7 +117,7 @@ def submit_slurm(sweep_dir: Path, runs: list[PlannedRun], slurm: SlurmSpec, *, c
     for group in _by_resources(first):  # one job array per resource shape, throttled by array_parallelism
         executor.update_parameters(**common, **_tasks(group[0]), slurm_additional_parameters=dict(slurm.additional))
         with executor.batch():
-            jobs = [executor.submit(SlurmRun(r.to_json(), str(sweep_dir), retries)) for r in group]
+            jobs = [executor.submit(SlurmRun(r.to_json(), str(sweep_dir), retries, evaluation)) for r in group]
         for r, job in zip(group, jobs, strict=True):
             job_of[r.id] = job.job_id
             records.append({"run_id": r.id, "job_id": job.job_id, "dependency": None, "job": job})
@@ -121,7 +125,7 @@ def submit_slurm(sweep_dir: Path, runs: list[PlannedRun], slurm: SlurmSpec, *, c
         dep = "afterok:" + ":".join(job_of[d] for d in r.deps if d in job_of)
         executor.update_parameters(**{**common, "name": f"{name}:{r.name}"}, **_tasks(r), slurm_additional_parameters={
             **slurm.additional, "dependency": dep, "kill-on-invalid-dep": "yes"})
-        job = executor.submit(SlurmRun(r.to_json(), str(sweep_dir), retries))
+        job = executor.submit(SlurmRun(r.to_json(), str(sweep_dir), retries, evaluation))
         job_of[r.id] = job.job_id
         records.append({"run_id": r.id, "job_id": job.job_id, "dependency": dep, "job": job})
     write_json(Path(sweep_dir) / "slurm_jobs.json", {"cluster": cluster, "submitted_at": time.time(), "jobs": [

@@ -2,7 +2,8 @@
 
 ``SWEEP_DIR/results.csv`` and ``results.parquet``: one row per planned run, in plan order, with the columns of
 docs/formats.md (`RESULT_COLUMNS`), then every resolved RunConfig field as ``cfg.<name>``, then `EXTRA_COLUMNS`,
-then ``final_val_loss_<name>`` for every name of any run's ``eval_data_dirs``.
+then ``final_val_loss_<name>`` for every name of any run's ``eval_data_dirs``, then, with a grid's ``eval:``,
+``eval_status`` and one ``eval_<task>_<metric>`` column per downstream score (`stacking.eval_records`).
 Numbers come from each run's ``summary.json`` (and ``model.json``); the plan (``plan.json``) gives what a run is
 (kind, target, op, d, parent). A run that has not finished still has a row, with its state in ``status``.
 """
@@ -18,9 +19,12 @@ from typing import Any
 
 import pandas as pd
 
+from experiments.evaluation import evaluated, result_path, spec_from_plan
 from experiments.plan import PlannedRun
 from experiments.rundir import is_done, load_plan, lock_held, read_json
+from experiments.schema import EvalSpec
 from stacking.config import RunConfig
+from stacking.eval_records import PREFIX, metrics, read_result
 
 RESULT_COLUMNS = [
     "run_id", "kind", "target", "model", "op", "direction", "g", "grow_at_tokens", "seed", "parent_run",
@@ -73,9 +77,26 @@ def _cell(v: Any) -> Any:
     return v
 
 
+def eval_cells(sweep_dir: Path, run: PlannedRun, spec: EvalSpec | None) -> dict[str, Any]:
+    """A run's downstream columns: ``eval_status`` (done | failed: <reason> | pending; empty for a run the grid's
+    ``eval:`` does not evaluate) and its scores (`stacking.eval_records.metrics`); {} without ``eval:``."""
+    if spec is None:
+        return {}
+    if not evaluated(run):
+        return {"eval_status": None}
+    path = result_path(sweep_dir, run, spec)
+    record = read_result(path) if path is not None else None
+    if record is not None:
+        return {"eval_status": "done", **{m.column: m.value for m in metrics(record)}}
+    outcome = (read_json(sweep_dir / run.config.out_dir / "status.json") or {}).get("eval") or {}
+    failed = outcome.get("state") == "failed" and outcome.get("tasks") == list(spec.tasks)
+    return {"eval_status": f"failed: {outcome.get('reason')}" if failed else "pending"}
+
+
 def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
     runs = load_plan(sweep_dir) if runs is None else runs
+    spec = spec_from_plan(sweep_dir)
     rows = []
     for r in runs:
         run_dir = sweep_dir / r.config.out_dir
@@ -103,16 +124,19 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
                    planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow.dst if r.grow else None,
                    variant=r.variant if grown else None)
         row.update({f"final_val_loss_{n}": summary.get(f"final_val_loss_{n}") for n in r.config.eval_data_dirs})
+        row.update(eval_cells(sweep_dir, r, spec))
         rows.append(row)
     # eval_data_dirs' final losses last: readers of the earlier columns see the table they always did
     evals = sorted({f"final_val_loss_{n}" for r in runs for n in r.config.eval_data_dirs})
-    columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS + evals
+    scores = list(dict.fromkeys(k for row in rows for k in row if k.startswith(PREFIX) and k != "eval_status"))
+    downstream = ["eval_status", *scores] if spec is not None else []
+    columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS + evals + downstream
     df = pd.DataFrame(rows, columns=columns)
     for col in ("g", "grow_at_tokens", "seed", "params_total", "params_non_embedding", "tokens", "attempts",
                 "planned_tokens", "decay_tokens"):
         df[col] = df[col].astype("Int64")
     for col in ("flops_per_token", "flops_offset", "flops", "final_val_loss", "best_val_loss", "tokens_per_s",
-                "wall_time_s", "planned_flops", "anneal_fraction", *evals):
+                "wall_time_s", "planned_flops", "anneal_fraction", *evals, *scores):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for f in fields(RunConfig):  # mixed None/str or int/str config columns: one type each for Parquet
         col = f"cfg.{f.name}"
@@ -141,12 +165,15 @@ def format_status(sweep_dir: str | Path) -> str:
     count = {s: sum(1 for v in states.values() if v["state"] == s) for s in STATES}
     lines = [f"{sweep_dir}: {len(runs)} runs: " + ", ".join(f"{count[s]} {s}" for s in STATES if count[s] or
                                                              s in ("done", "failed", "pending"))]
+    spec = spec_from_plan(sweep_dir)
     for r in runs:
         st = states[r.id]
         if st["state"] == "done":
             s = read_json(sweep_dir / r.config.out_dir / "summary.json") or {}
             loss = s.get("final_val_loss")
             detail = f"val loss {loss:.4f}" if isinstance(loss, float) and math.isfinite(loss) else ""
+            evaluation = eval_cells(sweep_dir, r, spec).get("eval_status")
+            detail += f"  evaluation {evaluation}" if evaluation and evaluation != "done" else ""
             lines.append(f"  done         {r.id}  {detail}")
         else:
             why = st["reason"] and (f"{st['error_class']}: {st['reason']}" if st["error_class"] else st["reason"])

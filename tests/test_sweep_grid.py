@@ -200,10 +200,11 @@ def test_docs_describe_every_grid_field():
     """docs/sweeps.md's schema table names every field of the grid dataclasses."""
     from dataclasses import fields
 
-    from experiments.grid import BaseSpec, Grid, GrownSpec, OpSpec, OverrideSpec, ScratchSpec, SlurmSpec
+    from experiments.grid import BaseSpec, EvalSpec, Grid, GrownSpec, OpSpec, OverrideSpec, ScratchSpec, SlurmSpec
 
     doc = (REPO / "docs" / "sweeps.md").read_text()
-    prefixes = {Grid: "", BaseSpec: "base.", GrownSpec: "grown.", ScratchSpec: "scratch.", SlurmSpec: "slurm."}
+    prefixes = {Grid: "", BaseSpec: "base.", GrownSpec: "grown.", ScratchSpec: "scratch.", SlurmSpec: "slurm.",
+                EvalSpec: "eval."}
     for cls, prefix in prefixes.items():
         for f in fields(cls):
             assert f"`{prefix}{f.name}`" in doc or f"`{f.name}." in doc, f"{prefix}{f.name}"
