@@ -74,7 +74,8 @@ def _sweep(argv: list[str]) -> int:
         if evaluation is not None:
             from experiments.evaluation import evaluated
 
-            print(f"eval: {', '.join(evaluation.tasks)} (limit {evaluation.limit}) on the final checkpoint of "
+            limit = f"limit {evaluation.limit}" if evaluation.limit is not None else "every document"
+            print(f"eval: {', '.join(evaluation.tasks)} ({limit}) on the final checkpoint of "
                   f"{sum(evaluated(r) for r in todo)} runs (scratch, grown, cooldowns at f = 1)")
         return 0
     return _execute(args, grid, runs, todo, sweep_dir, jobs, threads, gpus, evaluation)

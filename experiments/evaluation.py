@@ -52,8 +52,8 @@ def check_tasks(spec: EvalSpec, where: str) -> None:
     try:
         require_lm_eval()
         task_manager(spec.tasks, spec.include_path or None)
-    except EvalError as e:
-        raise GridError(f"{where}: eval: {e}") from None
+    except EvalError as e:  # its wording is the command line's: name the grid's field instead
+        raise GridError(f"{where}: eval: {str(e).replace('--include_path', 'eval.include_path')}") from None
 
 
 def spec_from_plan(sweep_dir: str | Path) -> EvalSpec | None:

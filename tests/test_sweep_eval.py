@@ -60,6 +60,17 @@ def test_eval_tasks_are_checked_at_sweep_start(tmp_path, monkeypatch):
     with pytest.raises(GridError, match=r"g.yaml: eval.include_path '.*nope' is not a dir; build the offline tasks "
                                         r"with `stacking eval-tasks --data_dir DATA --out .*nope`"):
         check_tasks(EvalSpec(tasks=["a"], include_path=[str(tmp_path / "nope")]), "g.yaml")
+    import stacking.evaluate as ev
+
+    def unknown(tasks, include_path):
+        raise ev.EvalError("unknown task(s) nextline_mx; see `lm-eval ls tasks` or pass --include_path")
+
+    with monkeypatch.context() as m:
+        m.setattr(ev, "require_lm_eval", lambda: None)
+        m.setattr(ev, "task_manager", unknown)
+        with pytest.raises(GridError, match=r"^g.yaml: eval: unknown task\(s\) nextline_mx; see `lm-eval ls tasks` or "
+                                            r"pass eval.include_path$"):
+            check_tasks(EvalSpec(tasks=["nextline_mx"], include_path=[str(tmp_path)]), "g.yaml")
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
     with pytest.raises(GridError, match=r"g.yaml: eval: lm-eval is not installed; pip install -e '.\[eval\]'"):
         check_tasks(EvalSpec(tasks=["a"], include_path=[str(tmp_path)]), "g.yaml")
