@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 from conftest import tiny_run_config
@@ -59,7 +60,13 @@ def test_wandb_logger_writes_an_offline_run(tiny_data, tmp_path, monkeypatch):
     assert len(runs) == 1, runs
     files = list(runs[0].glob("*.wandb"))
     assert len(files) == 1, list(runs[0].iterdir())
-    records = files[0].read_bytes()  # protobuf records: the metric names are stored as plain strings
-    for key in (b"train_loss", b"val_loss", b"tokens_per_s"):
+    # protobuf records: the metric names are stored as plain strings. wandb's service process writes the file
+    # after `finish()` returns (offline mode; seen on a loaded machine: only the header at first), so wait for it
+    keys = (b"train_loss", b"val_loss", b"tokens_per_s")
+    deadline = time.monotonic() + 60
+    while not all(k in files[0].read_bytes() for k in keys) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    records = files[0].read_bytes()
+    for key in keys:
         assert key in records, key
     assert wandb.run is None  # the run was finished by `stacking.train.run`, not left open for the next run
