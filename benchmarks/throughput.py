@@ -52,9 +52,11 @@ import torch
 from litgpt import GPT
 
 from stacking import models
+from stacking.bookkeeping import RunBookkeeping
+from stacking.config import RunConfig
 from stacking.data import _TrainStream, val_windows
 from stacking.module import LOSS_CHUNK, init_weights, lm_loss, mfu, peak_flops
-from stacking.train import RunBookkeeping, RunConfig, run
+from stacking.train import run
 
 MODES = ("trainer", "loop", "litgpt")
 # Optimiser settings shared by the three modes (values do not change the work done per step).

@@ -323,6 +323,3 @@ class TokenDataModule(L.LightningDataModule):
         ds = _TrainStream(self.data_dir, self.seq_len, self.micro_batch_size, self.seed, self.start_micro_batch,
                           rank, world)
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)
-
-    def val_set(self) -> torch.Tensor:
-        return val_windows(self.data_dir, self.seq_len, self.val_tokens)
