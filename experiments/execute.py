@@ -27,8 +27,8 @@ from experiments.plan import GrowStep, PlannedRun
 from experiments.provenance import git_info
 from experiments.rundir import is_done, read_json, run_lock
 from experiments.schema import EvalSpec
+from stacking.checkpoint import CARRY_FILE
 from stacking.fsutil import write_json
-from stacking.train import CARRY_FILE
 
 
 def _classify(exc: BaseException) -> str:
@@ -116,9 +116,9 @@ def carry_optimizer_state(step: GrowStep, out: Path) -> None:
     import torch
     from litgpt import GPT
 
+    from stacking.checkpoint import load_litgpt_checkpoint
     from stacking.growth import carry_moments
     from stacking.module import named_optimizer_state
-    from stacking.train import load_litgpt_checkpoint
 
     _, base_cfg, _, _ = load_litgpt_checkpoint(step.src)
     state = torch.load(step.carry_state, map_location="cpu", weights_only=True)

@@ -24,8 +24,9 @@ from typing import Any
 from experiments.plan import GrowStep, PlannedRun
 from experiments.schema import Grid, GridError, OpSpec, OverrideSpec
 from stacking import models
+from stacking.config import RunConfig, config_hash, validate
 from stacking.data import read_meta
-from stacking.train import RunConfig, RunError, config_hash, validate
+from stacking.errors import RunError
 
 CONTINUED = "continued"
 """The ``ops`` entry that grows nothing: the base continued at its own shape from its checkpoint at d (fresh

@@ -164,3 +164,20 @@ def test_functions_are_short():
     long = {f"{path.relative_to(ROOT)}::{fn}": n for path in modules().values()
             for fn, n in long_functions(ast.parse(path.read_text(), str(path)), MAX_FUNCTION_LINES).items()}
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {long}"
+
+
+def imported_names(tree: ast.AST, module: str) -> set[str]:
+    """The names taken by ``from MODULE import …`` anywhere in a file."""
+    return {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == module for a in n.names}
+
+
+def test_one_import_path_per_name():
+    """stacking.train's names are its own (``__all__``): RunConfig, the errors, the checkpoint reader are imported
+    from the modules that define them, in code, tests and benchmarks alike."""
+    import stacking.train
+
+    own = set(stacking.train.__all__)
+    files = [*modules().values(), *sorted((ROOT / "tests").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
+    wrong = {f"{path.relative_to(ROOT)}: {name}" for path in files
+             for name in imported_names(ast.parse(path.read_text(), str(path)), "stacking.train") - own}
+    assert not wrong, f"import these from their defining module, not stacking.train: {sorted(wrong)}"
