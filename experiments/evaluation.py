@@ -47,7 +47,8 @@ def check_tasks(spec: EvalSpec, where: str) -> None:
         if not Path(path).is_dir():
             raise GridError(f"{where}: eval.include_path {path!r} is not a dir; build the offline tasks with "
                             f"`stacking eval-tasks --data_dir DATA --out {path}`")
-    from stacking.evaluate import EvalError, require_lm_eval, task_manager
+    from stacking.errors import EvalError
+    from stacking.evaluate import require_lm_eval, task_manager
 
     try:
         require_lm_eval()

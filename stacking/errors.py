@@ -26,3 +26,7 @@ class CheckpointError(RunError, GrowthError):
     Both a RunError (a run's init_from, resume or branch_from) and a GrowthError (the source of `stacking grow`):
     training and growth read checkpoint dirs with one reader (`stacking.checkpoint.load_checkpoint`), and each
     caller's ``except`` clause keeps catching it."""
+
+
+class EvalError(ValueError):
+    """A checkpoint, data dir, task or option `stacking eval` cannot use: one line, exit status 2."""

@@ -155,7 +155,7 @@ def test_rolling_loglikelihood_is_the_validation_loss_on_the_same_tokens(bytes_d
 
 
 def test_build_tasks_rows_are_true_and_deterministic(bytes_data, tmp_path):
-    from stacking.evaluate import build_tasks, val_documents
+    from stacking.eval_data import build_tasks, val_documents
     from stacking.tokenizer import load_dataset_tokenizer
 
     a = build_tasks(bytes_data, tmp_path / "a", n_mc=40, n_ppl=30, max_doc_tokens=256)
@@ -217,7 +217,8 @@ def test_eval_command_end_to_end(bytes_data, tmp_path, capsys):
 def test_samples_hold_the_models_loglikelihoods(bytes_data, tmp_path):
     """Through lm-eval's own request building (nextline_mc, 3 documents × 4 choices), each choice's log-likelihood
     in its logged samples is the model's."""
-    from stacking.evaluate import build_tasks, evaluate
+    from stacking.eval_data import build_tasks
+    from stacking.evaluate import evaluate
 
     tasks = build_tasks(bytes_data, tmp_path / "tasks", n_mc=10, n_ppl=2)
     ck = _checkpoint(tmp_path / "ck", 257, block=128)

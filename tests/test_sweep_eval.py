@@ -99,7 +99,7 @@ GRID = {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "seeds": [0, 1],
 
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory, tiny_data) -> Path:
-    from stacking.evaluate import build_tasks
+    from stacking.eval_data import build_tasks
 
     return build_tasks(tiny_data, tmp_path_factory.mktemp("tasks") / "tiny", n_mc=40, n_ppl=20, max_doc_tokens=256)
 
