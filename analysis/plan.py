@@ -181,33 +181,12 @@ def plan_growth(target: str, flops: float | None = None, tokens: float | None = 
     seq_len / vocab_size / batch_tokens (for FLOPs/token and one optimizer step) default to the main job's for the
     tiny presets (128 / 257 / 2048) and to the paper's otherwise (2048 / the preset's own / 1024 × 2048).
     Every bad input is a PlanError (or ModelConfigError) raised before the sweep is read."""
-    from stacking.errors import ModelConfigError
-    from stacking.models import flops_per_token, model_config, param_breakdown
+    from stacking.models import flops_per_token, param_breakdown
 
-    if (flops is None) == (tokens is None):
-        raise PlanError("give exactly one of --flops C and --tokens T (the budget), got "
-                        + ("both" if flops is not None else "neither"))
-    _positive("--flops" if flops is not None else "--tokens", flops if flops is not None else tokens)
-    for name, v in (("--seq-len", seq_len), ("--vocab-size", vocab_size), ("--batch-tokens", batch_tokens)):
-        _positive(name, v)
-    if isinstance(g, bool) or not isinstance(g, int) or g < 2:
-        raise PlanError(f"--g must be an integer ≥ 2 (the paper's is {PAPER_G}; g = 1 is no growth), got {g}")
-
+    _check_inputs(flops, tokens, g, seq_len, vocab_size, batch_tokens)
     vocab0, seq0, batch0 = _family_defaults(target)
     seq_len, batch_tokens = seq_len or seq0, batch_tokens or batch0
-    try:
-        # The preset's own vocabulary (paper and litgpt names), padded as a run's data would pad it.
-        vocab_size = vocab_size or vocab0 or model_config(target).vocab_size
-        tc = model_config(target, vocab_size=vocab_size, block_size=seq_len)
-    except ModelConfigError as err:
-        if "unknown model preset" in str(err):
-            raise _unknown_preset(target, err) from None
-        raise
-    if tc.n_layer % g:
-        divisors = [k for k in range(2, tc.n_layer + 1) if tc.n_layer % k == 0]
-        raise PlanError(f"--g {g} does not divide {target}'s n_layer = {tc.n_layer}; valid: "
-                        f"{', '.join(map(str, divisors)) or 'none (a 1-layer target cannot be grown in depth)'}")
-    bc = model_config(target, vocab_size=tc.vocab_size, block_size=seq_len, n_layer=tc.n_layer // g)
+    tc, bc = _shapes(target, g, seq_len, vocab_size or vocab0)
     tp, bp = param_breakdown(tc), param_breakdown(bc)
     t_fpt = flops_per_token(tc, seq_len, tp["non_embedding"])
     b_fpt = flops_per_token(bc, seq_len, bp["non_embedding"])
@@ -227,25 +206,68 @@ def plan_growth(target: str, flops: float | None = None, tokens: float | None = 
                 target_tokens_per_param=c / t_fpt / tp["non_embedding"],
                 regime_d=tuple(r * bp["non_embedding"] for r in BASE_TPP_GOOD),
                 paper=_timing(PAPER_EQ2, "Eq. 2", **timing))
+    _regime_notes(plan, g, bc.n_layer)
+    if fit_dir is not None:
+        _add_fit(plan, fit_dir, timing, g)
+    return plan
+
+
+def _check_inputs(flops, tokens, g, seq_len, vocab_size, batch_tokens) -> None:
+    """The budget (exactly one of flops / tokens, > 0), the sizes (> 0 when given) and g (an integer ≥ 2)."""
+    if (flops is None) == (tokens is None):
+        raise PlanError("give exactly one of --flops C and --tokens T (the budget), got "
+                        + ("both" if flops is not None else "neither"))
+    _positive("--flops" if flops is not None else "--tokens", flops if flops is not None else tokens)
+    for name, v in (("--seq-len", seq_len), ("--vocab-size", vocab_size), ("--batch-tokens", batch_tokens)):
+        _positive(name, v)
+    if isinstance(g, bool) or not isinstance(g, int) or g < 2:
+        raise PlanError(f"--g must be an integer ≥ 2 (the paper's is {PAPER_G}; g = 1 is no growth), got {g}")
+
+
+def _shapes(target: str, g: int, seq_len: int, vocab_size: int | None):
+    """(target config, base config with n_layer / g): the preset's own vocabulary (paper and litgpt names), padded
+    as a run's data would pad it, unless one is given."""
+    from stacking.errors import ModelConfigError
+    from stacking.models import model_config
+
+    try:
+        vocab_size = vocab_size or model_config(target).vocab_size
+        tc = model_config(target, vocab_size=vocab_size, block_size=seq_len)
+    except ModelConfigError as err:
+        if "unknown model preset" in str(err):
+            raise _unknown_preset(target, err) from None
+        raise
+    if tc.n_layer % g:
+        divisors = [k for k in range(2, tc.n_layer + 1) if tc.n_layer % k == 0]
+        raise PlanError(f"--g {g} does not divide {target}'s n_layer = {tc.n_layer}; valid: "
+                        f"{', '.join(map(str, divisors)) or 'none (a 1-layer target cannot be grown in depth)'}")
+    return tc, model_config(target, vocab_size=tc.vocab_size, block_size=seq_len, n_layer=tc.n_layer // g)
+
+
+def _regime_notes(plan: Plan, g: int, base_layers: int) -> None:
+    """Notes and warnings where the plan leaves the paper's regime (g, a 1-layer base, tokens per parameter)."""
     if not PAPER_G_RANGE[0] <= g <= PAPER_G_RANGE[1]:
         plan.notes.append(f"g = {g} is outside the paper's recommended g = {PAPER_G_RANGE[0]}–{PAPER_G_RANGE[1]} "
                           f"(Eq. 2 was fitted at g = {PAPER_G})")
-    if bc.n_layer == 1:
+    if base_layers == 1:
         plan.warnings.append("a 1-layer base: in the paper a 1-layer base grown to 24 layers did worse than scratch")
     if plan.target_tokens_per_param < TARGET_TPP_MIN:
         plan.warnings.append(f"the budget is {plan.target_tokens_per_param:.3g} tokens per target param, below the "
                              f"paper's regime (≳ {TARGET_TPP_MIN:g}): speed-ups there are not expected")
-    if fit_dir is not None:
-        law, plan.fit_summary, (n_lo, n_hi), gs = fit_from_sweep(fit_dir)
-        plan.fit_dir = fit_dir
-        plan.fitted = _timing(law, "the sweep's Eq. 2", **timing)
-        if not n_lo * (1 - 1e-9) <= tp["total"] <= n_hi * (1 + 1e-9):
-            plan.fitted.warnings.append(f"N = {tp['total']:.3g} lies outside the sweep's target sizes "
-                                        f"{n_lo:.3g}–{n_hi:.3g}: the fitted a·log10 N term is extrapolated")
-        if gs != {float(g)}:
-            plan.fitted.warnings.append(f"the sweep's minima are at g = {'/'.join(f'{x:g}' for x in sorted(gs))}, "
-                                        f"not the planned g = {g}")
-    return plan
+
+
+def _add_fit(plan: Plan, fit_dir: str, timing: dict, g: int) -> None:
+    """Eq. 2 refitted on a sweep: the timing it gives, warned where N or g lie outside what the sweep covers."""
+    law, plan.fit_summary, (n_lo, n_hi), gs = fit_from_sweep(fit_dir)
+    plan.fit_dir = fit_dir
+    plan.fitted = _timing(law, "the sweep's Eq. 2", **timing)
+    n = timing["n_total"]
+    if not n_lo * (1 - 1e-9) <= n <= n_hi * (1 + 1e-9):
+        plan.fitted.warnings.append(f"N = {n:.3g} lies outside the sweep's target sizes "
+                                    f"{n_lo:.3g}–{n_hi:.3g}: the fitted a·log10 N term is extrapolated")
+    if gs != {float(g)}:
+        plan.fitted.warnings.append(f"the sweep's minima are at g = {'/'.join(f'{x:g}' for x in sorted(gs))}, "
+                                    f"not the planned g = {g}")
 
 
 def _tok(t: float) -> str:
