@@ -140,8 +140,14 @@ def loss_table_parser():
 
 
 def _loss_table(argv: list[str]) -> int:
-    from analysis.loss_table import (contrast_table, format_contrast_table, format_loss_table,
-                                     format_per_seed_table, loss_table, per_seed_table)
+    from analysis.loss_table import (
+        contrast_table,
+        format_contrast_table,
+        format_loss_table,
+        format_per_seed_table,
+        loss_table,
+        per_seed_table,
+    )
     from analysis.sweep import load_sweep
 
     args = parse(loss_table_parser(), argv)

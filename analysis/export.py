@@ -19,7 +19,6 @@ import csv
 import gzip
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 

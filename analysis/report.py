@@ -243,8 +243,7 @@ G_BOUND_TEXT = ("Grown − scratch loss per g, paired by seed (95 % CI; * = CI b
 def growth_law_section(sweep, bootstrap: int) -> Section:
     """The g-bound table (Klein, Hutter et al. 2026) and Liew & Kato's L(D1, D2) fits (analysis/growth_laws.py),
     as g_bound.csv / liew_kato.csv; a part that cannot be computed becomes a note."""
-    from analysis.growth_laws import (format_g_bound_table, format_liew_kato_summary, g_bound_table,
-                                      liew_kato_summary)
+    from analysis.growth_laws import format_g_bound_table, format_liew_kato_summary, g_bound_table, liew_kato_summary
 
     sec = Section()
     try:

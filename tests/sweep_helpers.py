@@ -33,4 +33,4 @@ def sweep_cmd(*args: str) -> list[str]:
 
 def run_sweep(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(sweep_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return subprocess.run(sweep_cmd(*args), check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)

@@ -126,7 +126,7 @@ def test_chain_total_flops_leaves_room_for_the_last_g_learn_step(tmp_path, tiny_
                  stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768, "options": {"learn_steps": 8,
                                                                                       "batch_size": 4}}],
                  tokens=None, total_flops=4.0e9)
-    s0, s1, last, _ = _plan(tmp_path, tiny_data, dict(CHAIN_GRID, chains=[chain]))
+    _s0, s1, last, _ = _plan(tmp_path, tiny_data, dict(CHAIN_GRID, chains=[chain]))
     maps = learn_flops(*(model_config(n, vocab_size=512, block_size=32) for n in ("tiny-L4-D32", "tiny-L2-D32")),
                        learn_steps=8, batch_size=4, seq_len=32)  # 1024 tokens: > 4 optimizer steps' FLOPs
     assert last.flops_offset == pytest.approx(s1.flops + maps)

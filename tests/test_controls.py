@@ -117,7 +117,7 @@ def test_width_growth_runs_through_train_with_the_checkpoint_config(base_run, tm
     base_cfg, ckpt = base_run
     grown = grow_checkpoint(ckpt, tmp_path / "gz", "G_zero", direction="width", g=2)
     _, gcfg, _, _ = load_litgpt_checkpoint(grown)
-    base_loss = [r for r in rows(base_cfg.out_dir + "/metrics.csv") if int(r["tokens"]) == 1024][0]["val_loss"]
+    base_loss = next(r for r in rows(base_cfg.out_dir + "/metrics.csv") if int(r["tokens"]) == 1024)["val_loss"]
     s = run(tiny_run_config(tmp_path, base_cfg.data_dir, model="tiny-L2-D128", init_from=str(grown),
                             out_dir=str(tmp_path / "gzrun"), max_tokens=512))
     assert s["status"] == "done"

@@ -63,7 +63,7 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
     scratch = results[results["kind"] == "scratch"].set_index("seed")["final_val_loss"]
     stack = grown[grown["op"] == "G_stack"]
     expect = float((stack.set_index("seed")["final_val_loss"] - scratch).mean())
-    row = table.loc[[m for m in table.index if m.startswith("G_stack")][0]]
+    row = table.loc[next(m for m in table.index if m.startswith("G_stack"))]
     assert abs(row["final_val_loss_vs_scratch"] - expect) < 1e-9 and math.isfinite(row["annealed_vs_scratch"])
     assert "| tiny-L4-D32 | scratch | 2 |" in format_loss_table(loss_table(sweep))
     from analysis.cli import loss_table_main as loss_main

@@ -53,7 +53,7 @@ def test_epochs_warn_and_refuse(tmp_path, tiny_data):
     lines = epoch_warnings(runs)
     assert any("grown-tiny-L4-D32-G_stack-depth-g2-d2048-s0 reads 1.26 epochs" in x for x in lines), lines
     assert all(r.epochs == pytest.approx(r.data_tokens / train_tokens) for r in runs)
-    grown = [r for r in runs if r.kind == "grown" and r.grow_at_tokens == 2048][0]
+    grown = next(r for r in runs if r.kind == "grown" and r.grow_at_tokens == 2048)
     assert grown.data_tokens == 2048 + 256 * 1200  # the grown run reads on from where its base stopped
     with pytest.raises(GridError, match=r"reads 4\.\d epochs of 246,180 training tokens \(> 4\).*allow_epochs"):
         plan(tmp_path, tiny_data, grown={"tokens": 256 * 4000})
@@ -114,8 +114,8 @@ def test_carry_moments_end_to_end(tmp_path, tiny_data):
     fresh = expand(load_grid(write_grid(tmp_path / "fresh.yaml", tiny_data,
                                         {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "grown": {"tokens": 1024}})),
                    where="fresh.yaml")
-    g_carry = [r for r in runs if r.kind == "grown"][0]
-    g_fresh = [r for r in fresh if r.kind == "grown"][0]
+    g_carry = next(r for r in runs if r.kind == "grown")
+    g_fresh = next(r for r in fresh if r.kind == "grown")
     assert g_carry.id != g_fresh.id and g_carry.config.optimizer_init == "carry"
     proc = run_sweep(grid, "--out", tmp_path / "sweep", "--threads", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -38,7 +38,7 @@ def test_g_random_starts_at_the_base_function_and_ramps(tiny_data, base_ckpt, tm
     assert float(rows[0]["val_loss"]) == pytest.approx(base_val, rel=1e-5)
     # after the ramp the new blocks are fully on: the final checkpoint equals the model with the mask at 1,
     # i.e. plain litgpt weights that a fresh GPT evaluates without any hooks
-    sd, cfg, meta, _ = load_litgpt_checkpoint(tmp_path / "run/checkpoints/tokens-000000002048")
+    sd, cfg, _meta, _ = load_litgpt_checkpoint(tmp_path / "run/checkpoints/tokens-000000002048")
     model = GPT(cfg)
     model.load_state_dict(sd)
     w = val_windows(tiny_data, 32, 2048)
