@@ -24,7 +24,7 @@ STAMP := $(abspath $(VENV))/.stacking-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast lint
 
 setup: $(STAMP)
 
@@ -48,6 +48,11 @@ demo: setup
 # The tests (README "The tests").
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The formatter and linter (ruff, in the dev extras; settings in pyproject.toml): CI runs them before the tests.
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 # The fast lane: everything but the end-to-end tests (`@pytest.mark.slow`); `make test` and CI run them all.
 test-fast: setup

@@ -64,8 +64,14 @@ def _report(argv: list[str]) -> int:
     for line in rep.provenance:
         print(f"provenance: {line}")
     print(rep.headline)
-    print("speed-up at L* = " + ("the given target loss" if args.target_loss is not None else
-                                 "the matched scratch run's loss at p of its tokens (mid reading)"))
+    print(
+        "speed-up at L* = "
+        + (
+            "the given target loss"
+            if args.target_loss is not None
+            else "the matched scratch run's loss at p of its tokens (mid reading)"
+        )
+    )
     print(format_table(rep.table) if len(rep.table) else "(no grown/scratch pairs)")
     if rep.table_own_final is not None and len(rep.table_own_final):
         print("speed-up at L* = each grown run's own final loss (negative: scratch got there first)")
@@ -100,8 +106,11 @@ def export_parser():
     p.add_argument("sweep_dir", help="sweep directory holding results.csv and runs/*/metrics.csv")
     p.add_argument("out_dir", help="where the export goes, e.g. results/<sweep>")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
-    p.add_argument("--all-rows", action="store_true", help="keep metrics.csv's training-step rows too (by default "
-                   "only its evaluation rows, all the analyses read)")
+    p.add_argument(
+        "--all-rows",
+        action="store_true",
+        help="keep metrics.csv's training-step rows too (by default only its evaluation rows, all the analyses read)",
+    )
     return p
 
 
@@ -126,16 +135,24 @@ def export_main(argv: list[str]) -> int:
 
 
 def loss_table_parser():
-    p = parser("stacking loss-table", "Final losses of a sweep (mid-schedule and annealed), each grown run minus "
-               "its own seed's scratch run: mean ± 95 % CI over seeds; with a grid's eval:, the downstream scores "
-               "paired the same way under it; --contrast: the difference-in-differences against another sweep (e.g. "
-               "another init).")
+    p = parser(
+        "stacking loss-table",
+        "Final losses of a sweep (mid-schedule and annealed), each grown run minus "
+        "its own seed's scratch run: mean ± 95 % CI over seeds; with a grid's eval:, the downstream scores "
+        "paired the same way under it; --contrast: the difference-in-differences against another sweep (e.g. "
+        "another init).",
+    )
     p.add_argument("sweep_dir", help="a sweep dir written by `stacking sweep` (or its export, `stacking export`)")
     p.add_argument("--per-seed", action="store_true", help="one row per grown run (its own seed's differences)")
-    p.add_argument("--contrast", metavar="SWEEP_B", help="difference-in-differences against another sweep: "
-                   "(method − scratch here) − (method − scratch in SWEEP_B), Welch 95 %% CI; writes contrast.csv")
-    p.add_argument("--out", metavar="CSV", help="where --contrast writes its table (default: "
-                   "SWEEP_DIR/report/contrast.csv)")
+    p.add_argument(
+        "--contrast",
+        metavar="SWEEP_B",
+        help="difference-in-differences against another sweep: "
+        "(method − scratch here) − (method − scratch in SWEEP_B), Welch 95 %% CI; writes contrast.csv",
+    )
+    p.add_argument(
+        "--out", metavar="CSV", help="where --contrast writes its table (default: SWEEP_DIR/report/contrast.csv)"
+    )
     return p
 
 
@@ -303,34 +320,77 @@ def fit_law_main(argv: list[str]) -> int:
 
 
 def plan_growth_parser():
-    p = parser("stacking plan-growth", "When to grow: for a target preset and a budget, the growth timing d of "
-               "the Stacking paper's Eq. 2 (log10 d = 0.88·log10 N + 163.27/log10 C − 5.74), the share of the budget "
-               "the base (the target with n_layer / g layers) takes up to d, tokens per parameter, and warnings "
-               "where the numbers leave the paper's regime. No training; docs/growth.md, 'Planning a growth run'.")
-    p.add_argument("--target", required=True, metavar="PRESET",
-                   help="target model: tiny-d{N}, tiny-L{L}-D{D}, stack-410m|1.1b|3b|7b[-base] or a litgpt name")
+    p = parser(
+        "stacking plan-growth",
+        "When to grow: for a target preset and a budget, the growth timing d of "
+        "the Stacking paper's Eq. 2 (log10 d = 0.88·log10 N + 163.27/log10 C − 5.74), the share of the budget "
+        "the base (the target with n_layer / g layers) takes up to d, tokens per parameter, and warnings "
+        "where the numbers leave the paper's regime. No training; docs/growth.md, 'Planning a growth run'.",
+    )
+    p.add_argument(
+        "--target",
+        required=True,
+        metavar="PRESET",
+        help="target model: tiny-d{N}, tiny-L{L}-D{D}, stack-410m|1.1b|3b|7b[-base] or a litgpt name",
+    )
     # exactly one of --flops and --tokens, checked by plan_growth (an argparse group would not see a --config file)
     p.add_argument("--flops", type=float, default=None, metavar="C", help="budget in FLOPs, the base's included")
-    p.add_argument("--tokens", type=float, default=None, metavar="T",
-                   help="budget in tokens of the target trained from scratch (C = T × its FLOPs/token)")
-    p.add_argument("--g", type=int, default=PAPER_G, metavar="G",
-                   help="depth growth factor; must divide the target's n_layer (the paper's 4; it recommends 2–4)")
-    p.add_argument("--fit", default=None, metavar="SWEEP_DIR",
-                   help="also refit Eq. 2 on this sweep's IsoFLOP minima (as `stacking report` does) and predict "
-                   "with it")
-    p.add_argument("--seq-len", type=int, default=None, metavar="S",
-                   help="sequence length for FLOPs/token (default: 128 for tiny presets, else the paper's 2048)")
-    p.add_argument("--vocab-size", type=int, default=None, metavar="V",
-                   help="vocabulary (default: 257, the main job's bytes, for tiny presets; else the preset's own)")
-    p.add_argument("--batch-tokens", type=int, default=None, metavar="B",
-                   help="tokens per optimizer step (default: 2048 for tiny presets, else the paper's 1024 × 2048)")
+    p.add_argument(
+        "--tokens",
+        type=float,
+        default=None,
+        metavar="T",
+        help="budget in tokens of the target trained from scratch (C = T × its FLOPs/token)",
+    )
+    p.add_argument(
+        "--g",
+        type=int,
+        default=PAPER_G,
+        metavar="G",
+        help="depth growth factor; must divide the target's n_layer (the paper's 4; it recommends 2–4)",
+    )
+    p.add_argument(
+        "--fit",
+        default=None,
+        metavar="SWEEP_DIR",
+        help="also refit Eq. 2 on this sweep's IsoFLOP minima (as `stacking report` does) and predict with it",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        metavar="S",
+        help="sequence length for FLOPs/token (default: 128 for tiny presets, else the paper's 2048)",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        metavar="V",
+        help="vocabulary (default: 257, the main job's bytes, for tiny presets; else the preset's own)",
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        metavar="B",
+        help="tokens per optimizer step (default: 2048 for tiny presets, else the paper's 1024 × 2048)",
+    )
     return p
 
 
 def _plan_growth(argv: list[str]) -> int:
     args = parse(plan_growth_parser(), argv)
-    plan = plan_growth(args.target, flops=args.flops, tokens=args.tokens, g=args.g, fit_dir=args.fit,
-                       seq_len=args.seq_len, vocab_size=args.vocab_size, batch_tokens=args.batch_tokens)
+    plan = plan_growth(
+        args.target,
+        flops=args.flops,
+        tokens=args.tokens,
+        g=args.g,
+        fit_dir=args.fit,
+        seq_len=args.seq_len,
+        vocab_size=args.vocab_size,
+        batch_tokens=args.batch_tokens,
+    )
     print(format_plan(plan))
     return 0
 

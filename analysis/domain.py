@@ -25,8 +25,24 @@ from matplotlib.figure import Figure
 
 from analysis.sweep import MAIN_KINDS, Sweep, format_tokens
 
-COLUMNS = ["method", "run_id", "kind", "model", "tokens", "flops", "grow_at_tokens", "base_run", "domain",
-           "domain_base", "domain_final", "domain_gain", "general", "general_base", "general_final", "forgetting"]
+COLUMNS = [
+    "method",
+    "run_id",
+    "kind",
+    "model",
+    "tokens",
+    "flops",
+    "grow_at_tokens",
+    "base_run",
+    "domain",
+    "domain_base",
+    "domain_final",
+    "domain_gain",
+    "general",
+    "general_base",
+    "general_final",
+    "forgetting",
+]
 """domain.csv: one row per main run × general set; losses in nats/token on each set's fixed windows."""
 
 
@@ -91,31 +107,52 @@ def domain_table(sweep: Sweep) -> pd.DataFrame:
             if path == domain:
                 continue
             gen_base, gen_final = at_base.get(path, float("nan")), _final(metrics, col)
-            rows.append({"method": method(r), "run_id": r["run_id"], "kind": r["kind"], "model": r["model"],
-                         "tokens": r["tokens"], "flops": r["flops"], "grow_at_tokens": d, "base_run": base_id,
-                         "domain": domain, "domain_base": dom_base, "domain_final": dom_final,
-                         "domain_gain": dom_base - dom_final, "general": col.removeprefix("val_loss_"),
-                         "general_base": gen_base, "general_final": gen_final, "forgetting": gen_final - gen_base})
+            rows.append(
+                {
+                    "method": method(r),
+                    "run_id": r["run_id"],
+                    "kind": r["kind"],
+                    "model": r["model"],
+                    "tokens": r["tokens"],
+                    "flops": r["flops"],
+                    "grow_at_tokens": d,
+                    "base_run": base_id,
+                    "domain": domain,
+                    "domain_base": dom_base,
+                    "domain_final": dom_final,
+                    "domain_gain": dom_base - dom_final,
+                    "general": col.removeprefix("val_loss_"),
+                    "general_base": gen_base,
+                    "general_final": gen_final,
+                    "forgetting": gen_final - gen_base,
+                }
+            )
     out = pd.DataFrame(rows, columns=COLUMNS)
     return out.sort_values(["general", "domain_final"], kind="stable", ignore_index=True)
 
 
 def domain_markdown(table: pd.DataFrame, figure: str | None = None) -> list[str]:
     """The report's "Domain and general loss" section."""
-    intro = ("Continued pretraining on the domain set (each run's data_dir) from the base at the growth point d: "
-             "the domain loss gained and the general loss lost (forgetting), both relative to the base at d "
-             "(interpolated between its evaluations), final values of each run, on the same FLOPs where the grid "
-             "matched them. Scratch runs start from nothing; their base columns are those of the grown runs' base. "
-             "Positive gain = better on the domain; positive forgetting = worse on the general set.")
+    intro = (
+        "Continued pretraining on the domain set (each run's data_dir) from the base at the growth point d: "
+        "the domain loss gained and the general loss lost (forgetting), both relative to the base at d "
+        "(interpolated between its evaluations), final values of each run, on the same FLOPs where the grid "
+        "matched them. Scratch runs start from nothing; their base columns are those of the grown runs' base. "
+        "Positive gain = better on the domain; positive forgetting = worse on the general set."
+    )
     lines = ["## Domain and general loss", "", intro, ""]
     for general, grp in table.groupby("general", sort=False):
-        header = (f"| method | model | tokens after d | FLOPs | domain loss: base → final | domain gain | {general} "
-                  "loss: base → final | forgetting |")
+        header = (
+            f"| method | model | tokens after d | FLOPs | domain loss: base → final | domain gain | {general} "
+            "loss: base → final | forgetting |"
+        )
         lines += [f"**General set: `{general}`**", "", header, "|---|---|---|---|---|---|---|---|"]
         for _, r in grp.iterrows():
-            lines.append(f"| {r['method']} | {r['model']} | {format_tokens(float(r['tokens']))} | {r['flops']:.3g} | "
-                         f"{r['domain_base']:.4f} → {r['domain_final']:.4f} | {r['domain_gain']:+.4f} | "
-                         f"{r['general_base']:.4f} → {r['general_final']:.4f} | {r['forgetting']:+.4f} |")
+            lines.append(
+                f"| {r['method']} | {r['model']} | {format_tokens(float(r['tokens']))} | {r['flops']:.3g} | "
+                f"{r['domain_base']:.4f} → {r['domain_final']:.4f} | {r['domain_gain']:+.4f} | "
+                f"{r['general_base']:.4f} → {r['general_final']:.4f} | {r['forgetting']:+.4f} |"
+            )
         lines.append("")
     if figure:
         lines += [f"![domain vs general loss]({figure})", ""]
@@ -130,14 +167,24 @@ def plot_domain(table: pd.DataFrame) -> Figure:
     for general, grp in table.groupby("general", sort=False):
         for _, r in grp.iterrows():
             ax.scatter(r["general_final"], r["domain_final"], zorder=3)
-            ax.annotate(r["method"], (r["general_final"], r["domain_final"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                r["method"],
+                (r["general_final"], r["domain_final"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
         based = grp.dropna(subset=["general_base", "domain_base"])
         if len(based):
             b = based.iloc[0]
             ax.scatter(b["general_base"], b["domain_base"], marker="*", s=160, color="black", zorder=4)
-            ax.annotate("base at d", (b["general_base"], b["domain_base"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=8)
+            ax.annotate(
+                "base at d",
+                (b["general_base"], b["domain_base"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
         ax.set_xlabel(f"general loss ({general}), final")
     ax.set_ylabel("domain loss, final")
     ax.grid(alpha=0.3)

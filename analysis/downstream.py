@@ -26,9 +26,19 @@ from stacking.eval_records import Metric, find_result, metrics, read_result
 READINGS = {"mid": "final_val_loss", "annealed": "annealed"}
 """Reading → the loss table's column of the same checkpoints."""
 COLUMNS = ["target", "method", "task", "metric", "higher_is_better"] + [
-    f"{reading}{suffix}" for reading in READINGS
-    for suffix in ("_seeds", "", "_ci", "_vs_scratch", "_vs_scratch_ci", "_loss_vs_scratch", "_loss_vs_scratch_ci",
-                   "_agrees")]
+    f"{reading}{suffix}"
+    for reading in READINGS
+    for suffix in (
+        "_seeds",
+        "",
+        "_ci",
+        "_vs_scratch",
+        "_vs_scratch_ci",
+        "_loss_vs_scratch",
+        "_loss_vs_scratch_ci",
+        "_agrees",
+    )
+]
 """downstream.csv: per target × method × metric and reading, the runs scored (for a method: the seeds paired with
 scratch), the score's mean and 95 % CI half-width, its paired difference to scratch, the loss table's difference
 of the same checkpoints, and whether the two point the same way (both say growth is ahead, or both behind)."""
@@ -54,8 +64,13 @@ def read_scores(sweep: Sweep) -> tuple[pd.DataFrame, dict[str, Metric]]:
     scores, described = {}, {}
     runs = sweep.runs()
     for _, r in runs[runs["kind"] != "base"].iterrows():
-        path = find_result(sweep.path / str(r["run_dir"]), int(r["tokens"]), settings["tasks"], settings.get("limit"),
-                           settings.get("num_fewshot"))
+        path = find_result(
+            sweep.path / str(r["run_dir"]),
+            int(r["tokens"]),
+            settings["tasks"],
+            settings.get("limit"),
+            settings.get("num_fewshot"),
+        )
         record = read_result(path) if path is not None else None
         if record is None:
             continue
@@ -75,8 +90,13 @@ def downstream_table(sweep: Sweep, losses: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for target, method, grp, own, scratch in paired_groups(sweep, main_runs(sweep, scores)):
         for col, m in described.items():
-            row = {"target": target, "method": method, "task": m.task, "metric": m.metric,
-                   "higher_is_better": m.higher_is_better}
+            row = {
+                "target": target,
+                "method": method,
+                "task": m.task,
+                "metric": m.metric,
+                "higher_is_better": m.higher_is_better,
+            }
             for reading, loss_col in READINGS.items():
                 row.update(_reading(grp, own, scratch, f"{reading}:{col}", reading, method))
                 loss = loss_rows.get((target, method), {})
@@ -88,8 +108,7 @@ def downstream_table(sweep: Sweep, losses: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _reading(grp: pd.DataFrame, own: pd.DataFrame, scratch: pd.DataFrame, col: str, reading: str,
-             method: str) -> dict:
+def _reading(grp: pd.DataFrame, own: pd.DataFrame, scratch: pd.DataFrame, col: str, reading: str, method: str) -> dict:
     """One reading's cells: runs scored (a method: seeds paired), the score's mean ± CI, the paired difference."""
     out = {f"{reading}_seeds": int(grp[col].notna().sum())}
     out[reading], out[f"{reading}_ci"] = mean_ci_half(grp[col])
@@ -136,9 +155,11 @@ def disagreements(table: pd.DataFrame) -> list[str]:
                 continue
             diff, half = r[f"{reading}_vs_scratch"], r[f"{reading}_vs_scratch_ci"]
             loss, loss_half = r[f"{reading}_loss_vs_scratch"], r[f"{reading}_loss_vs_scratch_ci"]
-            lines.append(f"{r['target']} {r['method']}, {reading}: {_metric_label(r)} puts growth "
-                         f"{_says(_gain(diff, r['higher_is_better']), diff, half)}, the loss puts it "
-                         f"{_says(-loss, loss, loss_half)}")
+            lines.append(
+                f"{r['target']} {r['method']}, {reading}: {_metric_label(r)} puts growth "
+                f"{_says(_gain(diff, r['higher_is_better']), diff, half)}, the loss puts it "
+                f"{_says(-loss, loss, loss_half)}"
+            )
     return lines
 
 
@@ -154,11 +175,15 @@ def _seeds(r) -> str:
 
 def format_downstream_table(table: pd.DataFrame) -> str:
     """The markdown table: per target × method × metric, mid and annealed score (mean ± CI) and − scratch."""
-    lines = ["| target | method | metric | seeds | mid | mid − scratch | annealed | annealed − scratch |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| target | method | metric | seeds | mid | mid − scratch | annealed | annealed − scratch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in table.iterrows():
-        cells = " | ".join(_cell(r[col], r[f"{col}_ci"], sign) for col, sign in (
-            ("mid", ""), ("mid_vs_scratch", "+"), ("annealed", ""), ("annealed_vs_scratch", "+")))
+        cells = " | ".join(
+            _cell(r[col], r[f"{col}_ci"], sign)
+            for col, sign in (("mid", ""), ("mid_vs_scratch", "+"), ("annealed", ""), ("annealed_vs_scratch", "+"))
+        )
         lines.append(f"| {r['target']} | {r['method']} | {_metric_label(r)} | {_seeds(r)} | {cells} |")
     return "\n".join(lines)
 
@@ -179,8 +204,14 @@ def downstream_markdown(table: pd.DataFrame, settings: dict) -> list[str]:
     """The report's downstream section: settings, table, and one line per disagreement with the loss table."""
     limit = f", limit {settings['limit']}" if settings.get("limit") is not None else ""
     shots = f", {settings['num_fewshot']}-shot" if settings.get("num_fewshot") is not None else ""
-    lines = [DOWNSTREAM_HEADING, "", f"{DOWNSTREAM_TEXT} Tasks: {', '.join(settings['tasks'])}{limit}{shots}.", "",
-             format_downstream_table(table), ""]
+    lines = [
+        DOWNSTREAM_HEADING,
+        "",
+        f"{DOWNSTREAM_TEXT} Tasks: {', '.join(settings['tasks'])}{limit}{shots}.",
+        "",
+        format_downstream_table(table),
+        "",
+    ]
     notes = disagreements(table)
     if not notes:
         return lines + [AGREE, ""]

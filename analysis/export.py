@@ -69,8 +69,9 @@ def evaluation_rows(metrics: bytes) -> bytes:
         return metrics
     header = next(csv.reader(lines[:1]))
     cols = [i for i, c in enumerate(header) if c.startswith("val_loss")]
-    keep = [line for line, row in zip(lines[1:], csv.reader(lines[1:]))
-            if any(i < len(row) and row[i] != "" for i in cols)]
+    keep = [
+        line for line, row in zip(lines[1:], csv.reader(lines[1:])) if any(i < len(row) and row[i] != "" for i in cols)
+    ]
     return "".join(lines[:1] + keep).encode()
 
 
@@ -118,7 +119,13 @@ def export_sweep(sweep_dir: str | Path, out_dir: str | Path, overwrite: bool = F
                     text = evaluation_rows(text)
                 dst.write_bytes(gzip.compress(text, compresslevel=9, mtime=0))
                 written.append(dst)
-    info = {"source": str(src.resolve()), "exported_at": time.time(), "runs": runs, "files": len(written),
-            "bytes": sum(p.stat().st_size for p in written), "missing": missing}
+    info = {
+        "source": str(src.resolve()),
+        "exported_at": time.time(),
+        "runs": runs,
+        "files": len(written),
+        "bytes": sum(p.stat().st_size for p in written),
+        "missing": missing,
+    }
     (out / MARKER).write_text(json.dumps(info, indent=1) + "\n")
     return info

@@ -55,8 +55,7 @@ def _solve(theta0: np.ndarray, x1, x2, log_loss, delta: float):
         w = _log_pred(t, x1, x2)[1]
         return np.stack([w, -w * x1, -w * x2, w * x1 * x2, 1.0 - w], axis=1)
 
-    return least_squares(fun, theta0, jac=jac, loss="huber", f_scale=delta, method="trf", x_scale="jac",
-                         max_nfev=2000)
+    return least_squares(fun, theta0, jac=jac, loss="huber", f_scale=delta, method="trf", x_scale="jac", max_nfev=2000)
 
 
 def _to_original(theta: np.ndarray, ls1: float, ls2: float) -> np.ndarray:
@@ -73,12 +72,16 @@ def check_identifiable(d1: np.ndarray, d2: np.ndarray) -> None:
     """One-line AnalysisError when α1 / α3 cannot be told apart from A / α2 on these (D1, D2) points."""
     levels = np.unique(d1)
     if levels.size < 2:
-        raise AnalysisError(f"D1 takes a single value ({format_tokens(levels[0])}): α1 and α3 are not identifiable; "
-                            "the Liew-Kato fit needs grown runs at ≥ 2 growth timings d")
+        raise AnalysisError(
+            f"D1 takes a single value ({format_tokens(levels[0])}): α1 and α3 are not identifiable; "
+            "the Liew-Kato fit needs grown runs at ≥ 2 growth timings d"
+        )
     rich = sum(np.unique(d2[d1 == v]).size >= 2 for v in levels)
     if rich < 2:
-        raise AnalysisError(f"only {rich} of the {levels.size} D1 values has ≥ 2 distinct D2: α3 (the D1 × D2 term) "
-                            "is not identifiable; the fit needs ≥ 2 D2 per d at ≥ 2 d's")
+        raise AnalysisError(
+            f"only {rich} of the {levels.size} D1 values has ≥ 2 distinct D2: α3 (the D1 × D2 term) "
+            "is not identifiable; the fit needs ≥ 2 D2 per d at ≥ 2 d's"
+        )
 
 
 @dataclass
@@ -113,8 +116,14 @@ class LiewKatoFit:
         return np.exp(self.log_A - self.alpha1 * l1 + (self.alpha3 * l1 - self.alpha2) * l2) + self.E
 
     def to_dict(self) -> dict:
-        out = {"law": "L = A * D1^-alpha1 * D2^(-alpha2 + alpha3*ln D1) + E", "params": self.params,
-               "log_A": self.log_A, "rmse": self.rmse, "n_points": self.n_points, "bootstrap": self.n_bootstrap}
+        out = {
+            "law": "L = A * D1^-alpha1 * D2^(-alpha2 + alpha3*ln D1) + E",
+            "params": self.params,
+            "log_A": self.log_A,
+            "rmse": self.rmse,
+            "n_points": self.n_points,
+            "bootstrap": self.n_bootstrap,
+        }
         if self.n_bootstrap:
             out |= {"ci_level": self.ci_level, "ci": {k: list(v) for k, v in self.ci.items()}}
         return out
@@ -130,8 +139,9 @@ def _lk_starts(loss: np.ndarray) -> np.ndarray:
     return np.asarray(rows)
 
 
-def fit_liew_kato(d1, d2, loss, *, bootstrap: int = 0, seed: int = 0, ci_level: float = 0.95,
-                  delta: float = HUBER_DELTA) -> LiewKatoFit:
+def fit_liew_kato(
+    d1, d2, loss, *, bootstrap: int = 0, seed: int = 0, ci_level: float = 0.95, delta: float = HUBER_DELTA
+) -> LiewKatoFit:
     """Fit Liew & Kato's L(D1, D2) to points (base tokens D1, tokens after growth D2, loss); see the module doc.
 
     The best of the grid starts (`LK_GRID`, 72) is the estimate. With `bootstrap` = K > 0, K resamples of the
@@ -149,9 +159,19 @@ def fit_liew_kato(d1, d2, loss, *, bootstrap: int = 0, seed: int = 0, ci_level: 
         raise AnalysisError(f"the Liew-Kato fit did not converge from any of its {len(starts)} starts")
     best = min(ok, key=lambda s: s.cost).x
     log_a, al1, al2, al3, e = _to_original(best, ls1, ls2)[0]
-    fit = LiewKatoFit(float(np.exp(log_a)), float(al1), float(al2), float(al3), float(e), log_A=float(log_a),
-                      rmse=0.0, n_points=loss.size, d1_scale=math.exp(ls1), d2_scale=math.exp(ls2),
-                      n_starts=len(starts))
+    fit = LiewKatoFit(
+        float(np.exp(log_a)),
+        float(al1),
+        float(al2),
+        float(al3),
+        float(e),
+        log_A=float(log_a),
+        rmse=0.0,
+        n_points=loss.size,
+        d1_scale=math.exp(ls1),
+        d2_scale=math.exp(ls2),
+        n_starts=len(starts),
+    )
     fit.rmse = float(np.sqrt(np.mean((fit.predict(d1, d2) - loss) ** 2)))
     if bootstrap > 0:
         rng = np.random.default_rng(seed)
@@ -180,12 +200,21 @@ LK_POINT_COLUMNS = ["target", "op", "g", "run_id", "seed", "reading", "D1", "D2"
 def _one_value(runs: pd.DataFrame, col: str, op: str) -> None:
     values = sorted(runs[col].dropna().astype(str).unique())
     if len(values) > 1:
-        raise AnalysisError(f"op {op} has grown runs at several {col} values ({', '.join(values)}): pass {col}= "
-                            "to fit one of them")
+        raise AnalysisError(
+            f"op {op} has grown runs at several {col} values ({', '.join(values)}): pass {col}= to fit one of them"
+        )
 
 
-def liew_kato_points(sweep: Sweep | str, op: str, *, target: str | None = None, g: float | None = None,
-                     direction: str | None = None, reading: str = "auto", skip_frac: float = 0.1) -> pd.DataFrame:
+def liew_kato_points(
+    sweep: Sweep | str,
+    op: str,
+    *,
+    target: str | None = None,
+    g: float | None = None,
+    direction: str | None = None,
+    reading: str = "auto",
+    skip_frac: float = 0.1,
+) -> pd.DataFrame:
     """(D1, D2, loss) points of op's finished grown runs (one target, g and direction: pass them when the sweep
     has several; each seed's points are separate points): D1 = the run's d, D2 = its tokens
     after growth. Reading "annealed": the end of each cooldown (D2 = its tokens; runs without cooldowns are left
@@ -216,21 +245,38 @@ def liew_kato_points(sweep: Sweep | str, op: str, *, target: str | None = None, 
         else:
             c = sweep.curve(str(r["run_id"]))
             c = c[(c["tokens"] > 0) & (c["tokens"] >= skip_frac * c["tokens"].max())]
-        frames.append(pd.DataFrame({"target": r["target"], "op": op, "g": float(r["g"]), "run_id": r["run_id"],
-                                    "seed": r["seed"], "reading": reading, "D1": float(r["grow_at_tokens"]),
-                                    "D2": c["tokens"].to_numpy(float), "loss": c["val_loss"].to_numpy(float)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "target": r["target"],
+                    "op": op,
+                    "g": float(r["g"]),
+                    "run_id": r["run_id"],
+                    "seed": r["seed"],
+                    "reading": reading,
+                    "D1": float(r["grow_at_tokens"]),
+                    "D2": c["tokens"].to_numpy(float),
+                    "loss": c["val_loss"].to_numpy(float),
+                }
+            )
+        )
     out = pd.concat(frames, ignore_index=True)[LK_POINT_COLUMNS] if frames else pd.DataFrame(columns=LK_POINT_COLUMNS)
     if out.empty:
         raise AnalysisError(f"op {op}: no {reading} loss after growth to fit")
     return out
 
 
-LK_SUMMARY_COLUMNS = (["target", "op", "direction", "g", "reading", "n_points", "n_d1"] + list(LK_PARAMS)
-                      + [f"{k}_{s}" for k in LK_PARAMS for s in ("lo", "hi")] + ["rmse", "note"])
+LK_SUMMARY_COLUMNS = (
+    ["target", "op", "direction", "g", "reading", "n_points", "n_d1"]
+    + list(LK_PARAMS)
+    + [f"{k}_{s}" for k in LK_PARAMS for s in ("lo", "hi")]
+    + ["rmse", "note"]
+)
 
 
-def liew_kato_summary(sweep_dir: Sweep | str, *, reading: str = "auto", bootstrap: int = 200,
-                      seed: int = 0) -> pd.DataFrame:
+def liew_kato_summary(
+    sweep_dir: Sweep | str, *, reading: str = "auto", bootstrap: int = 200, seed: int = 0
+) -> pd.DataFrame:
     """One row per target × op × direction × g of the sweep's grown runs: the Liew-Kato fit on `liew_kato_points`
     (``auto``: the annealed points, or the mid-schedule curves when the cooldowns sit at a single d) with its
     bootstrap CIs, or NaN parameters and the one-line reason in `note` when the points cannot support it (a
@@ -276,15 +322,28 @@ def _int(v) -> str:
 # g-bound reading (Klein, Hutter et al.)
 # --------------------------------------------------------------------------------------------------------------
 
-G_BOUND_COLUMNS = ["target", "op", "direction", "d", "budget", "g", "n_pairs", "diff", "diff_lo", "diff_hi",
-                   "better", "g_bound"]
+G_BOUND_COLUMNS = [
+    "target",
+    "op",
+    "direction",
+    "d",
+    "budget",
+    "g",
+    "n_pairs",
+    "diff",
+    "diff_lo",
+    "diff_hi",
+    "better",
+    "g_bound",
+]
 
 
 def _budget_losses(sweep: Sweep, run) -> dict[str, float]:
     """{"final": the run's last mid-schedule loss, "f=0.5": its annealed loss at f = 0.5, …}."""
     a = sweep.annealed_curve(str(run["run_id"]))
-    return {"final": float(run["final_val_loss"])} | {f"f={f:g}": float(v) for f, v in zip(a["anneal_fraction"],
-                                                                                            a["val_loss"])}
+    return {"final": float(run["final_val_loss"])} | {
+        f"f={f:g}": float(v) for f, v in zip(a["anneal_fraction"], a["val_loss"])
+    }
 
 
 def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
@@ -294,8 +353,9 @@ def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
     (last mid-schedule loss) and "f=…" for each annealed fraction both runs have. Seeds without a scratch run of
     their own are left out; with one pair the CI is NaN and the g is not `better`."""
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
-    scratch = sweep.runs("scratch").sort_values("tokens", kind="stable").drop_duplicates(["target", "seed"],
-                                                                                          keep="last")
+    scratch = (
+        sweep.runs("scratch").sort_values("tokens", kind="stable").drop_duplicates(["target", "seed"], keep="last")
+    )
     scratch_losses = {(r["target"], r["seed"]): (r["run_id"], _budget_losses(sweep, r)) for _, r in scratch.iterrows()}
     diffs: dict[tuple, list[float]] = {}
     for _, r in sweep.runs("grown").iterrows():
@@ -310,8 +370,16 @@ def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for key, values in diffs.items():
         m, lo, hi = mean_ci(values, level)
-        rows.append(dict(zip(G_BOUND_COLUMNS[:6], key)) | {"n_pairs": int(np.isfinite(values).sum()), "diff": m,
-                                                           "diff_lo": lo, "diff_hi": hi, "better": bool(hi < 0)})
+        rows.append(
+            dict(zip(G_BOUND_COLUMNS[:6], key))
+            | {
+                "n_pairs": int(np.isfinite(values).sum()),
+                "diff": m,
+                "diff_lo": lo,
+                "diff_hi": hi,
+                "better": bool(hi < 0),
+            }
+        )
     if not rows:
         raise AnalysisError(f"{sweep.path}: no grown run has a scratch run of its own target and seed to pair with")
     out = pd.DataFrame(rows)
@@ -326,15 +394,20 @@ def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
 def format_g_bound_table(df: pd.DataFrame) -> str:
     """Markdown: one line per target × op × d × budget with each g's paired difference and the bound."""
     gs = sorted(df["g"].unique())
-    lines = [f"| target | op | d | budget | {' | '.join(f'g={g:g}: grown − scratch' for g in gs)} | largest g better |",
-             "|---" * (5 + len(gs)) + "|"]
-    for (target, op, _, d, budget), t in df.groupby(["target", "op", "direction", "d", "budget"], sort=False,
-                                                    dropna=False):
+    lines = [
+        f"| target | op | d | budget | {' | '.join(f'g={g:g}: grown − scratch' for g in gs)} | largest g better |",
+        "|---" * (5 + len(gs)) + "|",
+    ]
+    for (target, op, _, d, budget), t in df.groupby(
+        ["target", "op", "direction", "d", "budget"], sort=False, dropna=False
+    ):
         by_g = dict(zip(t["g"], t.itertuples()))
         cells = [_diff_cell(by_g[g]) if g in by_g else "—" for g in gs]
         b = t["g_bound"].iloc[0]
-        lines.append(f"| {target} | {op} | {format_tokens(d)} | {budget} | {' | '.join(cells)} | "
-                     f"{b if isinstance(b, str) else f'{b:g}'} |")
+        lines.append(
+            f"| {target} | {op} | {format_tokens(d)} | {budget} | {' | '.join(cells)} | "
+            f"{b if isinstance(b, str) else f'{b:g}'} |"
+        )
     return "\n".join(lines)
 
 

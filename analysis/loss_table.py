@@ -77,8 +77,12 @@ def loss_table(sweep: Sweep | str) -> pd.DataFrame:
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     rows = []
     for target, method, grp, own, scratch in paired_groups(sweep, main_runs(sweep)):
-        row = {"target": target, "method": method, "seeds": len(grp),
-               "paired": len(own) if method != "scratch" else len(grp)}
+        row = {
+            "target": target,
+            "method": method,
+            "seeds": len(grp),
+            "paired": len(own) if method != "scratch" else len(grp),
+        }
         for col in ("final_val_loss", "annealed"):
             row[col], row[f"{col}_ci"] = mean_ci_half(grp[col])
             if method != "scratch":
@@ -103,8 +107,9 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
             row[col] = r[col]
             row[f"{col}_vs_scratch"] = r[col] - scratch.loc[r["seed"], col] if r["seed"] in scratch.index else np.nan
         rows.append(row)
-    cols = ["target", "method", "seed", "run_id"] + [f"{c}{x}" for c in ("final_val_loss", "annealed")
-                                                     for x in ("", "_vs_scratch")]
+    cols = ["target", "method", "seed", "run_id"] + [
+        f"{c}{x}" for c in ("final_val_loss", "annealed") for x in ("", "_vs_scratch")
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -128,8 +133,21 @@ def welch_ci(a, b, level: float = 0.95) -> tuple[float, float, float, float]:
 
 
 READINGS = {"final_val_loss": "mid", "annealed": "annealed"}
-CONTRAST_COLUMNS = ["target", "method", "reading", "seeds_a", "diff_a", "diff_a_ci", "seeds_b", "diff_b", "diff_b_ci",
-                    "contrast", "contrast_lo", "contrast_hi", "df"]
+CONTRAST_COLUMNS = [
+    "target",
+    "method",
+    "reading",
+    "seeds_a",
+    "diff_a",
+    "diff_a_ci",
+    "seeds_b",
+    "diff_b",
+    "diff_b_ci",
+    "contrast",
+    "contrast_lo",
+    "contrast_hi",
+    "df",
+]
 
 
 def contrast_table(sweep_a: Sweep | str, sweep_b: Sweep | str) -> pd.DataFrame:
@@ -150,25 +168,45 @@ def contrast_table(sweep_a: Sweep | str, sweep_b: Sweep | str) -> pd.DataFrame:
             if len(da) == 0 or len(db) == 0:
                 continue
             contrast, lo, hi, df = welch_ci(da, db)
-            rows.append({"target": target, "method": method, "reading": reading,
-                         "seeds_a": len(da), "diff_a": mean_ci_half(da)[0], "diff_a_ci": mean_ci_half(da)[1],
-                         "seeds_b": len(db), "diff_b": mean_ci_half(db)[0], "diff_b_ci": mean_ci_half(db)[1],
-                         "contrast": contrast, "contrast_lo": lo, "contrast_hi": hi, "df": df})
+            rows.append(
+                {
+                    "target": target,
+                    "method": method,
+                    "reading": reading,
+                    "seeds_a": len(da),
+                    "diff_a": mean_ci_half(da)[0],
+                    "diff_a_ci": mean_ci_half(da)[1],
+                    "seeds_b": len(db),
+                    "diff_b": mean_ci_half(db)[0],
+                    "diff_b_ci": mean_ci_half(db)[1],
+                    "contrast": contrast,
+                    "contrast_lo": lo,
+                    "contrast_hi": hi,
+                    "df": df,
+                }
+            )
     if not rows:
         raise AnalysisError(f"{a.path} and {b.path} share no target × method with seeds paired to scratch")
     return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
 
 
 def format_contrast_table(df: pd.DataFrame, name_a: str = "A", name_b: str = "B") -> str:
-    head = (f"| target | method | reading | {name_a}: method − scratch | seeds | {name_b}: method − scratch | seeds | "
-            f"{name_a} − {name_b} | 95 % CI (Welch) |")
+    head = (
+        f"| target | method | reading | {name_a}: method − scratch | seeds | {name_b}: method − scratch | seeds | "
+        f"{name_a} − {name_b} | 95 % CI (Welch) |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
-        ci = (f"[{r['contrast_lo']:+.4f}, {r['contrast_hi']:+.4f}]" if np.isfinite(r["contrast_lo"])
-              else "< 2 seeds: no CI")
-        lines.append(f"| {r['target']} | {r['method']} | {r['reading']} | {_cell(r['diff_a'], r['diff_a_ci'], '+')} | "
-                     f"{r['seeds_a']} | {_cell(r['diff_b'], r['diff_b_ci'], '+')} | {r['seeds_b']} | "
-                     f"{_cell(r['contrast'], sign='+')} | {ci} |")
+        ci = (
+            f"[{r['contrast_lo']:+.4f}, {r['contrast_hi']:+.4f}]"
+            if np.isfinite(r["contrast_lo"])
+            else "< 2 seeds: no CI"
+        )
+        lines.append(
+            f"| {r['target']} | {r['method']} | {r['reading']} | {_cell(r['diff_a'], r['diff_a_ci'], '+')} | "
+            f"{r['seeds_a']} | {_cell(r['diff_b'], r['diff_b_ci'], '+')} | {r['seeds_b']} | "
+            f"{_cell(r['contrast'], sign='+')} | {ci} |"
+        )
     return "\n".join(lines)
 
 
@@ -183,9 +221,15 @@ def _cell(mean, ci=np.nan, sign="") -> str:
 
 def _loss_cells(r) -> str:
     """The four loss cells of a row of either table (CI half-widths where the row has them)."""
-    return " | ".join(_cell(r.get(col, np.nan), r.get(f"{col}_ci", np.nan), sign)
-                      for col, sign in (("final_val_loss", ""), ("final_val_loss_vs_scratch", "+"),
-                                        ("annealed", ""), ("annealed_vs_scratch", "+")))
+    return " | ".join(
+        _cell(r.get(col, np.nan), r.get(f"{col}_ci", np.nan), sign)
+        for col, sign in (
+            ("final_val_loss", ""),
+            ("final_val_loss_vs_scratch", "+"),
+            ("annealed", ""),
+            ("annealed_vs_scratch", "+"),
+        )
+    )
 
 
 def format_loss_table(df: pd.DataFrame) -> str:

@@ -122,23 +122,34 @@ def _positive(name: str, value) -> None:
         raise PlanError(f"{name} must be a positive number, got {value}")
 
 
-def _timing(law: Eq2, label: str, *, n_total: float, flops: float, target_fpt: float, base_fpt: float,
-            base_params: int) -> Timing:
+def _timing(
+    law: Eq2, label: str, *, n_total: float, flops: float, target_fpt: float, base_fpt: float, base_params: int
+) -> Timing:
     """d from `law` for a target of n_total params at C = flops, and its cost; warnings where it leaves the
     paper's ground."""
     d = float(law.predict_d(n_total, flops, warn=False))
     base_flops = d * base_fpt
-    t = Timing(law=law, d=d, base_flops=base_flops, base_share=base_flops / flops,
-               base_tokens_per_param=d / base_params, tokens_after=(flops - base_flops) / target_fpt)
+    t = Timing(
+        law=law,
+        d=d,
+        base_flops=base_flops,
+        base_share=base_flops / flops,
+        base_tokens_per_param=d / base_params,
+        tokens_after=(flops - base_flops) / target_fpt,
+    )
     lo, hi = law.flops_range
     if not lo * (1 - 1e-9) <= flops <= hi * (1 + 1e-9):
-        t.warnings.append(f"C = {flops:.3g} FLOPs lies outside {lo:.3g}–{hi:.3g} FLOPs, the range {label} was "
-                          "fitted on: its b/log10(C) term makes d unreliable there")
+        t.warnings.append(
+            f"C = {flops:.3g} FLOPs lies outside {lo:.3g}–{hi:.3g} FLOPs, the range {label} was "
+            "fitted on: its b/log10(C) term makes d unreliable there"
+        )
     if t.base_share >= 1:
         t.warnings.append(f"{label}'s d is past the whole budget: the base alone would take {t.base_share:.3g}× C")
     if t.base_tokens_per_param < BASE_TPP_MIN:
-        t.warnings.append(f"at {label}'s d the base has seen {t.base_tokens_per_param:.3g} tokens/param, below the "
-                          f"paper's ≳ {BASE_TPP_MIN:g} (better {BASE_TPP_GOOD[0]:g}–{BASE_TPP_GOOD[1]:g})")
+        t.warnings.append(
+            f"at {label}'s d the base has seen {t.base_tokens_per_param:.3g} tokens/param, below the "
+            f"paper's ≳ {BASE_TPP_MIN:g} (better {BASE_TPP_GOOD[0]:g}–{BASE_TPP_GOOD[1]:g})"
+        )
     return t
 
 
@@ -152,29 +163,44 @@ def fit_from_sweep(fit_dir: str) -> tuple[Eq2, str, tuple[float, float], set[flo
         raise PlanError(f"--fit {fit_dir}: {err}") from None
     iso = fit_isoflop(points) if len(points) else None
     if iso is None or iso.empty:
-        raise PlanError(f"--fit {fit_dir}: the sweep cannot support an Eq. 2 fit: no (target, op, g) has ≥ 3 "
-                        "finished growth timings d > 0 with overlapping FLOPs")
+        raise PlanError(
+            f"--fit {fit_dir}: the sweep cannot support an Eq. 2 fit: no (target, op, g) has ≥ 3 "
+            "finished growth timings d > 0 with overlapping FLOPs"
+        )
     good = iso[iso["interior"]]
     if good.empty:
-        raise PlanError(f"--fit {fit_dir}: the sweep cannot support an Eq. 2 fit: none of its {len(iso)} IsoFLOP "
-                        "parabolas has its minimum inside the sampled d range (no valley to fit)")
+        raise PlanError(
+            f"--fit {fit_dir}: the sweep cannot support an Eq. 2 fit: none of its {len(iso)} IsoFLOP "
+            "parabolas has its minimum inside the sampled d range (no valley to fit)"
+        )
     try:
         law = fit_eq2(good["N"], good["budget"], good["d_opt"])
     except AnalysisError as err:
-        raise PlanError(f"--fit {fit_dir}: the sweep cannot support an Eq. 2 fit on its {len(good)} IsoFLOP minima: "
-                        f"{err}") from None
+        raise PlanError(
+            f"--fit {fit_dir}: the sweep cannot support an Eq. 2 fit on its {len(good)} IsoFLOP minima: {err}"
+        ) from None
     law.source = f"fit on {fit_dir}"
     ops = ", ".join(sorted({str(o) for o in good["op"]}))
     gs = {float(g) for g in good["g"]}
-    summary = (f"{len(good)} IsoFLOP minima of {ops} g = {'/'.join(f'{g:g}' for g in sorted(gs))}, "
-               f"targets N = {good['N'].min():.3g}–{good['N'].max():.3g}, C = {law.flops_range[0]:.3g}–"
-               f"{law.flops_range[1]:.3g} FLOPs, RMS {law.rms_log10:.3f} in log10 d")
+    summary = (
+        f"{len(good)} IsoFLOP minima of {ops} g = {'/'.join(f'{g:g}' for g in sorted(gs))}, "
+        f"targets N = {good['N'].min():.3g}–{good['N'].max():.3g}, C = {law.flops_range[0]:.3g}–"
+        f"{law.flops_range[1]:.3g} FLOPs, RMS {law.rms_log10:.3f} in log10 d"
+    )
     return law, summary, (float(good["N"].min()), float(good["N"].max())), gs
 
 
-def plan_growth(target: str, flops: float | None = None, tokens: float | None = None, g: int = PAPER_G,
-                fit_dir: str | None = None, *, seq_len: int | None = None, vocab_size: int | None = None,
-                batch_tokens: int | None = None) -> Plan:
+def plan_growth(
+    target: str,
+    flops: float | None = None,
+    tokens: float | None = None,
+    g: int = PAPER_G,
+    fit_dir: str | None = None,
+    *,
+    seq_len: int | None = None,
+    vocab_size: int | None = None,
+    batch_tokens: int | None = None,
+) -> Plan:
     """The growth plan of `target` at budget `flops` (C) or `tokens` (of the target from scratch, C = tokens ×
     its FLOPs/token) for depth growth by `g`; with `fit_dir`, Eq. 2 refitted on that sweep too.
 
@@ -193,19 +219,38 @@ def plan_growth(target: str, flops: float | None = None, tokens: float | None = 
     c = float(flops) if flops is not None else float(tokens) * t_fpt
     step = batch_tokens * b_fpt
     if c < step:
-        raise PlanError(f"the budget C = {c:.3g} FLOPs is smaller than one optimizer step of the {bc.n_layer}-layer "
-                        f"base ({batch_tokens:,} tokens × {b_fpt:.3g} FLOPs/token = {step:.3g} FLOPs)")
+        raise PlanError(
+            f"the budget C = {c:.3g} FLOPs is smaller than one optimizer step of the {bc.n_layer}-layer "
+            f"base ({batch_tokens:,} tokens × {b_fpt:.3g} FLOPs/token = {step:.3g} FLOPs)"
+        )
 
-    timing = {"n_total": tp["total"], "flops": c, "target_fpt": t_fpt, "base_fpt": b_fpt,
-              "base_params": bp["non_embedding"]}
-    plan = Plan(target=target, g=g, seq_len=seq_len, vocab_size=tc.vocab_size, batch_tokens=batch_tokens,
-                n_layer=tc.n_layer, base_layers=bc.n_layer, n_embd=tc.n_embd,
-                target_params_total=tp["total"], target_params_non_embedding=tp["non_embedding"],
-                target_flops_per_token=t_fpt, base_params_non_embedding=bp["non_embedding"],
-                base_flops_per_token=b_fpt, flops=c, tokens=c / t_fpt,
-                target_tokens_per_param=c / t_fpt / tp["non_embedding"],
-                regime_d=tuple(r * bp["non_embedding"] for r in BASE_TPP_GOOD),
-                paper=_timing(PAPER_EQ2, "Eq. 2", **timing))
+    timing = {
+        "n_total": tp["total"],
+        "flops": c,
+        "target_fpt": t_fpt,
+        "base_fpt": b_fpt,
+        "base_params": bp["non_embedding"],
+    }
+    plan = Plan(
+        target=target,
+        g=g,
+        seq_len=seq_len,
+        vocab_size=tc.vocab_size,
+        batch_tokens=batch_tokens,
+        n_layer=tc.n_layer,
+        base_layers=bc.n_layer,
+        n_embd=tc.n_embd,
+        target_params_total=tp["total"],
+        target_params_non_embedding=tp["non_embedding"],
+        target_flops_per_token=t_fpt,
+        base_params_non_embedding=bp["non_embedding"],
+        base_flops_per_token=b_fpt,
+        flops=c,
+        tokens=c / t_fpt,
+        target_tokens_per_param=c / t_fpt / tp["non_embedding"],
+        regime_d=tuple(r * bp["non_embedding"] for r in BASE_TPP_GOOD),
+        paper=_timing(PAPER_EQ2, "Eq. 2", **timing),
+    )
     _regime_notes(plan, g, bc.n_layer)
     if fit_dir is not None:
         _add_fit(plan, fit_dir, timing, g)
@@ -215,8 +260,10 @@ def plan_growth(target: str, flops: float | None = None, tokens: float | None = 
 def _check_inputs(flops, tokens, g, seq_len, vocab_size, batch_tokens) -> None:
     """The budget (exactly one of flops / tokens, > 0), the sizes (> 0 when given) and g (an integer ≥ 2)."""
     if (flops is None) == (tokens is None):
-        raise PlanError("give exactly one of --flops C and --tokens T (the budget), got "
-                        + ("both" if flops is not None else "neither"))
+        raise PlanError(
+            "give exactly one of --flops C and --tokens T (the budget), got "
+            + ("both" if flops is not None else "neither")
+        )
     _positive("--flops" if flops is not None else "--tokens", flops if flops is not None else tokens)
     for name, v in (("--seq-len", seq_len), ("--vocab-size", vocab_size), ("--batch-tokens", batch_tokens)):
         _positive(name, v)
@@ -239,21 +286,27 @@ def _shapes(target: str, g: int, seq_len: int, vocab_size: int | None):
         raise
     if tc.n_layer % g:
         divisors = [k for k in range(2, tc.n_layer + 1) if tc.n_layer % k == 0]
-        raise PlanError(f"--g {g} does not divide {target}'s n_layer = {tc.n_layer}; valid: "
-                        f"{', '.join(map(str, divisors)) or 'none (a 1-layer target cannot be grown in depth)'}")
+        raise PlanError(
+            f"--g {g} does not divide {target}'s n_layer = {tc.n_layer}; valid: "
+            f"{', '.join(map(str, divisors)) or 'none (a 1-layer target cannot be grown in depth)'}"
+        )
     return tc, model_config(target, vocab_size=tc.vocab_size, block_size=seq_len, n_layer=tc.n_layer // g)
 
 
 def _regime_notes(plan: Plan, g: int, base_layers: int) -> None:
     """Notes and warnings where the plan leaves the paper's regime (g, a 1-layer base, tokens per parameter)."""
     if not PAPER_G_RANGE[0] <= g <= PAPER_G_RANGE[1]:
-        plan.notes.append(f"g = {g} is outside the paper's recommended g = {PAPER_G_RANGE[0]}–{PAPER_G_RANGE[1]} "
-                          f"(Eq. 2 was fitted at g = {PAPER_G})")
+        plan.notes.append(
+            f"g = {g} is outside the paper's recommended g = {PAPER_G_RANGE[0]}–{PAPER_G_RANGE[1]} "
+            f"(Eq. 2 was fitted at g = {PAPER_G})"
+        )
     if base_layers == 1:
         plan.warnings.append("a 1-layer base: in the paper a 1-layer base grown to 24 layers did worse than scratch")
     if plan.target_tokens_per_param < TARGET_TPP_MIN:
-        plan.warnings.append(f"the budget is {plan.target_tokens_per_param:.3g} tokens per target param, below the "
-                             f"paper's regime (≳ {TARGET_TPP_MIN:g}): speed-ups there are not expected")
+        plan.warnings.append(
+            f"the budget is {plan.target_tokens_per_param:.3g} tokens per target param, below the "
+            f"paper's regime (≳ {TARGET_TPP_MIN:g}): speed-ups there are not expected"
+        )
 
 
 def _add_fit(plan: Plan, fit_dir: str, timing: dict, g: int) -> None:
@@ -263,11 +316,14 @@ def _add_fit(plan: Plan, fit_dir: str, timing: dict, g: int) -> None:
     plan.fitted = _timing(law, "the sweep's Eq. 2", **timing)
     n = timing["n_total"]
     if not n_lo * (1 - 1e-9) <= n <= n_hi * (1 + 1e-9):
-        plan.fitted.warnings.append(f"N = {n:.3g} lies outside the sweep's target sizes "
-                                    f"{n_lo:.3g}–{n_hi:.3g}: the fitted a·log10 N term is extrapolated")
+        plan.fitted.warnings.append(
+            f"N = {n:.3g} lies outside the sweep's target sizes "
+            f"{n_lo:.3g}–{n_hi:.3g}: the fitted a·log10 N term is extrapolated"
+        )
     if gs != {float(g)}:
-        plan.fitted.warnings.append(f"the sweep's minima are at g = {'/'.join(f'{x:g}' for x in sorted(gs))}, "
-                                    f"not the planned g = {g}")
+        plan.fitted.warnings.append(
+            f"the sweep's minima are at g = {'/'.join(f'{x:g}' for x in sorted(gs))}, not the planned g = {g}"
+        )
 
 
 def _tok(t: float) -> str:
@@ -279,10 +335,15 @@ def _law(law: Eq2) -> str:
 
 
 def _timing_line(t: Timing) -> str:
-    after = (f"{_tok(t.tokens_after)} target tokens after growth" if t.tokens_after > 0
-             else "no target tokens left after growth")
-    return (f"  d = {_tok(t.d)} tokens: base at {t.base_tokens_per_param:.3g} tokens/param, {t.base_flops:.3g} "
-            f"FLOPs = {_share(t.base_share)}; {after}")
+    after = (
+        f"{_tok(t.tokens_after)} target tokens after growth"
+        if t.tokens_after > 0
+        else "no target tokens left after growth"
+    )
+    return (
+        f"  d = {_tok(t.d)} tokens: base at {t.base_tokens_per_param:.3g} tokens/param, {t.base_flops:.3g} "
+        f"FLOPs = {_share(t.base_share)}; {after}"
+    )
 
 
 def _share(x: float, y: float | None = None) -> str:
@@ -297,26 +358,41 @@ def format_plan(plan: Plan) -> str:
     w = max(len(f"{plan.target_params_non_embedding:,}"), len(f"{plan.base_params_non_embedding:,}"))
     lo, hi = plan.regime_d
     lines = [
-        (f"plan-growth {plan.target}: depth growth by g = {plan.g} from a base of {plan.base_layers} layers "
-         f"(the paper's g = {PAPER_G}; recommended g = {PAPER_G_RANGE[0]}–{PAPER_G_RANGE[1]})"),
+        (
+            f"plan-growth {plan.target}: depth growth by g = {plan.g} from a base of {plan.base_layers} layers "
+            f"(the paper's g = {PAPER_G}; recommended g = {PAPER_G_RANGE[0]}–{PAPER_G_RANGE[1]})"
+        ),
         f"  accounting at seq_len {plan.seq_len}, vocab {plan.vocab_size}, {plan.batch_tokens:,} tokens per step",
-        (f"target {plan.n_layer:>3} layers × {plan.n_embd}: {plan.target_params_non_embedding:>{w},} non-embedding "
-         f"params ({plan.target_params_total:,} total), {plan.target_flops_per_token:.4g} FLOPs/token"),
-        (f"base   {plan.base_layers:>3} layers × {plan.n_embd}: {plan.base_params_non_embedding:>{w},} non-embedding "
-         f"params, {plan.base_flops_per_token:.4g} FLOPs/token"),
-        (f"budget C = {plan.flops:.4g} FLOPs = {_tok(plan.tokens)} target tokens from scratch = "
-         f"{plan.target_tokens_per_param:.3g} tokens per target param"),
-        (f"Eq. 2 (Du et al. 2024: {_law(plan.paper.law)}, fitted at g = {PAPER_G}; N = "
-         f"{plan.target_params_total:.3g} total params):"),
+        (
+            f"target {plan.n_layer:>3} layers × {plan.n_embd}: {plan.target_params_non_embedding:>{w},} non-embedding "
+            f"params ({plan.target_params_total:,} total), {plan.target_flops_per_token:.4g} FLOPs/token"
+        ),
+        (
+            f"base   {plan.base_layers:>3} layers × {plan.n_embd}: {plan.base_params_non_embedding:>{w},} non-embedding "
+            f"params, {plan.base_flops_per_token:.4g} FLOPs/token"
+        ),
+        (
+            f"budget C = {plan.flops:.4g} FLOPs = {_tok(plan.tokens)} target tokens from scratch = "
+            f"{plan.target_tokens_per_param:.3g} tokens per target param"
+        ),
+        (
+            f"Eq. 2 (Du et al. 2024: {_law(plan.paper.law)}, fitted at g = {PAPER_G}; N = "
+            f"{plan.target_params_total:.3g} total params):"
+        ),
         _timing_line(plan.paper),
     ]
     if plan.fitted is not None:
-        lines += [f"Eq. 2 fitted on {plan.fit_dir} ({_law(plan.fitted.law)}):", f"  from {plan.fit_summary}",
-                  _timing_line(plan.fitted)]
+        lines += [
+            f"Eq. 2 fitted on {plan.fit_dir} ({_law(plan.fitted.law)}):",
+            f"  from {plan.fit_summary}",
+            _timing_line(plan.fitted),
+        ]
     fpt, c = plan.base_flops_per_token, plan.flops
     lines += [
-        (f"paper's regime: base ≳ {BASE_TPP_MIN:g}, better {BASE_TPP_GOOD[0]:g}–{BASE_TPP_GOOD[1]:g} tokens/param "
-         f"at d: d = {_tok(lo)}–{_tok(hi)} here ({_share(lo * fpt / c, hi * fpt / c)});"),
+        (
+            f"paper's regime: base ≳ {BASE_TPP_MIN:g}, better {BASE_TPP_GOOD[0]:g}–{BASE_TPP_GOOD[1]:g} tokens/param "
+            f"at d: d = {_tok(lo)}–{_tok(hi)} here ({_share(lo * fpt / c, hi * fpt / c)});"
+        ),
         f"  total ≳ {TARGET_TPP_MIN:g} tokens per target param: {plan.target_tokens_per_param:.3g} here",
     ]
     lines += [f"note: {n}" for n in plan.notes]

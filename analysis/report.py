@@ -108,8 +108,16 @@ def write_report(
     _write(out, computed, figures, fits)
     path = out / "report.md"
     path.write_text(md)
-    return Report(path=path, table=speedups.table, fits=fits, notes=notes, table_own_final=speedups.grown_table,
-                  table_annealed=speedups.annealed_table, headline=speedups.headline, provenance=prov)
+    return Report(
+        path=path,
+        table=speedups.table,
+        fits=fits,
+        notes=notes,
+        table_own_final=speedups.grown_table,
+        table_annealed=speedups.annealed_table,
+        headline=speedups.headline,
+        provenance=prov,
+    )
 
 
 def _write(out: Path, sections: list[Section], figures: list[Figure], fits: dict) -> None:
@@ -123,8 +131,15 @@ def _write(out: Path, sections: list[Section], figures: list[Figure], fits: dict
     (out / "fits.json").write_text(json.dumps(to_jsonable(fits), indent=1, allow_nan=False) + "\n")
 
 
-def render(sweep, headline_text: str, prov: list[str], body: list[Section], fitted: list[Section],
-           notes: list[str], figures: list[Figure]) -> str:
+def render(
+    sweep,
+    headline_text: str,
+    prov: list[str],
+    body: list[Section],
+    fitted: list[Section],
+    notes: list[str],
+    figures: list[Figure],
+) -> str:
     """report.md: the header, the speed-up headline, the body sections (seed spread, speed-ups, losses,
     downstream, growth laws, LR sweep, domain), the fitted laws, the notes, the listed figures."""
     res = sweep.results
@@ -194,11 +209,17 @@ def speedup_section(sweep, target_loss: float | None) -> tuple[Section, Speedups
 
 def _speedup_figures(sec: Section, sweep, table: pd.DataFrame, annealed_table: pd.DataFrame | None) -> None:
     if len(table):
-        sec.figure(plots.plot_speedups(table), "speedups.png",
-                   "Speed-up per operator at L*_p, mid reading (bars: mean, whiskers: 95% CI)")
+        sec.figure(
+            plots.plot_speedups(table),
+            "speedups.png",
+            "Speed-up per operator at L*_p, mid reading (bars: mean, whiskers: 95% CI)",
+        )
     if annealed_table is not None and len(annealed_table):
-        sec.figure(plots.plot_speedups(annealed_table, title="annealed speed-up vs scratch"), "speedups_annealed.png",
-                   "Speed-up per operator at L*_f, annealed reading (bars: mean, whiskers: 95% CI)")
+        sec.figure(
+            plots.plot_speedups(annealed_table, title="annealed speed-up vs scratch"),
+            "speedups_annealed.png",
+            "Speed-up per operator at L*_f, annealed reading (bars: mean, whiskers: 95% CI)",
+        )
     for target in sorted(sweep.runs()["target"].dropna().unique()):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(target))
         sec.figure(plots.plot_loss_curves(sweep, target), f"curves_{safe}.png", f"Loss curves, target {target}")
@@ -218,8 +239,12 @@ def result_sections(sweep, bootstrap: int) -> list[Section]:
     out = []
     if len(sweep.runs("grown")) and len(sweep.runs("scratch")):
         losses = loss_table(sweep)
-        out.append(Section(markdown=[LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""],
-                           csv={"losses.csv": losses}))
+        out.append(
+            Section(
+                markdown=[LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""],
+                csv={"losses.csv": losses},
+            )
+        )
         out.append(downstream_section(sweep, losses))
         out.append(growth_law_section(sweep, min(bootstrap, 100)))
     out.append(lr_sweep_section(sweep))
@@ -236,8 +261,10 @@ def downstream_section(sweep, losses: pd.DataFrame) -> Section:
     return Section(markdown=downstream_markdown(table, eval_settings(sweep.path)), csv={"downstream.csv": table})
 
 
-G_BOUND_TEXT = ("Grown − scratch loss per g, paired by seed (95 % CI; * = CI below 0), and the largest g still "
-                "significantly ahead of scratch (Klein, Hutter et al. 2026).")
+G_BOUND_TEXT = (
+    "Grown − scratch loss per g, paired by seed (95 % CI; * = CI below 0), and the largest g still "
+    "significantly ahead of scratch (Klein, Hutter et al. 2026)."
+)
 
 
 def growth_law_section(sweep, bootstrap: int) -> Section:
@@ -255,9 +282,14 @@ def growth_law_section(sweep, bootstrap: int) -> Section:
     try:
         laws = liew_kato_summary(sweep.path, bootstrap=bootstrap)
         sec.csv["liew_kato.csv"] = laws
-        sec.markdown += ["### L(D1, D2) = A·D1^−α1·D2^(−α2 + α3·ln D1) + E (Liew & Kato 2025)", "",
-                         f"Base tokens D1 = d, tokens after growth D2; bootstrap 95 % CIs over {bootstrap} resamples.",
-                         "", format_liew_kato_summary(laws), ""]
+        sec.markdown += [
+            "### L(D1, D2) = A·D1^−α1·D2^(−α2 + α3·ln D1) + E (Liew & Kato 2025)",
+            "",
+            f"Base tokens D1 = d, tokens after growth D2; bootstrap 95 % CIs over {bootstrap} resamples.",
+            "",
+            format_liew_kato_summary(laws),
+            "",
+        ]
     except AnalysisError as err:
         sec.notes.append(f"Liew & Kato fit: skipped ({err})")
     return sec
@@ -304,8 +336,11 @@ def provenance_lines(sweep) -> list[str]:
     dirty = {True: " with uncommitted changes", False: "", None: ""}[git.get("dirty")]
     lines = [f"code: git {sha[:12]}{dirty}" if sha else "code: git commit not recorded"]
     ver = prov.get("versions")
-    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()) if ver else
-                 "versions: not recorded (plan.json predates them)")
+    lines.append(
+        "versions: " + ", ".join(f"{k} {v}" for k, v in ver.items())
+        if ver
+        else "versions: not recorded (plan.json predates them)"
+    )
     data = prov.get("data")
     if data:
         lines += [f"data: {did} ({path})" for path, did in data.items()]
@@ -315,8 +350,14 @@ def provenance_lines(sweep) -> list[str]:
         windows = read_val_windows(sweep.path / rel)
         if windows is not None:
             ids.add(windows.get("data_id"))
-    lines.append("data: " + (", ".join(sorted(map(str, ids))) + " (from the runs' val_windows.json; plan.json "
-                             "predates data ids)" if ids else "not recorded"))
+    lines.append(
+        "data: "
+        + (
+            ", ".join(sorted(map(str, ids))) + " (from the runs' val_windows.json; plan.json predates data ids)"
+            if ids
+            else "not recorded"
+        )
+    )
     return lines
 
 
@@ -389,14 +430,22 @@ def _seed_spread_lines(sweep, table: pd.DataFrame, notes: list[str]) -> list[str
             if pd.isna(r["speedup"]):
                 cells.append(f"{r['reading']}: never reaches L* ({r['n_runs']} seeds)")
                 continue
-            ci = (f", 95 % CI {100 * r['speedup_lo']:+.1f} % to {100 * r['speedup_hi']:+.1f} %"
-                  if pd.notna(r["speedup_lo"]) else "")
+            ci = (
+                f", 95 % CI {100 * r['speedup_lo']:+.1f} % to {100 * r['speedup_hi']:+.1f} %"
+                if pd.notna(r["speedup_lo"])
+                else ""
+            )
             bound = all_seeds_note(r)
-            cells.append(f"{r['reading']} {100 * r['speedup']:+.1f} %{ci} ({r['n_reached']}/{r['n_runs']} seeds "
-                         f"reach L*{'; ' + bound if bound else ''})")
+            cells.append(
+                f"{r['reading']} {100 * r['speedup']:+.1f} %{ci} ({r['n_reached']}/{r['n_runs']} seeds "
+                f"reach L*{'; ' + bound if bound else ''})"
+            )
         parts.append(f"{op} g={g:g} d={int(d):,}: " + "; ".join(cells))
-    return [f"Seed spread of this configuration, measured on a seeded sweep of it (`{rel}`), speed-up at the "
-            "scratch run's final (mid) or annealed loss: " + " — ".join(parts) + ".", ""]
+    return [
+        f"Seed spread of this configuration, measured on a seeded sweep of it (`{rel}`), speed-up at the "
+        "scratch run's final (mid) or annealed loss: " + " — ".join(parts) + ".",
+        "",
+    ]
 
 
 def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:
@@ -405,12 +454,16 @@ def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:
     for (target, tokens), grp in lrs.groupby(["target", "tokens"], sort=False):
         key = "annealed_val_loss" if grp["annealed_val_loss"].notna().all() else "final_val_loss"
         best = grp.loc[grp[key].idxmin()]
-        lines += [f"{target}, {int(tokens):,} tokens: lowest {key.replace('_', ' ')} at **LR {best['lr']:g}**.", "",
-                  "| LR | seeds | final val loss | best val loss | annealed (cooldown to 100 %) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"{target}, {int(tokens):,} tokens: lowest {key.replace('_', ' ')} at **LR {best['lr']:g}**.",
+            "",
+            "| LR | seeds | final val loss | best val loss | annealed (cooldown to 100 %) |",
+            "|---|---|---|---|---|",
+        ]
         for _, r in grp.iterrows():
             ann = "—" if pd.isna(r["annealed_val_loss"]) else f"{r['annealed_val_loss']:.4f}"
-            lines.append(f"| {r['lr']:g} | {r['n_seeds']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | "
-                         f"{ann} |")
+            lines.append(
+                f"| {r['lr']:g} | {r['n_seeds']} | {r['final_val_loss']:.4f} | {r['best_val_loss']:.4f} | {ann} |"
+            )
         lines.append("")
     return lines

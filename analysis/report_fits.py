@@ -19,8 +19,11 @@ from analysis.sweep import AnalysisError, chinchilla_points, compute_frontier, i
 
 def fitted_law_sections(sweep, bootstrap: int, seed: int) -> list[Section]:
     """L(C), Chinchilla and growth timing, in the report's order."""
-    return [loss_compute_section(sweep, bootstrap, seed), chinchilla_section(sweep, bootstrap, seed),
-            growth_timing_section(sweep)]
+    return [
+        loss_compute_section(sweep, bootstrap, seed),
+        chinchilla_section(sweep, bootstrap, seed),
+        growth_timing_section(sweep),
+    ]
 
 
 def _ci(fit_ci: dict, name: str, fmt: str = ".4g") -> str:
@@ -46,8 +49,9 @@ def loss_compute_section(sweep, bootstrap: int, seed: int) -> Section:
         fits[method] = {"with_offset": with_e.to_dict(), "power_law": power.to_dict()}
     sec.fits["loss_compute"] = fits
     if lc_fits:
-        sec.figure(plots.plot_loss_compute(frontier, lc_fits), "loss_compute.png",
-                   "L(C) per method with extrapolation bands")
+        sec.figure(
+            plots.plot_loss_compute(frontier, lc_fits), "loss_compute.png", "L(C) per method with extrapolation bands"
+        )
         sec.markdown = _loss_compute_markdown(fits)
     return sec
 
@@ -122,8 +126,7 @@ def growth_timing_section(sweep) -> Section:
     iso = fit_isoflop(ipts) if len(ipts) else pd.DataFrame()
     eq2 = None
     if iso.empty:
-        sec.notes.append("IsoFLOP over d: skipped, no (target, op, g) has ≥ 3 growth timings d with overlapping "
-                         "FLOPs")
+        sec.notes.append("IsoFLOP over d: skipped, no (target, op, g) has ≥ 3 growth timings d with overlapping FLOPs")
     else:
         sec.fits["isoflop"] = iso.to_dict(orient="records")
         sec.figure(plots.plot_isoflop(ipts, iso), "isoflop.png", "IsoFLOP curves of growth timing d")

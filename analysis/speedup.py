@@ -108,8 +108,9 @@ def first_crossing(curve: pd.DataFrame, target_loss: float, interpolation: str =
     loss = np.minimum.accumulate(curve["val_loss"].to_numpy(dtype=float))
     hit = np.flatnonzero(loss <= target_loss)
     if hit.size == 0:
-        return Crossing(math.nan, math.nan, f"never reached L*={target_loss:.4g} (lowest {loss.min():.4g})",
-                        last_flops=float(f[-1]))
+        return Crossing(
+            math.nan, math.nan, f"never reached L*={target_loss:.4g} (lowest {loss.min():.4g})", last_flops=float(f[-1])
+        )
     i = int(hit[0])
     if i == 0:
         if loss[0] < target_loss:
@@ -501,6 +502,8 @@ def headline(table: pd.DataFrame, at: str = "scratch's final loss") -> str:
     elif len(most) == 1:
         which = f"the best-replicated of {len(table)} grown configurations, {label(r)},"
     else:
-        which = (f"the best of the {len(most)} grown configurations with {int(r['n_runs'])} seeds ({len(table)} in "
-                 f"all), {label(r)},")
+        which = (
+            f"the best of the {len(most)} grown configurations with {int(r['n_runs'])} seeds ({len(table)} in "
+            f"all), {label(r)},"
+        )
     return f"At {at}, {which} needs {amount} ({detail}){tail}."

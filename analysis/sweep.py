@@ -48,8 +48,17 @@ REQUIRED_RESULTS_COLUMNS = (
     "status",
     "run_dir",
 )
-NUMERIC_RESULTS_COLUMNS = ("g", "grow_at_tokens", "seed", "params_total", "flops_per_token", "tokens",
-                           "flops_offset", "flops", "final_val_loss")
+NUMERIC_RESULTS_COLUMNS = (
+    "g",
+    "grow_at_tokens",
+    "seed",
+    "params_total",
+    "flops_per_token",
+    "tokens",
+    "flops_offset",
+    "flops",
+    "final_val_loss",
+)
 """The required columns read as numbers (blank → NaN, e.g. ``g`` of a scratch run)."""
 OPTIONAL_NUMERIC_COLUMNS = ("anneal_fraction", "decay_tokens")
 """Columns of cooldown rows (blank for other kinds); added as NaN when absent, so sweeps written before
@@ -257,8 +266,10 @@ class Sweep:
         """Raise AnalysisError when two runs' recorded validation windows differ (their losses are not comparable)."""
         a, b = self.val_windows_id(run_a), self.val_windows_id(run_b)
         if a is not None and b is not None and a != b:
-            raise AnalysisError(f"runs {run_a} and {run_b} were evaluated on different validation windows "
-                                f"(val_windows.json {a} vs {b}): refusing to compare them")
+            raise AnalysisError(
+                f"runs {run_a} and {run_b} were evaluated on different validation windows "
+                f"(val_windows.json {a} vs {b}): refusing to compare them"
+            )
 
     def curve(self, run_id: str) -> pd.DataFrame:
         """Validation curve of a run (cached); raises AnalysisError when missing or empty."""
@@ -317,12 +328,18 @@ def lr_sweep_table(sweep: Sweep) -> pd.DataFrame:
                 a = a[np.isclose(a["anneal_fraction"], 1.0)]
                 if len(a):
                     annealed.append(float(a["val_loss"].iloc[-1]))
-            rows.append({"target": target, "tokens": int(tokens), "lr": float(lr), "n_seeds": len(runs),
-                         "final_val_loss": float(runs["final_val_loss"].mean()),
-                         "best_val_loss": float(runs["best_val_loss"].mean()),
-                         "annealed_val_loss": float(np.mean(annealed)) if annealed else float("nan")})
-    return pd.DataFrame(rows, columns=cols).sort_values(["target", "tokens", "lr"], kind="stable",
-                                                         ignore_index=True)
+            rows.append(
+                {
+                    "target": target,
+                    "tokens": int(tokens),
+                    "lr": float(lr),
+                    "n_seeds": len(runs),
+                    "final_val_loss": float(runs["final_val_loss"].mean()),
+                    "best_val_loss": float(runs["best_val_loss"].mean()),
+                    "annealed_val_loss": float(np.mean(annealed)) if annealed else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows, columns=cols).sort_values(["target", "tokens", "lr"], kind="stable", ignore_index=True)
 
 
 def load_sweep(sweep_dir: str | Path) -> Sweep:

@@ -67,7 +67,7 @@ def variants(texts: list[str]):
                 yield t
                 continue
             lines = t.splitlines(keepends=True)
-            blocks = [lines[j: j + 20] for j in range(0, len(lines), 20)]
+            blocks = [lines[j : j + 20] for j in range(0, len(lines), 20)]
             random.Random(r * 1_000_003 + i).shuffle(blocks)
             yield "".join(line for b in blocks for line in b)
 
@@ -123,9 +123,14 @@ def make_corpus(d: Path, gb: float, texts: list[str], file_mib: int, max_doc_cha
             break
     if lines:
         flush()
-    manifest = {"gb_text": chars / 1e9, "docs": docs, "files": n_files, "max_doc_chars": max_doc_chars,
-                "longest_doc_chars": longest,
-                "gb_on_disk": sum(f.stat().st_size for f in d.glob("*.zst")) / 1e9}
+    manifest = {
+        "gb_text": chars / 1e9,
+        "docs": docs,
+        "files": n_files,
+        "max_doc_chars": max_doc_chars,
+        "longest_doc_chars": longest,
+        "gb_on_disk": sum(f.stat().st_size for f in d.glob("*.zst")) / 1e9,
+    }
     (d / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
@@ -146,12 +151,17 @@ def make_tokenizer(d: Path, texts: list[str], vocab: int, sample_mb: int) -> Pat
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(sample, trainer=trainer)
     tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>",
-                                                         "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"})
+    )
     return d
 
 
@@ -185,9 +195,26 @@ def _status_kib(pid: int, field: str) -> int:
 
 def run_build(corpus: Path, tok: Path, out: Path, workers: int, chunk_bytes: int, shard_bytes: int) -> dict:
     """One `stacking data` in a subprocess: wall seconds, tokens, peak tree RSS (sum) and max process VmHWM."""
-    cmd = [sys.executable, "-m", "stacking", "data", "--out", str(out), "--sources", str(corpus), "--tokenizer",
-           str(tok), "--workers", str(workers), "--chunk_bytes", str(chunk_bytes), "--shard_bytes",
-           str(shard_bytes), "--overwrite", "true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stacking",
+        "data",
+        "--out",
+        str(out),
+        "--sources",
+        str(corpus),
+        "--tokenizer",
+        str(tok),
+        "--workers",
+        str(workers),
+        "--chunk_bytes",
+        str(chunk_bytes),
+        "--shard_bytes",
+        str(shard_bytes),
+        "--overwrite",
+        "true",
+    ]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak_sum, hwm = 0, {}
@@ -205,8 +232,14 @@ def run_build(corpus: Path, tok: Path, out: Path, workers: int, chunk_bytes: int
     shutil.rmtree(out)
     tokens = meta["train_tokens"] + meta["val_tokens"]
     units = len(meta["shards"]["train"])
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "train_shards": units,
-            "peak_tree_rss_mb": peak_sum / 1024, "max_proc_hwm_mb": max(hwm.values(), default=0) / 1024}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "train_shards": units,
+        "peak_tree_rss_mb": peak_sum / 1024,
+        "max_proc_hwm_mb": max(hwm.values(), default=0) / 1024,
+    }
 
 
 def ceiling(corpus: Path, tok: Path, max_gb: float, chunk_bytes: int) -> dict:
@@ -262,37 +295,51 @@ print(json.dumps({'longest_doc_chars': len(doc), 'longest_doc_tokens': len(ids),
 def longest_doc_memory(corpus: Path, tok: Path) -> dict:
     """RSS growth of encoding the corpus's longest document alone (``encode_batch_fast``, what the build calls), in
     a fresh process: the part of the build's peak that depends on the data rather than on the settings."""
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(corpus), str(tok / "tokenizer.json")], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(corpus), str(tok / "tokenizer.json")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     r = json.loads(out)
-    return r | {"longest_doc_rss_mb": r["rss_bytes"] / 2**20, "rss_bytes_per_token": r["rss_bytes"] /
-                max(r["longest_doc_tokens"], 1)}
+    return r | {
+        "longest_doc_rss_mb": r["rss_bytes"] / 2**20,
+        "rss_bytes_per_token": r["rss_bytes"] / max(r["longest_doc_tokens"], 1),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
 
 
 def table(rows: list[dict], sizes: list[float]) -> str:
-    head = ("| corpus GB | longest doc (chars) | workers | train shards | wall s | tokens | tokens/s | ceiling "
-            "tokens/s (encode_batch / _fast) | e2e / ceiling | peak tree RSS MB | max process MB |")
+    head = (
+        "| corpus GB | longest doc (chars) | workers | train shards | wall s | tokens | tokens/s | ceiling "
+        "tokens/s (encode_batch / _fast) | e2e / ceiling | peak tree RSS MB | max process MB |"
+    )
     lines = [head, "|" + "---:|" * 11]
     for r in rows:
-        lines.append(f"| {r['gb_text']:.2f} | {r['longest_doc_chars']:,} | {r['workers']} | {r['train_shards']} | {r['seconds']:.1f} | "
-                     f"{r['tokens']:,} | "
-                     f"{r['tokens_per_s'] / 1e6:.2f}M | {r['encode_batch_tokens_per_s'] / 1e6:.2f}M / "
-                     f"{r['encode_batch_fast_tokens_per_s'] / 1e6:.2f}M | "
-                     f"{r['tokens_per_s'] / r['encode_batch_tokens_per_s']:.2f} | {r['peak_tree_rss_mb']:.0f} | "
-                     f"{r['max_proc_hwm_mb']:.0f} |")
+        lines.append(
+            f"| {r['gb_text']:.2f} | {r['longest_doc_chars']:,} | {r['workers']} | {r['train_shards']} | {r['seconds']:.1f} | "
+            f"{r['tokens']:,} | "
+            f"{r['tokens_per_s'] / 1e6:.2f}M | {r['encode_batch_tokens_per_s'] / 1e6:.2f}M / "
+            f"{r['encode_batch_fast_tokens_per_s'] / 1e6:.2f}M | "
+            f"{r['tokens_per_s'] / r['encode_batch_tokens_per_s']:.2f} | {r['peak_tree_rss_mb']:.0f} | "
+            f"{r['max_proc_hwm_mb']:.0f} |"
+        )
     for w in sorted({r["workers"] for r in rows}):
         small, large = (next(r for r in rows if r["workers"] == w and r["size"] == s) for s in (sizes[0], sizes[-1]))
-        lines.append(f"\nworkers {w}: peak tree RSS at {large['gb_text']:.2f} GB / at {small['gb_text']:.2f} GB = "
-                     f"{large['peak_tree_rss_mb'] / small['peak_tree_rss_mb']:.2f} (target <= 1.2); max process "
-                     f"{large['max_proc_hwm_mb'] / small['max_proc_hwm_mb']:.2f}")
+        lines.append(
+            f"\nworkers {w}: peak tree RSS at {large['gb_text']:.2f} GB / at {small['gb_text']:.2f} GB = "
+            f"{large['peak_tree_rss_mb'] / small['peak_tree_rss_mb']:.2f} (target <= 1.2); max process "
+            f"{large['max_proc_hwm_mb'] / small['max_proc_hwm_mb']:.2f}"
+        )
     for s in sizes:
         r = next(r for r in rows if r["size"] == s)
-        lines.append(f"\nlongest document at {r['gb_text']:.2f} GB: {r['longest_doc_chars']:,} chars, "
-                     f"{r['longest_doc_tokens']:,} tokens; encoding it alone grows RSS by {r['longest_doc_rss_mb']:.0f} "
-                     f"MB ({r['rss_bytes_per_token']:.0f} B/token)")
+        lines.append(
+            f"\nlongest document at {r['gb_text']:.2f} GB: {r['longest_doc_chars']:,} chars, "
+            f"{r['longest_doc_tokens']:,} tokens; encoding it alone grows RSS by {r['longest_doc_rss_mb']:.0f} "
+            f"MB ({r['rss_bytes_per_token']:.0f} B/token)"
+        )
     return "\n".join(lines)
 
 
@@ -301,17 +348,27 @@ def main() -> None:
     p.add_argument("--sizes", type=float, nargs="+", default=[0.3, 1.0], help="corpus sizes in GB of text")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--chunk_bytes", type=int, default=1 << 20, help="passed to stacking data (its default); "
-                   "the ceiling's batches")
+    p.add_argument(
+        "--chunk_bytes", type=int, default=1 << 20, help="passed to stacking data (its default); the ceiling's batches"
+    )
     p.add_argument("--shard_bytes", type=int, default=32 << 20, help="passed to stacking data (its default)")
-    p.add_argument("--max_doc_mb", type=float, default=1.0, help="source files longer than this (MB of text) are "
-                   "cut at line ends into documents of at most this size, so every corpus size draws on the same "
-                   "document lengths (the build's peak memory follows its longest document); 0: no cut")
+    p.add_argument(
+        "--max_doc_mb",
+        type=float,
+        default=1.0,
+        help="source files longer than this (MB of text) are "
+        "cut at line ends into documents of at most this size, so every corpus size draws on the same "
+        "document lengths (the build's peak memory follows its longest document); 0: no cut",
+    )
     p.add_argument("--ceiling_gb", type=float, default=0.3, help="ceiling measured on at most this much text")
     p.add_argument("--out", type=Path, default=Path("/tmp/stacking-data-bench"))
     p.add_argument("--keep", action="store_true", help="keep the corpora and tokenizer in --out")
-    p.add_argument("--quick", action="store_true", help="sizes 0.01 and 0.03 GB, 2 MiB files, shard_bytes 1 MiB, "
-                   "vocab 4096: tests the script (python start-up dominates the times)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="sizes 0.01 and 0.03 GB, 2 MiB files, shard_bytes 1 MiB, "
+        "vocab 4096: tests the script (python start-up dominates the times)",
+    )
     args = p.parse_args()
     if args.quick:
         args.sizes, args.vocab, args.ceiling_gb, args.shard_bytes = [0.01, 0.03], 4096, 0.03, 1 << 20
@@ -329,9 +386,11 @@ def main() -> None:
             r = run_build(corpus, tok, args.out / "dataset", w, args.chunk_bytes, args.shard_bytes)
             rows.append({"size": size, "gb_text": info["gb_text"], "workers": w, **r, **ceil})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"\n`stacking data` on {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable, load average "
-          f"{os.getloadavg()[0]:.1f}), BPE vocab {args.vocab}, chunk_bytes {args.chunk_bytes}, shard_bytes "
-          f"{args.shard_bytes}; {time.time() - t0:.0f}s in all\n")
+    print(
+        f"\n`stacking data` on {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable, load average "
+        f"{os.getloadavg()[0]:.1f}), BPE vocab {args.vocab}, chunk_bytes {args.chunk_bytes}, shard_bytes "
+        f"{args.shard_bytes}; {time.time() - t0:.0f}s in all\n"
+    )
     print(table(rows, args.sizes))
     if not args.keep:
         shutil.rmtree(args.out, ignore_errors=True)

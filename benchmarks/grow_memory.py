@@ -34,10 +34,24 @@ from stacking.checkpoint import expected_shapes, save_model_config
 from stacking.growth.layout import init_std
 from stacking.growth.tensorfile import TensorFileWriter
 
-TINYLLAMA_1B = dict(name="bench-1.1b", block_size=2048, n_layer=22, n_embd=2048, n_head=32, n_query_groups=4,
-                    head_size=64, intermediate_size=5632, vocab_size=32000, padded_vocab_size=32000, bias=False,
-                    norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", parallel_residual=False,
-                    rotary_percentage=1.0, norm_eps=1e-5)
+TINYLLAMA_1B = dict(
+    name="bench-1.1b",
+    block_size=2048,
+    n_layer=22,
+    n_embd=2048,
+    n_head=32,
+    n_query_groups=4,
+    head_size=64,
+    intermediate_size=5632,
+    vocab_size=32000,
+    padded_vocab_size=32000,
+    bias=False,
+    norm_class_name="RMSNorm",
+    mlp_class_name="LLaMAMLP",
+    parallel_residual=False,
+    rotary_percentage=1.0,
+    norm_eps=1e-5,
+)
 
 # Runs in the child: grow, then report this process's own peak RSS. VmHWM (Linux) is the high-water mark of this
 # process image only; ru_maxrss is not used because after fork+exec it starts at the parent's RSS at fork time.
@@ -70,8 +84,18 @@ def write_source(path: Path, config: Config, dtype: torch.dtype) -> int:
             writer.add(key, t)
             del t
     save_model_config(config, path / "model_config.yaml")
-    (path / "stacking_meta.json").write_text(json.dumps({"tokens": 10**9, "flops": 6.6e18, "config_hash": "bench",
-                                                         "run_dir": "bench", "model": config.name, "seed": 0}))
+    (path / "stacking_meta.json").write_text(
+        json.dumps(
+            {
+                "tokens": 10**9,
+                "flops": 6.6e18,
+                "config_hash": "bench",
+                "run_dir": "bench",
+                "model": config.name,
+                "seed": 0,
+            }
+        )
+    )
     return (path / "lit_model.pth").stat().st_size
 
 
@@ -104,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.time()
         src_bytes = write_source(work / "base", config, dtype)
-        print(f"source: {n_params / 1e9:.3f}B params, {src_bytes / 1e9:.2f} GB ({args.dtype}), "
-              f"written in {time.time() - t0:.1f}s")
+        print(
+            f"source: {n_params / 1e9:.3f}B params, {src_bytes / 1e9:.2f} GB ({args.dtype}), "
+            f"written in {time.time() - t0:.1f}s"
+        )
         baseline = run_child("baseline")
         t0 = time.time()
         grown = run_child("grow", str(work / "base"), str(work / "grown"), args.op, str(args.g))

@@ -58,15 +58,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", default="stack-410m", help="a paper-scale target of the grid (default stack-410m)")
     p.add_argument("--grid", default="experiments/grids/scaling.yaml", help="grid file with a `paper` scale")
     p.add_argument("--g", type=int, default=4, help="growth factor in depth (the paper's 4: a 6-layer base)")
-    p.add_argument("--steps", type=int, help="optimizer steps of the base and of the grown run (default 3; "
-                   "cuda 6; --dry 20)")
+    p.add_argument(
+        "--steps", type=int, help="optimizer steps of the base and of the grown run (default 3; cuda 6; --dry 20)"
+    )
     p.add_argument("--out", default="out/paper-rehearsal", help="output dir (data, tokenizer, sweep, JSON)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--micro_batch", type=int, help="sequences per micro-batch = per step (cpu 1, cuda 8)")
-    p.add_argument("--threads", type=int, help="torch threads of the run (stacking sweep --threads; default 2, "
-                   "--dry 1: a tiny model's OpenMP threads spin against other load)")
-    p.add_argument("--tokenizer", default="spm", help="spm (train a SentencePiece model here), a tokenizer.model "
-                   "path, or bpe (stacking's byte-level BPE, vocab 32000)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of the run (stacking sweep --threads; default 2, "
+        "--dry 1: a tiny model's OpenMP threads spin against other load)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="spm",
+        help="spm (train a SentencePiece model here), a tokenizer.model "
+        "path, or bpe (stacking's byte-level BPE, vocab 32000)",
+    )
     p.add_argument("--data", help="an existing dataset dir to use instead of building one")
     p.add_argument("--dry", action="store_true", help=f"toy size: {DRY_TARGET}, seq_len 64, bytes data")
     p.add_argument("--force", action="store_true", help="run even if the memory estimate exceeds MemAvailable")
@@ -101,8 +110,9 @@ def mem_available_gb() -> float:
     return float("nan")
 
 
-def memory_estimate(model: str, seq_len: int, micro_batch: int, vocab: int = SPM_VOCAB,
-                    model_overrides: dict | None = None) -> dict:
+def memory_estimate(
+    model: str, seq_len: int, micro_batch: int, vocab: int = SPM_VOCAB, model_overrides: dict | None = None
+) -> dict:
     """fp32 + AdamW bytes of one training process: 16 per parameter (weights, grads, two moments), the saved
     activations of one micro-batch (per token and layer ≈ 8 d_model + 4 FFN + 2 KV widths; the logits and their
     softmax grad ≈ 3 × vocab per token), the grown run's init state dict (4 per parameter) and ~1 GB of runtime."""
@@ -114,9 +124,16 @@ def memory_estimate(model: str, seq_len: int, micro_batch: int, vocab: int = SPM
     per_layer = 8 * c.n_embd + 4 * c.intermediate_size + 2 * c.n_query_groups * c.head_size
     act = 4 * tokens * (c.n_layer * per_layer + 3 * c.padded_vocab_size)
     gb = 1e9
-    est = {"model": model, "params_total": p["total"], "params_non_embedding": p["non_embedding"],
-           "states_gb": 16 * p["total"] / gb, "activations_gb": act / gb, "init_state_gb": 4 * p["total"] / gb,
-           "runtime_gb": 1.0, "flops_per_token": models.flops_per_token(c, seq_len)}
+    est = {
+        "model": model,
+        "params_total": p["total"],
+        "params_non_embedding": p["non_embedding"],
+        "states_gb": 16 * p["total"] / gb,
+        "activations_gb": act / gb,
+        "init_state_gb": 4 * p["total"] / gb,
+        "runtime_gb": 1.0,
+        "flops_per_token": models.flops_per_token(c, seq_len),
+    }
     est["total_gb"] = round(sum(v for k, v in est.items() if k.endswith("_gb")), 2)
     return est
 
@@ -129,13 +146,17 @@ def check_memory(args, seq_len: int) -> dict:
         names.insert(0, args.target)
     rows = {n: memory_estimate(n, seq_len, args.micro_batch) for n in names}
     for n, e in rows.items():
-        echo(f"memory estimate {n}: {e['params_total'] / 1e6:,.0f}M params × 16 B = {e['states_gb']:.1f} GB + "
-             f"activations {e['activations_gb']:.1f} GB + init state {e['init_state_gb']:.1f} GB + runtime 1 GB = "
-             f"{e['total_gb']:.1f} GB (MemAvailable {avail:.1f} GB)" + ("  ← target" if n == args.target else ""))
+        echo(
+            f"memory estimate {n}: {e['params_total'] / 1e6:,.0f}M params × 16 B = {e['states_gb']:.1f} GB + "
+            f"activations {e['activations_gb']:.1f} GB + init state {e['init_state_gb']:.1f} GB + runtime 1 GB = "
+            f"{e['total_gb']:.1f} GB (MemAvailable {avail:.1f} GB)" + ("  ← target" if n == args.target else "")
+        )
     est = rows.get(args.target) or rows[names[0]]
     if args.device == "cpu" and est["total_gb"] > 0.95 * avail and not args.force:
-        raise SystemExit(f"[rehearsal] {args.target} needs ≈ {est['total_gb']:.1f} GB on CPU in fp32 with AdamW; "
-                         f"{avail:.1f} GB are available: pick a smaller --target (or --force)")
+        raise SystemExit(
+            f"[rehearsal] {args.target} needs ≈ {est['total_gb']:.1f} GB on CPU in fp32 with AdamW; "
+            f"{avail:.1f} GB are available: pick a smaller --target (or --force)"
+        )
     return {"available_gb": round(avail, 2), "estimates": rows}
 
 
@@ -174,13 +195,31 @@ def train_sentencepiece(out: Path, threads: int, vocab: int = SPM_VOCAB, max_cha
     chars = python_sources_text(text, max_chars)
     t0 = time.perf_counter()
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(model.with_suffix("")), vocab_size=vocab, model_type="bpe",
-        byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", character_coverage=0.9999, input_sentence_size=2_000_000,
-        shuffle_input_sentence=True, max_sentence_length=4192, num_threads=threads, minloglevel=2)
+        input=str(text),
+        model_prefix=str(model.with_suffix("")),
+        vocab_size=vocab,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        character_coverage=0.9999,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        max_sentence_length=4192,
+        num_threads=threads,
+        minloglevel=2,
+    )
     n = spm.SentencePieceProcessor(model_file=str(model)).vocab_size()
-    info = {"path": str(model), "vocab_size": n, "train_chars": chars, "train_s": round(time.perf_counter() - t0, 1),
-            "model_type": "bpe", "byte_fallback": True}
+    info = {
+        "path": str(model),
+        "vocab_size": n,
+        "train_chars": chars,
+        "train_s": round(time.perf_counter() - t0, 1),
+        "model_type": "bpe",
+        "byte_fallback": True,
+    }
     text.unlink()
     info_path.write_text(json.dumps(info, indent=1))
     echo(f"SentencePiece: vocab {n} trained on {chars:,} chars in {info['train_s']} s → {model}")
@@ -209,9 +248,11 @@ def build_data(args, out: Path) -> tuple[Path, dict]:
         else:
             model = str(Path(args.tokenizer).resolve())
         if not spm_supported():
-            raise SystemExit("[rehearsal] the installed `stacking data` does not take a SentencePiece tokenizer.model "
-                             "as --tokenizer (its --help does not mention sentencepiece); update stacking, or run "
-                             "with --tokenizer bpe (stacking's byte-level BPE, vocab 32000)")
+            raise SystemExit(
+                "[rehearsal] the installed `stacking data` does not take a SentencePiece tokenizer.model "
+                "as --tokenizer (its --help does not mention sentencepiece); update stacking, or run "
+                "with --tokenizer bpe (stacking's byte-level BPE, vocab 32000)"
+            )
         data, extra = out / "data-spm32000", ["--tokenizer", model]
     data = data.resolve()
     cmd = stacking_cmd("data", "--out", data, "--sources", "stdlib", *extra)
@@ -221,9 +262,14 @@ def build_data(args, out: Path) -> tuple[Path, dict]:
         subprocess.run(cmd, check=True, cwd=ROOT)
         info["build_s"] = round(time.perf_counter() - t0, 1)
     meta = json.loads((data / "meta.json").read_text())
-    info.update(dir=str(data), command="stacking " + " ".join(map(str, cmd[3:])), vocab_size=meta["vocab_size"],
-                train_tokens=meta.get("train_tokens"), val_tokens=meta.get("val_tokens"),
-                tokenizer=meta.get("tokenizer"))
+    info.update(
+        dir=str(data),
+        command="stacking " + " ".join(map(str, cmd[3:])),
+        vocab_size=meta["vocab_size"],
+        train_tokens=meta.get("train_tokens"),
+        val_tokens=meta.get("val_tokens"),
+        tokenizer=meta.get("tokenizer"),
+    )
     return data, info
 
 
@@ -243,14 +289,30 @@ def make_override(args, data_dir: Path, seq_len: int) -> dict:
     """What the rehearsal changes in the paper scale: token budgets, batch, hardware settings, no cooldowns."""
     gb = args.micro_batch * seq_len
     d = args.steps * gb
-    hardware = ({"accelerator": "gpu", "precision": "bf16-mixed", "compile": True} if args.device == "cuda"
-                else {"accelerator": "cpu", "precision": "32-true", "compile": False})
-    defaults = {"data_dir": str(data_dir), "micro_batch_size": args.micro_batch, "global_batch_tokens": gb,
-                "warmup_tokens": gb, "val_every_tokens": d, "val_tokens": seq_len, **hardware,
-                "devices": 1, "num_nodes": 1, "strategy": "auto"}
-    override = {"defaults": defaults, "d": [d], "base": {"tokens": d},
-                "grown": {"tokens": d, "total_flops": None, "set": {"checkpoint_every_tokens": gb}},
-                "anneal": {"fractions": []}}
+    hardware = (
+        {"accelerator": "gpu", "precision": "bf16-mixed", "compile": True}
+        if args.device == "cuda"
+        else {"accelerator": "cpu", "precision": "32-true", "compile": False}
+    )
+    defaults = {
+        "data_dir": str(data_dir),
+        "micro_batch_size": args.micro_batch,
+        "global_batch_tokens": gb,
+        "warmup_tokens": gb,
+        "val_every_tokens": d,
+        "val_tokens": seq_len,
+        **hardware,
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+    }
+    override = {
+        "defaults": defaults,
+        "d": [d],
+        "base": {"tokens": d},
+        "grown": {"tokens": d, "total_flops": None, "set": {"checkpoint_every_tokens": gb}},
+        "anneal": {"fractions": []},
+    }
     if args.dry:  # toy shapes; the paper scale's per-size LR overrides name sizes that are gone
         override["defaults"]["seq_len"] = seq_len
         override.update(targets=[DRY_TARGET], overrides=[])
@@ -267,8 +329,10 @@ def write_derived_grid(args, out: Path, override: dict) -> Path:
     derived["scales"] = {"paper": merge(scales["paper"] or {}, override)}
     derived["name"] = f"{raw.get('name') or Path(args.grid).stem}-rehearsal"
     path = out / "grid-paper-rehearsal.yaml"
-    header = (f"# {args.grid}'s `paper` scale with the rehearsal's override (benchmarks/paper_rehearsal.py; "
-              "override.json):\n# " + json.dumps(override) + "\n")
+    header = (
+        f"# {args.grid}'s `paper` scale with the rehearsal's override (benchmarks/paper_rehearsal.py; "
+        "override.json):\n# " + json.dumps(override) + "\n"
+    )
     path.write_text(header + yaml.safe_dump(derived, sort_keys=False, width=118))
     (out / "override.json").write_text(json.dumps(override, indent=1) + "\n")
     return path
@@ -281,8 +345,9 @@ def plan_runs(grid_path: Path, pattern: str) -> dict:
     runs = select(expand(load_grid(grid_path, scale="paper"), where=grid_path.name), pattern)
     kinds = {r.kind: r for r in runs}
     if sorted(r.kind for r in runs) != ["base", "grown"]:
-        raise SystemExit(f"[rehearsal] --only {pattern!r} selects {[r.name for r in runs]}; expected one base and "
-                         "one grown run")
+        raise SystemExit(
+            f"[rehearsal] --only {pattern!r} selects {[r.name for r in runs]}; expected one base and one grown run"
+        )
     return kinds
 
 
@@ -365,8 +430,7 @@ class Sweep:
 
     def __init__(self, cmd: list[str], log: Path, monitor: TreeMonitor):
         self.log = open(log, "w")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         monitor.pgids.add(self.proc.pid)
         Sweep.current = self
 
@@ -401,18 +465,27 @@ def run_until_checkpoint(cmd, out: Path, grown_dir: Path, monitor: TreeMonitor, 
         time.sleep(poll)
     if sweep.proc.poll() is not None:
         rc = sweep.wait()
-        raise SystemExit(f"[rehearsal] the sweep exited (status {rc}) before the grown run wrote last.ckpt; "
-                         f"see {out / 'sweep-1.log'} and the run dirs' worker.log")
+        raise SystemExit(
+            f"[rehearsal] the sweep exited (status {rc}) before the grown run wrote last.ckpt; "
+            f"see {out / 'sweep-1.log'} and the run dirs' worker.log"
+        )
     rows = metrics_rows(grown_dir / "metrics.csv")
     sweep.kill()
     t_kill = time.perf_counter()
     rc = sweep.wait()
     done = (read_json(grown_dir / "summary.json") or {}).get("status") == "done"
-    info = {"t_kill": t_kill, "session1_s": round(t_kill - t0, 1), "exit_status": rc,
-            "grown_step_at_kill": int(rows[-1]["step"]) if rows else None,
-            "grown_tokens_at_kill": int(rows[-1]["tokens"]) if rows else None, "grown_done_at_kill": done}
-    echo(f"SIGKILL of the sweep's process group after {info['session1_s']} s: grown run at step "
-         f"{info['grown_step_at_kill']} ({info['grown_tokens_at_kill']} tokens), last.ckpt written, done={done}")
+    info = {
+        "t_kill": t_kill,
+        "session1_s": round(t_kill - t0, 1),
+        "exit_status": rc,
+        "grown_step_at_kill": int(rows[-1]["step"]) if rows else None,
+        "grown_tokens_at_kill": int(rows[-1]["tokens"]) if rows else None,
+        "grown_done_at_kill": done,
+    }
+    echo(
+        f"SIGKILL of the sweep's process group after {info['session1_s']} s: grown run at step "
+        f"{info['grown_step_at_kill']} ({info['grown_tokens_at_kill']} tokens), last.ckpt written, done={done}"
+    )
     return info
 
 
@@ -443,11 +516,17 @@ def run_resume(cmd, out: Path, grown_dir: Path, monitor: TreeMonitor, poll: floa
     rc = sweep.wait()
     t_end = time.perf_counter() - t_kill
     lines = resume_lines(grown_dir / "train.log")
-    echo(f"resumed sweep exited with status {rc}, {t_end:.1f} s after the kill; grown run's train.log: "
-         + ("; ".join(f"resumed from {c} at tokens={t} (step {s})" for c, t, s in lines) or "no resume line"))
-    return {"exit_status": rc, "resume_lines": [list(x) for x in lines],
-            "kill_to_resume_log_s": round(t_log, 2) if t_log else None,
-            "kill_to_first_step_s": round(t_step, 2) if t_step else None, "kill_to_end_s": round(t_end, 1)}
+    echo(
+        f"resumed sweep exited with status {rc}, {t_end:.1f} s after the kill; grown run's train.log: "
+        + ("; ".join(f"resumed from {c} at tokens={t} (step {s})" for c, t, s in lines) or "no resume line")
+    )
+    return {
+        "exit_status": rc,
+        "resume_lines": [list(x) for x in lines],
+        "kill_to_resume_log_s": round(t_log, 2) if t_log else None,
+        "kill_to_first_step_s": round(t_step, 2) if t_step else None,
+        "kill_to_end_s": round(t_end, 1),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,14 +540,26 @@ def run_numbers(run_dir: Path, planned, monitor: TreeMonitor, kind: str) -> dict
     rows = metrics_rows(run_dir / "metrics.csv")
     gb = planned.config.global_batch_tokens
     secs = [round(gb / float(r["tokens_per_s"]), 3) for r in rows if r.get("tokens_per_s")]
-    return {"id": planned.id, "model": planned.model, "status": s.get("status"), "attempts": st.get("attempts"),
-            "params_total": s.get("params_total"), "params_non_embedding": s.get("params_non_embedding"),
-            "flops_per_token": s.get("flops_per_token"), "tokens": s.get("tokens"),
-            "max_tokens": planned.config.max_tokens,
-            "global_batch_tokens": gb, "flops": s.get("flops"), "flops_offset": s.get("flops_offset"),
-            "resumed": s.get("resumed"), "wall_time_s": s.get("wall_time_s"), "sec_per_step": secs,
-            "sec_per_step_median": statistics.median(secs[1:] or secs) if secs else None,
-            "steps_in_metrics": [int(r["step"]) for r in rows], "peak_rss_gb": monitor.peak_of(kind)}
+    return {
+        "id": planned.id,
+        "model": planned.model,
+        "status": s.get("status"),
+        "attempts": st.get("attempts"),
+        "params_total": s.get("params_total"),
+        "params_non_embedding": s.get("params_non_embedding"),
+        "flops_per_token": s.get("flops_per_token"),
+        "tokens": s.get("tokens"),
+        "max_tokens": planned.config.max_tokens,
+        "global_batch_tokens": gb,
+        "flops": s.get("flops"),
+        "flops_offset": s.get("flops_offset"),
+        "resumed": s.get("resumed"),
+        "wall_time_s": s.get("wall_time_s"),
+        "sec_per_step": secs,
+        "sec_per_step_median": statistics.median(secs[1:] or secs) if secs else None,
+        "steps_in_metrics": [int(r["step"]) for r in rows],
+        "peak_rss_gb": monitor.peak_of(kind),
+    }
 
 
 def checks(base: dict, grown: dict, base_dir: Path, grown_dir: Path, d: int, resume: dict) -> dict:
@@ -479,17 +570,21 @@ def checks(base: dict, grown: dict, base_dir: Path, grown_dir: Path, d: int, res
     return {
         "base_tokens_exact": base["tokens"] == d == meta.get("tokens"),
         "grown_tokens_exact": grown["tokens"] == grown["max_tokens"],
-        "flop_offset_is_base_flops_at_d": base_flops is not None and grown["flops_offset"] == base_flops
+        "flop_offset_is_base_flops_at_d": base_flops is not None
+        and grown["flops_offset"] == base_flops
         and abs(base_flops - d * base["flops_per_token"]) <= 1e-9 * base_flops,
-        "grown_flops_exact": grown["flops"] is not None and abs(grown["flops"] - grown["flops_offset"]
-                                                                - grown["tokens"] * grown["flops_per_token"])
+        "grown_flops_exact": grown["flops"] is not None
+        and abs(grown["flops"] - grown["flops_offset"] - grown["tokens"] * grown["flops_per_token"])
         <= 1e-9 * grown["flops"],
-        "resumed_from_last_ckpt": bool(grown["resumed"]) and len(lines) == 1 and lines[0][0].endswith("last.ckpt")
+        "resumed_from_last_ckpt": bool(grown["resumed"])
+        and len(lines) == 1
+        and lines[0][0].endswith("last.ckpt")
         and 0 < lines[0][2] < len(grown["steps_in_metrics"]) - 1
         and count_lines(grown_dir / "train.log", "initialised from") == 1,
         "grown_attempts_2": grown["attempts"] == 2,
-        "metrics_steps_once": all(r["steps_in_metrics"] == list(range(r["max_tokens"] // r["global_batch_tokens"] + 1))
-                                  for r in (base, grown)),
+        "metrics_steps_once": all(
+            r["steps_in_metrics"] == list(range(r["max_tokens"] // r["global_batch_tokens"] + 1)) for r in (base, grown)
+        ),
         "both_done": base["status"] == "done" and grown["status"] == "done",
         "base_flops_at_d": base_flops,
     }
@@ -529,8 +624,20 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     info, grid_path, runs = prepare(args, out)
     base_dir, grown_dir = sweep_dir / runs["base"].config.out_dir, sweep_dir / runs["grown"].config.out_dir
-    cmd = stacking_cmd("sweep", grid_path, "--scale", "paper", "--only", info["pattern"], "--out", sweep_dir,
-                       "--jobs", "1", "--threads", args.threads)
+    cmd = stacking_cmd(
+        "sweep",
+        grid_path,
+        "--scale",
+        "paper",
+        "--only",
+        info["pattern"],
+        "--out",
+        sweep_dir,
+        "--jobs",
+        "1",
+        "--threads",
+        args.threads,
+    )
     echo("sweep: " + " ".join(map(str, cmd[2:])))
     monitor = TreeMonitor({"base": base_dir, "grown": grown_dir}, interval=0.05 if args.dry else 0.5)
     monitor.start()
@@ -568,24 +675,48 @@ def report(args, info, base, grown, kill, resume, monitor, load0, check, cmd, d,
     """rehearsal.json's content, and its summary printed."""
     ok = all(v for k, v in check.items() if isinstance(v, bool))
     result = {
-        "ok": ok, "target": DRY_TARGET if args.dry else args.target, "dry": args.dry, "device": args.device,
-        "grid": args.grid, "scale": "paper", "command": "stacking " + " ".join(map(str, cmd[3:])),
-        "grow_at_tokens": d, "steps": args.steps, "micro_batch": args.micro_batch, "threads": args.threads,
-        **info, "base": base, "grown": grown, "kill": kill, "resume": resume, "checks": check,
-        "peak_rss_gb": {"sweep_tree_sum": round(monitor.peak_tree_kib / 2**20, 3),
-                        "max_process": round(max(monitor.hwm_kib.values(), default=0) / 2**20, 3),
-                        "rusage_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)},
-        "loadavg": {"start": [round(x, 2) for x in load0], "end": [round(x, 2) for x in os.getloadavg()],
-                    "mean_1min_during": round(statistics.mean(monitor.load), 2) if monitor.load else None},
-        "cpus": os.cpu_count(), "wall_s": round(wall, 1), "git": git_state(),
+        "ok": ok,
+        "target": DRY_TARGET if args.dry else args.target,
+        "dry": args.dry,
+        "device": args.device,
+        "grid": args.grid,
+        "scale": "paper",
+        "command": "stacking " + " ".join(map(str, cmd[3:])),
+        "grow_at_tokens": d,
+        "steps": args.steps,
+        "micro_batch": args.micro_batch,
+        "threads": args.threads,
+        **info,
+        "base": base,
+        "grown": grown,
+        "kill": kill,
+        "resume": resume,
+        "checks": check,
+        "peak_rss_gb": {
+            "sweep_tree_sum": round(monitor.peak_tree_kib / 2**20, 3),
+            "max_process": round(max(monitor.hwm_kib.values(), default=0) / 2**20, 3),
+            "rusage_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3),
+        },
+        "loadavg": {
+            "start": [round(x, 2) for x in load0],
+            "end": [round(x, 2) for x in os.getloadavg()],
+            "mean_1min_during": round(statistics.mean(monitor.load), 2) if monitor.load else None,
+        },
+        "cpus": os.cpu_count(),
+        "wall_s": round(wall, 1),
+        "git": git_state(),
     }
     for kind, r in (("base", base), ("grown", grown)):
-        echo(f"{kind} {r['model']}: {num(r['params_total'])} params ({num(r['params_non_embedding'])} non-embedding), "
-             f"{num(r['flops_per_token'])} FLOPs/token, {num(r['tokens'])} tokens, {num(r['flops'])} FLOPs "
-             f"(offset {num(r['flops_offset'])}), sec/step {r['sec_per_step']} (median {r['sec_per_step_median']}), "
-             f"peak RSS {r['peak_rss_gb']} GB")
-    echo(f"kill → resume log {resume['kill_to_resume_log_s']} s, → first new step "
-         f"{resume['kill_to_first_step_s']} s; peak RSS {result['peak_rss_gb']}; load {result['loadavg']}")
+        echo(
+            f"{kind} {r['model']}: {num(r['params_total'])} params ({num(r['params_non_embedding'])} non-embedding), "
+            f"{num(r['flops_per_token'])} FLOPs/token, {num(r['tokens'])} tokens, {num(r['flops'])} FLOPs "
+            f"(offset {num(r['flops_offset'])}), sec/step {r['sec_per_step']} (median {r['sec_per_step_median']}), "
+            f"peak RSS {r['peak_rss_gb']} GB"
+        )
+    echo(
+        f"kill → resume log {resume['kill_to_resume_log_s']} s, → first new step "
+        f"{resume['kill_to_first_step_s']} s; peak RSS {result['peak_rss_gb']}; load {result['loadavg']}"
+    )
     echo("checks: " + ", ".join(f"{k}={v}" for k, v in check.items()) + f" → {'OK' if ok else 'FAILED'}")
     return result
 

@@ -66,18 +66,36 @@ LR, MIN_LR, WEIGHT_DECAY, BETAS, EPS, GRAD_CLIP = 3e-4, 3e-5, 0.1, (0.9, 0.95), 
 # One CPU thread by default: with two threads on two cores, any co-tenant process stalls every OpenMP barrier and
 # single steps take 10× longer at random (docs/throughput.md); pass --threads 2 on an idle machine.
 DEFAULTS = {
-    "cpu": dict(model="tiny-L4-D128", vocab_size=4096, seq_len=256, micro_batch_size=8,
-                precision="32-true,bf16-mixed", steps=8, reps=7, threads=1),
-    "cuda": dict(model="tiny-llama-1.1b", vocab_size=32000, seq_len=2048, micro_batch_size=4,
-                 precision="bf16-mixed", steps=20, reps=3, threads=0),
+    "cpu": dict(
+        model="tiny-L4-D128",
+        vocab_size=4096,
+        seq_len=256,
+        micro_batch_size=8,
+        precision="32-true,bf16-mixed",
+        steps=8,
+        reps=7,
+        threads=1,
+    ),
+    "cuda": dict(
+        model="tiny-llama-1.1b",
+        vocab_size=32000,
+        seq_len=2048,
+        micro_batch_size=4,
+        precision="bf16-mixed",
+        steps=20,
+        reps=3,
+        threads=0,
+    ),
 }
 RATIO_LINE = re.compile(r"^(?:(?P<precision>\S+) )?(?P<key>ratio_vs_(?:loop|litgpt))=(?P<value>\S+)$")
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
 
-def write_synthetic_dataset(out: Path, vocab_size: int, train_tokens: int = 1 << 20, val_tokens: int = 1 << 16,
-                            seed: int = 0) -> Path:
+
+def write_synthetic_dataset(
+    out: Path, vocab_size: int, train_tokens: int = 1 << 20, val_tokens: int = 1 << 16, seed: int = 0
+) -> Path:
     """Uniform random tokens in the format `stacking data` writes (train.bin, val.bin, meta.json)."""
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if vocab_size < 1 << 16 else np.uint32
@@ -85,9 +103,16 @@ def write_synthetic_dataset(out: Path, vocab_size: int, train_tokens: int = 1 <<
     counts = {"train": train_tokens, "val": val_tokens}
     for split, n in counts.items():
         rng.integers(0, vocab_size, size=n, dtype=dtype).tofile(out / f"{split}.bin")
-    meta = {"vocab_size": vocab_size, "dtype": np.dtype(dtype).name, "tokenizer": "synthetic", "eot_id": 0,
-            "train_tokens": counts["train"], "val_tokens": counts["val"], "sources": ["synthetic uniform tokens"],
-            "n_files": 0}
+    meta = {
+        "vocab_size": vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "tokenizer": "synthetic",
+        "eot_id": 0,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "sources": ["synthetic uniform tokens"],
+        "n_files": 0,
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return out
 
@@ -126,6 +151,7 @@ def _litgpt_data(data_dir: Path, seed: int, stamps: list[float]):
 
 # ---- the three modes ---------------------------------------------------------------------------------------------
 
+
 class Bench:
     """One benchmark configuration; each ``run_*`` method trains ``n_steps`` and returns the per-step seconds."""
 
@@ -139,13 +165,32 @@ class Bench:
 
     def run_trainer(self, precision: str, n_steps: int, tag: str) -> list[float]:
         gbt = self.tokens_per_step
-        cfg = RunConfig(out_dir=str(self.work_dir / tag), data_dir=str(self.data_dir), model=self.model,
-                        seed=self.seed, seq_len=self.seq_len, micro_batch_size=self.mbs, global_batch_tokens=gbt,
-                        max_tokens=gbt * n_steps, warmup_tokens=gbt, val_every_tokens=gbt * n_steps,
-                        val_tokens=gbt, lr=LR, min_lr=MIN_LR, weight_decay=WEIGHT_DECAY, beta1=BETAS[0],
-                        beta2=BETAS[1], eps=EPS, grad_clip=GRAD_CLIP, precision=precision, compile=self.compile,
-                        chunked_loss=self.chunked_loss, accelerator="gpu" if self.device == "cuda" else "cpu",
-                        devices=1, progress_bar=False)
+        cfg = RunConfig(
+            out_dir=str(self.work_dir / tag),
+            data_dir=str(self.data_dir),
+            model=self.model,
+            seed=self.seed,
+            seq_len=self.seq_len,
+            micro_batch_size=self.mbs,
+            global_batch_tokens=gbt,
+            max_tokens=gbt * n_steps,
+            warmup_tokens=gbt,
+            val_every_tokens=gbt * n_steps,
+            val_tokens=gbt,
+            lr=LR,
+            min_lr=MIN_LR,
+            weight_decay=WEIGHT_DECAY,
+            beta1=BETAS[0],
+            beta2=BETAS[1],
+            eps=EPS,
+            grad_clip=GRAD_CLIP,
+            precision=precision,
+            compile=self.compile,
+            chunked_loss=self.chunked_loss,
+            accelerator="gpu" if self.device == "cuda" else "cpu",
+            devices=1,
+            progress_bar=False,
+        )
         # The checkpoints written at the end of a run come after the timed steps; at the 1.1B shape they are ~18 GB
         # per repetition (weights + AdamW state), so they are skipped here (tests/test_throughput.py covers them).
         with mock.patch.object(RunBookkeeping, "save_exact"), mock.patch.object(RunBookkeeping, "save_last"):
@@ -166,9 +211,16 @@ class Bench:
         loss_fn = torch.compile(lm_loss) if self.compile else lm_loss
         chunk = LOSS_CHUNK if self.chunked_loss else 0
         params = list(model.parameters())
-        opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
-                                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                lr=LR, betas=BETAS, eps=EPS, fused=dev.type == "cuda")
+        opt = torch.optim.AdamW(
+            [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ],
+            lr=LR,
+            betas=BETAS,
+            eps=EPS,
+            fused=dev.type == "cuda",
+        )
         batches = iter(_TrainStream(str(self.data_dir), self.seq_len, self.mbs, self.seed, 0, 0, 1))
         times, t_last = [], time.perf_counter()
         for _ in range(n_steps):
@@ -194,22 +246,47 @@ class Bench:
         out = self.work_dir / tag
         stamps: list[float] = []
         logger = choose_logger("csv", out, name="pretrain", log_interval=1)  # what `--logger_name csv` builds
-        fabric = L.Fabric(accelerator="cuda" if self.device == "cuda" else "cpu", devices=1, strategy="auto",
-                          precision=precision, loggers=[logger])
+        fabric = L.Fabric(
+            accelerator="cuda" if self.device == "cuda" else "cpu",
+            devices=1,
+            strategy="auto",
+            precision=precision,
+            loggers=[logger],
+        )
         fabric.launch()
-        train = TrainArgs(save_interval=None, log_interval=1, global_batch_size=self.mbs,
-                          micro_batch_size=self.mbs, max_tokens=self.tokens_per_step * n_steps, max_norm=GRAD_CLIP,
-                          lr_warmup_steps=1, min_lr=MIN_LR, tie_embeddings=False)
-        optimizer = {"class_path": "torch.optim.AdamW",
-                     "init_args": {"lr": LR, "weight_decay": WEIGHT_DECAY, "betas": BETAS, "eps": EPS}}
+        train = TrainArgs(
+            save_interval=None,
+            log_interval=1,
+            global_batch_size=self.mbs,
+            micro_batch_size=self.mbs,
+            max_tokens=self.tokens_per_step * n_steps,
+            max_norm=GRAD_CLIP,
+            lr_warmup_steps=1,
+            min_lr=MIN_LR,
+            tie_embeddings=False,
+        )
+        optimizer = {
+            "class_path": "torch.optim.AdamW",
+            "init_args": {"lr": LR, "weight_decay": WEIGHT_DECAY, "betas": BETAS, "eps": EPS},
+        }
         # main() ends by saving a checkpoint whose hyperparameters.yaml re-parses sys.argv as litgpt's CLI (and fails
         # on this script's flags); that save comes after the timed loop, so it is skipped.
         with mock.patch.object(lp, "save_checkpoint"):
-            lp.main(fabric=fabric, devices=1, seed=self.seed, initial_checkpoint_dir=None, resume=False,
-                    config=self.model_config, data=_litgpt_data(self.data_dir, self.seed, stamps), out_dir=out,
-                    tokenizer_dir=None, tokenizer=None, train=train,
-                    eval=EvalArgs(interval=10**9, max_iters=2, initial_validation=False, final_validation=False),
-                    optimizer=optimizer)
+            lp.main(
+                fabric=fabric,
+                devices=1,
+                seed=self.seed,
+                initial_checkpoint_dir=None,
+                resume=False,
+                config=self.model_config,
+                data=_litgpt_data(self.data_dir, self.seed, stamps),
+                out_dir=out,
+                tokenizer_dir=None,
+                tokenizer=None,
+                train=train,
+                eval=EvalArgs(interval=10**9, max_iters=2, initial_validation=False, final_validation=False),
+                optimizer=optimizer,
+            )
         # fit() fetches one batch more than it trains on (then sees iter_num >= max_iters and stops)
         if len(stamps) != n_steps + 1:
             raise RuntimeError(f"litgpt fetched {len(stamps)} batches for {n_steps} steps")
@@ -243,6 +320,7 @@ def run_mode(bench: Bench, mode: str, precision: str, n_steps: int, tag: str) ->
 
 
 # ---- reporting ---------------------------------------------------------------------------------------------------
+
 
 def format_ratios(medians: dict[str, dict[str, float]]) -> list[str]:
     """`<precision> ratio_vs_loop=…` and `…ratio_vs_litgpt=…` per precision, then the first precision's pair
@@ -284,6 +362,7 @@ def versions() -> str:
 
 # ---- main --------------------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -291,17 +370,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, help="synthetic data vocabulary (default 4096 cpu / 32000 cuda)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default 256 cpu / 2048 cuda)")
     p.add_argument("--micro-batch-size", type=int, help="sequences per step (default 8 cpu / 4 cuda)")
-    p.add_argument("--precision", help="comma-separated: 32-true, bf16-mixed (default both on cpu, bf16-mixed cuda); "
-                                       "the first one gives the final ratio lines")
+    p.add_argument(
+        "--precision",
+        help="comma-separated: 32-true, bf16-mixed (default both on cpu, bf16-mixed cuda); "
+        "the first one gives the final ratio lines",
+    )
     p.add_argument("--steps", type=int, help="timed steps per repetition (default 8 cpu / 20 cuda)")
     p.add_argument("--warmup-steps", type=int, default=2, help="steps dropped at the start of every repetition")
     p.add_argument("--reps", type=int, help="interleaved repetitions per mode (default 7 cpu / 3 cuda)")
     p.add_argument("--compile", type=int, default=1, choices=[0, 1], help="trainer and loop: RunConfig.compile")
-    p.add_argument("--chunked-loss", type=int, default=1, choices=[0, 1],
-                   help="trainer and loop: RunConfig.chunked_loss")
+    p.add_argument(
+        "--chunked-loss", type=int, default=1, choices=[0, 1], help="trainer and loop: RunConfig.chunked_loss"
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads, 0 = torch's default (default 1 cpu / 0 cuda)")
-    p.add_argument("--smoke", action="store_true", help="2 steps per mode, one repetition, no warm-up run, "
-                                                        "first precision only, tiny-L2-D64 at seq 64 on cpu")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="2 steps per mode, one repetition, no warm-up run, first precision only, tiny-L2-D64 at seq 64 on cpu",
+    )
     p.add_argument("--work-dir", help="keep data, run dirs and per-mode logs here (default: a temp dir, removed)")
     args = p.parse_args(argv)
     for k, v in DEFAULTS[args.device].items():
@@ -335,11 +421,15 @@ def main(argv: list[str] | None = None) -> int:
         n_steps = args.warmup_steps + args.steps
         fpt = models.flops_per_token(bench.model_config, args.seq_len)
         print(f"# machine: {machine_description(args.device)} | {versions()}")
-        print(f"# model {args.model} (vocab {args.vocab_size}), seq {args.seq_len} × batch {args.micro_batch_size} = "
-              f"{bench.tokens_per_step} tokens/step, {fpt / 1e6:.2f} MFLOP/token | trainer & loop: compile="
-              f"{bool(args.compile)}, chunked_loss={bool(args.chunked_loss)}; litgpt: compiled model, chunked CE")
-        print(f"# {args.reps} interleaved reps × {args.steps} timed steps (+{args.warmup_steps} dropped) per mode",
-              flush=True)
+        print(
+            f"# model {args.model} (vocab {args.vocab_size}), seq {args.seq_len} × batch {args.micro_batch_size} = "
+            f"{bench.tokens_per_step} tokens/step, {fpt / 1e6:.2f} MFLOP/token | trainer & loop: compile="
+            f"{bool(args.compile)}, chunked_loss={bool(args.chunked_loss)}; litgpt: compiled model, chunked CE"
+        )
+        print(
+            f"# {args.reps} interleaved reps × {args.steps} timed steps (+{args.warmup_steps} dropped) per mode",
+            flush=True,
+        )
         results: dict[str, dict[str, list[float]]] = {}
         logged_mfu: dict[str, float] = {}
         for precision in args.precision:
@@ -350,24 +440,30 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{precision}] warm-up {mode}: {time.perf_counter() - t0:.1f}s", flush=True)
             results[precision] = {m: [] for m in MODES}
             for rep in range(args.reps):
-                order = MODES[rep % 3:] + MODES[:rep % 3]
+                order = MODES[rep % 3 :] + MODES[: rep % 3]
                 for mode in order:
-                    times = run_mode(bench, mode, precision, n_steps, f"{mode}-{rep}")[args.warmup_steps:]
+                    times = run_mode(bench, mode, precision, n_steps, f"{mode}-{rep}")[args.warmup_steps :]
                     results[precision][mode].append(bench.tokens_per_step * len(times) / sum(times))
                 if bench.logged_mfu:
                     logged_mfu[precision] = statistics.median(bench.logged_mfu)
-                print(f"[{precision}] rep {rep + 1}/{args.reps}: " + " | ".join(
-                    f"{m} {results[precision][m][-1]:,.0f} tok/s" for m in MODES), flush=True)
+                print(
+                    f"[{precision}] rep {rep + 1}/{args.reps}: "
+                    + " | ".join(f"{m} {results[precision][m][-1]:,.0f} tok/s" for m in MODES),
+                    flush=True,
+                )
 
-        peak = {p: peak_flops(torch.cuda.get_device_name(), p) if args.device == "cuda" else None
-                for p in args.precision}
+        peak = {
+            p: peak_flops(torch.cuda.get_device_name(), p) if args.device == "cuda" else None for p in args.precision
+        }
         medians = {p: {m: statistics.median(v) for m, v in r.items()} for p, r in results.items()}
         print(f"\n{'precision':<11} {'mode':<8} {'tokens/s':>10}  {'MFU':>6}  per repetition")
         for p, r in results.items():
             for m in MODES:
                 u = mfu(fpt, medians[p][m], peak[p])
-                print(f"{p:<11} {m:<8} {medians[p][m]:>10,.0f}  {'n/a' if math.isnan(u) else f'{u:.1%}':>6}  "
-                      + " ".join(f"{v:,.0f}" for v in r[m]))
+                print(
+                    f"{p:<11} {m:<8} {medians[p][m]:>10,.0f}  {'n/a' if math.isnan(u) else f'{u:.1%}':>6}  "
+                    + " ".join(f"{v:,.0f}" for v in r[m])
+                )
             if p in logged_mfu:
                 print(f"{p:<11} trainer metrics.csv median mfu: {logged_mfu[p]:.1%}")
         print(f"# wall time {time.perf_counter() - t_start:.0f}s")

@@ -20,24 +20,45 @@ from stacking.cli import parse, parser, run_command
 
 
 def _parser():
-    p = parser("stacking sweep", "Run a grid of base → grow → continue runs and their FLOP-matched scratch "
-               "baselines; `stacking sweep status SWEEP_DIR` reports.")
+    p = parser(
+        "stacking sweep",
+        "Run a grid of base → grow → continue runs and their FLOP-matched scratch "
+        "baselines; `stacking sweep status SWEEP_DIR` reports.",
+    )
     p.add_argument("grid", type=str, help="grid file (YAML, see docs/sweeps.md)")
     p.add_argument("--out", type=str, metavar="SWEEP_DIR", help="sweep dir (default: sweeps/<grid name>)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (runs, tokens, FLOPs, dependencies, "
-                   "estimated wall time) and exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (runs, tokens, FLOPs, dependencies, estimated wall time) and exit",
+    )
     p.add_argument("--executor", choices=["local", "slurm"], default="local", help="where the runs execute")
-    p.add_argument("--jobs", type=int, metavar="N",
-                   help="local: concurrent runs (default: one per GPU, else cores/4, >= 1)")
+    p.add_argument(
+        "--jobs", type=int, metavar="N", help="local: concurrent runs (default: one per GPU, else cores/4, >= 1)"
+    )
     p.add_argument("--threads", type=int, metavar="T", help="local: torch threads per run (default: cores / jobs)")
-    p.add_argument("--scale", type=str, metavar="NAME", help="pick one entry of the grid's `scales` (e.g. tiny, "
-                   "small, paper); the sweep dir defaults to sweeps/<name>-<scale>")
-    p.add_argument("--only", type=str, metavar="PATTERN", help="run only the runs whose id matches (glob, or "
-                   "substring), plus their bases")
-    p.add_argument("--retries", type=int, default=1, metavar="K",
-                   help="retries of a run that raised or was killed (NaN: never)")
-    p.add_argument("--cluster", default="slurm", choices=["slurm", "local", "debug"],
-                   help="slurm executor: submitit cluster (local/debug run the same job graph without SLURM)")
+    p.add_argument(
+        "--scale",
+        type=str,
+        metavar="NAME",
+        help="pick one entry of the grid's `scales` (e.g. tiny, "
+        "small, paper); the sweep dir defaults to sweeps/<name>-<scale>",
+    )
+    p.add_argument(
+        "--only",
+        type=str,
+        metavar="PATTERN",
+        help="run only the runs whose id matches (glob, or substring), plus their bases",
+    )
+    p.add_argument(
+        "--retries", type=int, default=1, metavar="K", help="retries of a run that raised or was killed (NaN: never)"
+    )
+    p.add_argument(
+        "--cluster",
+        default="slurm",
+        choices=["slurm", "local", "debug"],
+        help="slurm executor: submitit cluster (local/debug run the same job graph without SLURM)",
+    )
     return p
 
 
@@ -69,14 +90,15 @@ def _sweep(argv: list[str]) -> int:
     if args.dry_run:
         from experiments.dryrun import format_plan
 
-        print(format_plan(todo, sweep_dir, grid_path=args.grid, jobs=jobs, threads=threads,
-                          executor=args.executor))
+        print(format_plan(todo, sweep_dir, grid_path=args.grid, jobs=jobs, threads=threads, executor=args.executor))
         if evaluation is not None:
             from experiments.evaluation import evaluated
 
             limit = f"limit {evaluation.limit}" if evaluation.limit is not None else "every document"
-            print(f"eval: {', '.join(evaluation.tasks)} ({limit}) on the final checkpoint of "
-                  f"{sum(evaluated(r) for r in todo)} runs (scratch, grown, cooldowns at f = 1)")
+            print(
+                f"eval: {', '.join(evaluation.tasks)} ({limit}) on the final checkpoint of "
+                f"{sum(evaluated(r) for r in todo)} runs (scratch, grown, cooldowns at f = 1)"
+            )
         return 0
     return _execute(args, grid, runs, todo, sweep_dir, jobs, threads, gpus, evaluation)
 
@@ -117,25 +139,48 @@ def _execute(args, grid, runs, todo, sweep_dir: Path, jobs: int, threads: int, g
     if args.executor == "slurm":
         from experiments.slurm import submit_slurm
 
-        records = submit_slurm(sweep_dir, todo, grid.slurm, cluster=args.cluster, retries=args.retries,
-                               name=grid.name or "sweep", evaluation=evaluation)
+        records = submit_slurm(
+            sweep_dir,
+            todo,
+            grid.slurm,
+            cluster=args.cluster,
+            retries=args.retries,
+            name=grid.name or "sweep",
+            evaluation=evaluation,
+        )
         for rec in records:
-            print(f"[sweep] submitted {rec['run_id']} as job {rec['job_id']}"
-                  + (f" ({rec['dependency']})" if rec["dependency"] else ""))
+            print(
+                f"[sweep] submitted {rec['run_id']} as job {rec['job_id']}"
+                + (f" ({rec['dependency']})" if rec["dependency"] else "")
+            )
         print(f"[sweep] {len(records)} job(s) submitted ({kinds}); follow with `stacking sweep status {sweep_dir}`")
         return 0
-    print(f"[sweep] {len(todo)} runs ({kinds}) in {sweep_dir}; local executor, {jobs} job(s) × {threads} "
-          f"thread(s), retries {args.retries}", flush=True)
+    print(
+        f"[sweep] {len(todo)} runs ({kinds}) in {sweep_dir}; local executor, {jobs} job(s) × {threads} "
+        f"thread(s), retries {args.retries}",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    ex = LocalExecutor(sweep_dir, todo, jobs=jobs, threads=threads, retries=args.retries, gpus=gpus,
-                       echo=lambda s: print(s, flush=True), on_finished=lambda: write_results(sweep_dir, runs),
-                       evaluation=evaluation)
+    ex = LocalExecutor(
+        sweep_dir,
+        todo,
+        jobs=jobs,
+        threads=threads,
+        retries=args.retries,
+        gpus=gpus,
+        echo=lambda s: print(s, flush=True),
+        on_finished=lambda: write_results(sweep_dir, runs),
+        evaluation=evaluation,
+    )
     states = ex.run()
     write_results(sweep_dir, runs)
     n = {s: sum(v == s for v in states.values()) for s in ("done", "failed", "skipped")}
     evals = f", {len(ex.eval_failed)} evaluation(s) failed" if ex.eval_failed else ""
-    print(f"[sweep] finished in {time.perf_counter() - t0:.1f}s: {n['done']} done, {n['failed']} failed, "
-          f"{n['skipped']} skipped{evals}; results: {sweep_dir / 'results.csv'}", flush=True)
+    print(
+        f"[sweep] finished in {time.perf_counter() - t0:.1f}s: {n['done']} done, {n['failed']} failed, "
+        f"{n['skipped']} skipped{evals}; results: {sweep_dir / 'results.csv'}",
+        flush=True,
+    )
     for rid, why in ex.reason.items():
         print(f"[sweep]   {states[rid]} {rid}: {why}", flush=True)
     for rid, why in ex.eval_failed.items():

@@ -17,8 +17,11 @@ from experiments.rundir import is_done, read_json
 
 def kinds_summary(runs) -> str:
     """``2 base, 8 grown, 1 scratch`` (cooldown only when there are some)."""
-    return ", ".join(f"{n} {k}" for k in ("base", "grown", "scratch", "cooldown")
-                     if (n := sum(r.kind == k for r in runs)) or k != "cooldown")
+    return ", ".join(
+        f"{n} {k}"
+        for k in ("base", "grown", "scratch", "cooldown")
+        if (n := sum(r.kind == k for r in runs)) or k != "cooldown"
+    )
 
 
 def measure_throughput(runs, sweep_dir: Path, threads: int) -> tuple[dict[str, float], float, str]:
@@ -39,15 +42,25 @@ def measure_throughput(runs, sweep_dir: Path, threads: int) -> tuple[dict[str, f
             flop_rates.append(s["tokens_per_s"] * r.flops_per_token)
     if flop_rates:
         med = sorted(flop_rates)[len(flop_rates) // 2]
-        return ({m: sorted(v)[len(v) // 2] for m, v in per_model.items()}, med,
-                (f"tokens_per_s of {len(flop_rates)} finished run(s) in {sweep_dir} (wall time incl. evaluation); "
-                 f"other models at their median {med / 1e9:.3g} GFLOP/s"))
+        return (
+            {m: sorted(v)[len(v) // 2] for m, v in per_model.items()},
+            med,
+            (
+                f"tokens_per_s of {len(flop_rates)} finished run(s) in {sweep_dir} (wall time incl. evaluation); "
+                f"other models at their median {med / 1e9:.3g} GFLOP/s"
+            ),
+        )
     small = min(runs, key=lambda r: r.flops_per_token)
     tps, device = benchmark(small, threads)
-    return ({small.model: tps}, tps * small.flops_per_token,
-            (f"measured here: 3 timed optimizer steps of {small.model} (the smallest model) on {device} with "
-             f"{threads} thread(s): {tps:,.0f} tokens/s = {tps * small.flops_per_token / 1e9:.3g} GFLOP/s; other "
-             "models at the same FLOP/s (training steps only: evaluation and start-up not included)"))
+    return (
+        {small.model: tps},
+        tps * small.flops_per_token,
+        (
+            f"measured here: 3 timed optimizer steps of {small.model} (the smallest model) on {device} with "
+            f"{threads} thread(s): {tps:,.0f} tokens/s = {tps * small.flops_per_token / 1e9:.3g} GFLOP/s; other "
+            "models at the same FLOP/s (training steps only: evaluation and start-up not included)"
+        ),
+    )
 
 
 def benchmark(run, threads: int, steps: int = 3) -> tuple[float, str]:
@@ -108,14 +121,22 @@ def simulate(runs, seconds: dict[str, float], jobs: int) -> float:
 
 def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: int, executor: str) -> str:
     rates, flop_rate, source = measure_throughput(runs, sweep_dir, threads)
-    secs = {r.id: r.trained_tokens / rates[r.model] if r.model in rates
-            else r.trained_tokens * r.flops_per_token / flop_rate for r in runs}
+    secs = {
+        r.id: r.trained_tokens / rates[r.model]
+        if r.model in rates
+        else r.trained_tokens * r.flops_per_token / flop_rate
+        for r in runs
+    }
     by_id = {r.id: r for r in runs}
     w = max(len(r.id) for r in runs)
-    lines = [f"plan: {grid_path} → {sweep_dir}: {len(runs)} runs ({kinds_summary(runs)}); executor {executor}"
-             + (f", {jobs} job(s) × {threads} thread(s)" if executor == "local" else ""),
-             (f"  {'run id':<{w}}  {'kind':<8} {'model':<14} {'tokens':>11} {'FLOPs':>9} {'tok/param':>9} "
-              f"{'epochs':>6} {'evals':>5}  {'est. time':>9}  after")]
+    lines = [
+        f"plan: {grid_path} → {sweep_dir}: {len(runs)} runs ({kinds_summary(runs)}); executor {executor}"
+        + (f", {jobs} job(s) × {threads} thread(s)" if executor == "local" else ""),
+        (
+            f"  {'run id':<{w}}  {'kind':<8} {'model':<14} {'tokens':>11} {'FLOPs':>9} {'tok/param':>9} "
+            f"{'epochs':>6} {'evals':>5}  {'est. time':>9}  after"
+        ),
+    ]
     for r in runs:
         # tokens per non-embedding parameter: a base at each d it is grown at, every other run at its end
         if r.kind == "base":
@@ -128,30 +149,40 @@ def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: in
             if prev is None:
                 after = f"- (chain {chain} stage 0 of {_chain_len(runs, r)})"
             else:
-                after = (f"{r.parent} @ {prev.tokens:,} (chain {chain} stage {r.stage}: {r.grow.op} "
-                         f"{r.direction} g={r.grow.g}; FLOPs incl. {r.flops_offset:.3g} of "
-                         f"{'stage 0' if r.stage == 1 else f'stages 0–{r.stage - 1}'}"
-                         f"; stage {r.stage - 1} at {prev.tokens / prev.params_non_embedding:.3g} tok/param)")
+                after = (
+                    f"{r.parent} @ {prev.tokens:,} (chain {chain} stage {r.stage}: {r.grow.op} "
+                    f"{r.direction} g={r.grow.g}; FLOPs incl. {r.flops_offset:.3g} of "
+                    f"{'stage 0' if r.stage == 1 else f'stages 0–{r.stage - 1}'}"
+                    f"; stage {r.stage - 1} at {prev.tokens / prev.params_non_embedding:.3g} tok/param)"
+                )
         elif r.kind == "grown":
             base = by_id.get(r.parent)
             at_d = f", base {r.grow_at_tokens / base.params_non_embedding:.3g} tok/param at d" if base else ""
-            after = f"{r.parent} @ d={r.grow_at_tokens:,} ({r.op} {r.direction} g={r.g}; FLOPs incl. " \
-                    f"{r.flops_offset:.3g} of the base{at_d})"
+            after = (
+                f"{r.parent} @ d={r.grow_at_tokens:,} ({r.op} {r.direction} g={r.g}; FLOPs incl. "
+                f"{r.flops_offset:.3g} of the base{at_d})"
+            )
         elif r.kind == "cooldown":
-            after = f"{r.branch_of} @ {r.tokens - r.decay_tokens:,} (decay {r.decay_tokens:,} tokens to " \
-                    f"{r.anneal_fraction:g} of its budget)"
+            after = (
+                f"{r.branch_of} @ {r.tokens - r.decay_tokens:,} (decay {r.decay_tokens:,} tokens to "
+                f"{r.anneal_fraction:g} of its budget)"
+            )
         else:
             after = "-"
         done = "  [done]" if is_done(sweep_dir, r) else ""
-        lines.append(f"  {r.id:<{w}}  {r.kind:<8} {r.model:<14} {r.tokens:>11,} {r.flops:>9.3g} {tpp:>9} "
-                     f"{r.epochs:>6.2f} {r.n_evals:>5}  {_fmt_time(secs[r.id]):>9}  {after}{done}")
+        lines.append(
+            f"  {r.id:<{w}}  {r.kind:<8} {r.model:<14} {r.tokens:>11,} {r.flops:>9.3g} {tpp:>9} "
+            f"{r.epochs:>6.2f} {r.n_evals:>5}  {_fmt_time(secs[r.id]):>9}  {after}{done}"
+        )
     todo = [r for r in runs if not is_done(sweep_dir, r)]
     total = sum(secs[r.id] for r in todo)
     wall = simulate(todo, secs, jobs) if todo else 0.0
     trained = sum(r.trained_tokens * r.flops_per_token for r in runs)
-    lines.append(f"total: {sum(r.trained_tokens for r in runs):,} tokens, {trained:.3g} FLOPs trained; "
-                 f"{len(todo)} run(s) to do: est. {_fmt_time(total)} of compute, {_fmt_time(wall)} wall with "
-                 f"{jobs} job(s)")
+    lines.append(
+        f"total: {sum(r.trained_tokens for r in runs):,} tokens, {trained:.3g} FLOPs trained; "
+        f"{len(todo)} run(s) to do: est. {_fmt_time(total)} of compute, {_fmt_time(wall)} wall with "
+        f"{jobs} job(s)"
+    )
     lines.append(f"throughput: {source}")
     lines += epoch_warnings(runs)
     return "\n".join(lines)
@@ -159,8 +190,13 @@ def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: in
 
 def _chain_len(runs, r) -> int:
     """Runs (stages, the target included) of the chain ``r`` belongs to, for its target and seed."""
-    return sum(getattr(x, "chain", None) == r.chain and x.kind in ("base", "grown") and x.target == r.target
-               and x.config.seed == r.config.seed for x in runs)
+    return sum(
+        getattr(x, "chain", None) == r.chain
+        and x.kind in ("base", "grown")
+        and x.target == r.target
+        and x.config.seed == r.config.seed
+        for x in runs
+    )
 
 
 def _fmt_time(s: float) -> str:

@@ -45,8 +45,10 @@ def check_tasks(spec: EvalSpec, where: str) -> None:
     task index is read only for a task that is not in the include paths)."""
     for path in spec.include_path:
         if not Path(path).is_dir():
-            raise GridError(f"{where}: eval.include_path {path!r} is not a dir; build the offline tasks with "
-                            f"`stacking eval-tasks --data_dir DATA --out {path}`")
+            raise GridError(
+                f"{where}: eval.include_path {path!r} is not a dir; build the offline tasks with "
+                f"`stacking eval-tasks --data_dir DATA --out {path}`"
+            )
     from stacking.errors import EvalError
     from stacking.evaluate import require_lm_eval, task_manager
 
@@ -65,8 +67,9 @@ def spec_from_plan(sweep_dir: str | Path) -> EvalSpec | None:
 
 def result_path(sweep_dir: str | Path, run: PlannedRun, spec: EvalSpec) -> Path | None:
     """The run's result for these settings at its final checkpoint, or None when it has none yet."""
-    return find_result(Path(sweep_dir) / run.config.out_dir, run.config.max_tokens, spec.tasks, spec.limit,
-                       spec.num_fewshot)
+    return find_result(
+        Path(sweep_dir) / run.config.out_dir, run.config.max_tokens, spec.tasks, spec.limit, spec.num_fewshot
+    )
 
 
 def needs_eval(sweep_dir: str | Path, run: PlannedRun, spec: EvalSpec | None) -> bool:
@@ -91,22 +94,36 @@ def evaluate_run(run: PlannedRun, sweep_dir: str | Path, spec: EvalSpec) -> dict
     t0 = time.perf_counter()
     out: dict = {"tasks": list(spec.tasks)}
     try:
-        record = evaluate(run_dir, list(spec.tasks), include_path=spec.include_path or None, limit=spec.limit,
-                          num_fewshot=spec.num_fewshot, data_dir=run.config.data_dir, batch_size=spec.batch_size,
-                          device=_device(run))
+        record = evaluate(
+            run_dir,
+            list(spec.tasks),
+            include_path=spec.include_path or None,
+            limit=spec.limit,
+            num_fewshot=spec.num_fewshot,
+            data_dir=run.config.data_dir,
+            batch_size=spec.batch_size,
+            device=_device(run),
+        )
         path = default_out(record)
         write_json(path, record)
         if result_path(sweep_dir, run, spec) != path:
-            raise RuntimeError(f"evaluated {path.name}, not the checkpoint at the run's {run.config.max_tokens} "
-                               "tokens")
+            raise RuntimeError(f"evaluated {path.name}, not the checkpoint at the run's {run.config.max_tokens} tokens")
     except Exception as e:  # noqa: BLE001 - recorded; the training results stay as they are
         (run_dir / ERROR_FILE).write_text(traceback.format_exc())
         line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return {**out, "state": "failed", "reason": f"{type(e).__name__}: {line}"[:300],
-                "wall_time_s": round(time.perf_counter() - t0, 3)}
+        return {
+            **out,
+            "state": "failed",
+            "reason": f"{type(e).__name__}: {line}"[:300],
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+        }
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
-    return {**out, "state": "done", "file": str(path.relative_to(run_dir)),
-            "wall_time_s": round(time.perf_counter() - t0, 3)}
+    return {
+        **out,
+        "state": "done",
+        "file": str(path.relative_to(run_dir)),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
 
 
 def summary_line(run_dir: Path, outcome: dict) -> str:
@@ -121,5 +138,14 @@ def summary_line(run_dir: Path, outcome: dict) -> str:
     return f"{', '.join(first.values()) or tasks} ({outcome.get('wall_time_s', 0):.1f}s)"
 
 
-__all__ = ["ERROR_FILE", "check_tasks", "evaluate_run", "evaluated", "needs_eval", "resolve", "result_path",
-           "spec_from_plan", "summary_line"]
+__all__ = [
+    "ERROR_FILE",
+    "check_tasks",
+    "evaluate_run",
+    "evaluated",
+    "needs_eval",
+    "resolve",
+    "result_path",
+    "spec_from_plan",
+    "summary_line",
+]

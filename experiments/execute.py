@@ -63,9 +63,16 @@ def _train(run: PlannedRun, sweep_dir: Path, run_dir: Path) -> dict:
     old_cwd = os.getcwd()
     prev = read_json(run_dir / "status.json") or {}
     status: dict[str, Any] = {
-        "run_id": run.id, "status": "running", "error_class": None, "reason": None,
-        "attempts": int(prev.get("attempts", 0)) + 1, "host": socket.gethostname(), "pid": os.getpid(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "started_at": time.time(), "git": git_info(),
+        "run_id": run.id,
+        "status": "running",
+        "error_class": None,
+        "reason": None,
+        "attempts": int(prev.get("attempts", 0)) + 1,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "started_at": time.time(),
+        "git": git_info(),
     }
     write_json(run_dir / "status.json", status)
     (run_dir / "error.txt").unlink(missing_ok=True)
@@ -79,11 +86,17 @@ def _train(run: PlannedRun, sweep_dir: Path, run_dir: Path) -> dict:
         if summary["status"] == "done":
             status["status"] = "done"
         else:
-            status.update(status="failed", reason=summary["status"].removeprefix("failed: "),
-                          error_class="nan_loss" if "nan" in summary["status"] else "exception")
+            status.update(
+                status="failed",
+                reason=summary["status"].removeprefix("failed: "),
+                error_class="nan_loss" if "nan" in summary["status"] else "exception",
+            )
     except Exception as e:  # noqa: BLE001 - every failure is recorded, none stops the sweep
-        status.update(status="failed", error_class=_classify(e),
-                      reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+        status.update(
+            status="failed",
+            error_class=_classify(e),
+            reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
+        )
         (run_dir / "error.txt").write_text(traceback.format_exc())
     except BaseException as e:  # Ctrl-C, or submitit's exit after requeueing a preempted job: resumable
         status.update(status="interrupted", reason=type(e).__name__, ended_at=time.time())
@@ -104,8 +117,7 @@ def _grow(run: PlannedRun) -> None:
     if not ((dst / "lit_model.pth").is_file() and (dst / "growth.json").is_file()):
         from stacking.growth import grow_checkpoint
 
-        grow_checkpoint(step.src, step.dst, step.op, direction=step.direction, g=step.g, seed=step.seed,
-                        **step.options)
+        grow_checkpoint(step.src, step.dst, step.op, direction=step.direction, g=step.g, seed=step.seed, **step.options)
     if step.carry_state and not (dst / CARRY_FILE).is_file():
         carry_optimizer_state(step, dst / CARRY_FILE)
 
@@ -125,8 +137,7 @@ def carry_optimizer_state(step: GrowStep, out: Path) -> None:
     with torch.device("meta"):
         model = GPT(base_cfg)
     named = named_optimizer_state(state["optimizer_states"][0], model)
-    grown = carry_moments(named, base_cfg, step.op, direction=step.direction, g=step.g, seed=step.seed,
-                          **step.options)
+    grown = carry_moments(named, base_cfg, step.op, direction=step.direction, g=step.g, seed=step.seed, **step.options)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(grown, tmp)
     os.replace(tmp, out)

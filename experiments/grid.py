@@ -59,10 +59,33 @@ from experiments.schema import (
 )
 
 # The grid API is this module: the schema's names are re-exported from here.
-__all__ = ["CONTINUED", "MAX_EPOCHS", "AnnealSpec", "BaseSpec", "ChainSpec", "EvalSpec", "Grid", "GridError",
-           "GrowStep", "GrownSpec", "OpSpec", "OverrideSpec", "PlannedRun", "ScratchSpec", "SlurmSpec", "StageSpec",
-           "apply_scale", "base_shape", "epoch_warnings", "expand", "load_grid", "operators", "parse_grid", "select",
-           "shape_label"]
+__all__ = [
+    "CONTINUED",
+    "MAX_EPOCHS",
+    "AnnealSpec",
+    "BaseSpec",
+    "ChainSpec",
+    "EvalSpec",
+    "Grid",
+    "GridError",
+    "GrowStep",
+    "GrownSpec",
+    "OpSpec",
+    "OverrideSpec",
+    "PlannedRun",
+    "ScratchSpec",
+    "SlurmSpec",
+    "StageSpec",
+    "apply_scale",
+    "base_shape",
+    "epoch_warnings",
+    "expand",
+    "load_grid",
+    "operators",
+    "parse_grid",
+    "select",
+    "shape_label",
+]
 
 # --------------------------------------------------------------------------------------------------------------
 # Operators: which exist, in which direction
@@ -95,15 +118,20 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
     labels = [o.label or o.op for o in grid.ops]
     for i, o in enumerate(grid.ops):
         if o.op not in ops_known and o.op != CONTINUED:
-            raise GridError(f"{where}: ops[{i}].op: unknown operator {o.op!r}{suggest(o.op, list(ops_known))}; "
-                            f"valid: {', '.join(ops_known)}, {CONTINUED}")
+            raise GridError(
+                f"{where}: ops[{i}].op: unknown operator {o.op!r}{suggest(o.op, list(ops_known))}; "
+                f"valid: {', '.join(ops_known)}, {CONTINUED}"
+            )
         dirs = ops_known.get(o.op, ("depth", "width"))  # continued: the direction names the base
         if o.direction not in dirs:
-            raise GridError(f"{where}: ops[{i}]: {o.op} does not support direction {o.direction!r}; "
-                            f"valid: {', '.join(dirs)}")
+            raise GridError(
+                f"{where}: ops[{i}]: {o.op} does not support direction {o.direction!r}; valid: {', '.join(dirs)}"
+            )
         if (labels[i], o.direction) in [(labels[j], grid.ops[j].direction) for j in range(i)]:
-            raise GridError(f"{where}: ops[{i}] ({labels[i]}, {o.direction}) repeats an earlier entry "
-                            "(duplicate run ids); give it a distinct label")
+            raise GridError(
+                f"{where}: ops[{i}] ({labels[i]}, {o.direction}) repeats an earlier entry "
+                "(duplicate run ids); give it a distinct label"
+            )
     if grid.ops:
         if not grid.d and not all(o.d for o in grid.ops):
             raise GridError(f"{where}: d is empty; give the base tokens at which to grow")
@@ -111,14 +139,18 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
             raise GridError(f"{where}: grown needs exactly one of tokens (tokens after growth) and total_flops")
     if grid.scratch.lrs:
         if grid.ops:
-            raise GridError(f"{where}: scratch.lrs is an LR sweep on scratch alone: put it in a grid without ops "
-                            "(tune the target's LR first, then set it in the growth grid's defaults)")
+            raise GridError(
+                f"{where}: scratch.lrs is an LR sweep on scratch alone: put it in a grid without ops "
+                "(tune the target's LR first, then set it in the growth grid's defaults)"
+            )
         bad = [lr for lr in grid.scratch.lrs if not lr > 0]
         if bad or len(set(grid.scratch.lrs)) != len(grid.scratch.lrs):
             raise GridError(f"{where}: scratch.lrs must be distinct positive learning rates, got {grid.scratch.lrs}")
-    policies = [("base.schedule", grid.base.schedule, ("constant", "defaults")),
-                ("grown.optimizer", grid.grown.optimizer, ("fresh", "carry")),
-                ("grown.lr", grid.grown.lr, ("target", "base"))]
+    policies = [
+        ("base.schedule", grid.base.schedule, ("constant", "defaults")),
+        ("grown.optimizer", grid.grown.optimizer, ("fresh", "carry")),
+        ("grown.lr", grid.grown.lr, ("target", "base")),
+    ]
     for name, value, valid in policies:
         if value not in valid:
             raise GridError(f"{where}: {name} must be one of {', '.join(valid)}, got {value!r}")
@@ -141,10 +173,15 @@ def _check_eval(spec: EvalSpec, where: str) -> None:
     """The ``eval`` field's values (its task names and include paths are checked by the sweep, which has lm-eval:
     `experiments.evaluation.check_tasks`)."""
     if not spec.tasks or any(not t.strip() for t in spec.tasks):
-        raise GridError(f"{where}: eval.tasks must list at least one lm-eval task name, e.g. [nextline_mc, "
-                        f"heldout_ppl], got {spec.tasks}")
-    for name, value, least in (("limit", spec.limit, 1), ("num_fewshot", spec.num_fewshot, 0),
-                               ("batch_size", spec.batch_size, 1)):
+        raise GridError(
+            f"{where}: eval.tasks must list at least one lm-eval task name, e.g. [nextline_mc, "
+            f"heldout_ppl], got {spec.tasks}"
+        )
+    for name, value, least in (
+        ("limit", spec.limit, 1),
+        ("num_fewshot", spec.num_fewshot, 0),
+        ("batch_size", spec.batch_size, 1),
+    ):
         if value is not None and value < least:
             raise GridError(f"{where}: eval.{name} must be an integer >= {least}, got {value}")
 
@@ -154,8 +191,13 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
     labels = _check_axes(grid, where)
     planner = Planner(grid, where)
     bases, grown = _one_step_runs(planner, labels)
-    chained = [r for i, chain in enumerate(grid.chains) for target in grid.targets
-               for seed in chain.seeds or grid.seeds for r in chain_runs(planner, i, chain, target, seed)]
+    chained = [
+        r
+        for i, chain in enumerate(grid.chains)
+        for target in grid.targets
+        for seed in chain.seeds or grid.seeds
+        for r in chain_runs(planner, i, chain, target, seed)
+    ]
     seeds = sorted(set(grid.seeds).union(*[o.seeds or [] for o in grid.ops], *[c.seeds or [] for c in grid.chains]))
     scratch = [r for target in grid.targets for seed in seeds for r in planner.scratch(target, seed, grown + chained)]
     runs = bases + grown + chained + scratch
@@ -168,8 +210,13 @@ def _one_step_runs(planner: Planner, labels: list[str]) -> tuple[list[PlannedRun
     the grown runs (with their cooldowns) of the ``ops`` × ``g`` × ``d`` × ``seeds`` axes."""
     grid = planner.grid
     every_g = sorted(set(grid.g).union(*[o.g or [] for o in grid.ops]))
-    points = [(g, op, label, seed) for g in every_g for op, label in zip(grid.ops, labels, strict=True)
-              for seed in op.seeds or grid.seeds if g in (op.g or grid.g)]
+    points = [
+        (g, op, label, seed)
+        for g in every_g
+        for op, label in zip(grid.ops, labels, strict=True)
+        for seed in op.seeds or grid.seeds
+        if g in (op.g or grid.g)
+    ]
     grow_at: dict[tuple, set[int]] = {}
     for g, op, _, seed in points:
         grow_at.setdefault((op.direction, g, seed), set()).update(op.d or grid.d)
@@ -197,15 +244,18 @@ def _check_plan(planner: Planner, runs: list[PlannedRun]) -> None:
         seen.add(r.id)
     for i, o in enumerate(grid.overrides):
         if i not in planner.used_overrides:
-            raise GridError(f"{where}: overrides[{i}].match {o.match!r} matches no run; names look like "
-                            f"{runs[-1].name}")
+            raise GridError(
+                f"{where}: overrides[{i}].match {o.match!r} matches no run; names look like {runs[-1].name}"
+            )
     planner.check_growth(runs)
     over = [r for r in runs if r.epochs > MAX_EPOCHS]
     if over and not grid.allow_epochs:
         worst = max(over, key=lambda r: r.epochs)
-        raise GridError(f"{where}: run {worst.name} reads {worst.epochs:.1f} epochs of {planner.train_tokens:,} "
-                        f"training tokens (> {MAX_EPOCHS}); use a bigger corpus, shrink the budget, or set "
-                        "allow_epochs: true")
+        raise GridError(
+            f"{where}: run {worst.name} reads {worst.epochs:.1f} epochs of {planner.train_tokens:,} "
+            f"training tokens (> {MAX_EPOCHS}); use a bigger corpus, shrink the budget, or set "
+            "allow_epochs: true"
+        )
 
 
 MAX_EPOCHS = 4
@@ -214,12 +264,16 @@ MAX_EPOCHS = 4
 
 def epoch_warnings(runs: list[PlannedRun]) -> list[str]:
     """One line per run that reads its training data more than once (shown by --dry-run and at sweep start)."""
-    return [f"warning: run {r.name} reads {r.epochs:.2f} epochs of its training data (repeated data)"
-            for r in runs if r.epochs > 1.0]
+    return [
+        f"warning: run {r.name} reads {r.epochs:.2f} epochs of its training data (repeated data)"
+        for r in runs
+        if r.epochs > 1.0
+    ]
 
 
 def select(runs: list[PlannedRun], pattern: str) -> list[PlannedRun]:
     """Runs whose id or name matches ``pattern`` (glob, or substring without glob characters), plus their deps."""
+
     def hit(r: PlannedRun) -> bool:
         if any(c in pattern for c in "*?["):
             return fnmatch.fnmatchcase(r.id, pattern) or fnmatch.fnmatchcase(r.name, pattern)

@@ -119,9 +119,19 @@ def _last_metrics_row(path: Path) -> dict[str, str] | None:
 class LocalExecutor:
     """Runs a plan's DAG with ``jobs`` concurrent worker processes; prints one line per state change."""
 
-    def __init__(self, sweep_dir: Path, runs: list[PlannedRun], *, jobs: int, threads: int, retries: int = 1,
-                 gpus: int = 0, echo: Callable[[str], None] = print, on_finished: Callable[[], None] | None = None,
-                 evaluation: EvalSpec | None = None):
+    def __init__(
+        self,
+        sweep_dir: Path,
+        runs: list[PlannedRun],
+        *,
+        jobs: int,
+        threads: int,
+        retries: int = 1,
+        gpus: int = 0,
+        echo: Callable[[str], None] = print,
+        on_finished: Callable[[], None] | None = None,
+        evaluation: EvalSpec | None = None,
+    ):
         self.sweep_dir, self.runs, self.jobs, self.threads = Path(sweep_dir), runs, jobs, threads
         self.retries, self.gpus, self.echo = retries, gpus, echo
         self.on_finished = on_finished
@@ -142,8 +152,9 @@ class LocalExecutor:
         n = len(self.runs)
         count = {s: sum(1 for v in self.state.values() if v == s) for s in ("done", "running", "failed", "skipped")}
         extra = f", {count['skipped']} skipped" if count["skipped"] else ""
-        self.echo(f"[sweep] {count['done']}/{n} done, {count['running']} running, {count['failed']} failed{extra}: "
-                  f"{msg}")
+        self.echo(
+            f"[sweep] {count['done']}/{n} done, {count['running']} running, {count['failed']} failed{extra}: {msg}"
+        )
 
     def _source_ready(self, r: PlannedRun, dep: str) -> bool:
         """A grown run needs its base's checkpoint at d (and, with carry, its state file), not the whole base; a
@@ -151,8 +162,9 @@ class LocalExecutor:
         and is not blocked by a source that fails later. (Both are written atomically.)"""
         if r.grow is not None and dep == r.parent:
             carry = r.grow.carry_state
-            return (self.sweep_dir / r.grow.src / "stacking_meta.json").is_file() and \
-                (carry is None or (self.sweep_dir / carry).is_file())
+            return (self.sweep_dir / r.grow.src / "stacking_meta.json").is_file() and (
+                carry is None or (self.sweep_dir / carry).is_file()
+            )
         return r.kind == "cooldown" and dep == r.branch_of and (self.sweep_dir / r.config.branch_from).is_file()
 
     def _ready(self, r: PlannedRun) -> bool:
@@ -169,10 +181,18 @@ class LocalExecutor:
                 if bad:
                     why = f"{self.state[bad[0]]} dependency {bad[0]}"
                     self.state[r.id], self.reason[r.id] = "skipped", why
-                    write_json(self.sweep_dir / r.config.out_dir / "status.json",
-                               {"run_id": r.id, "status": "skipped", "error_class": None, "reason": why,
-                                "attempts": (read_json(self.sweep_dir / r.config.out_dir / "status.json") or {})
-                                .get("attempts", 0)})
+                    write_json(
+                        self.sweep_dir / r.config.out_dir / "status.json",
+                        {
+                            "run_id": r.id,
+                            "status": "skipped",
+                            "error_class": None,
+                            "reason": why,
+                            "attempts": (read_json(self.sweep_dir / r.config.out_dir / "status.json") or {}).get(
+                                "attempts", 0
+                            ),
+                        },
+                    )
                     self._line(f"skipped {r.id} ({why})")
                     changed = True
 
@@ -200,8 +220,11 @@ class LocalExecutor:
                         break
                     if self.state[r.id] == "pending" and self._ready(r):
                         gpu = free_gpus.pop(0) if free_gpus else None
-                        p = ctx.Process(target=_worker, args=(r.to_json(), str(self.sweep_dir), self.threads, gpu,
-                                                              self.evaluation), name=f"sweep-{r.id}")
+                        p = ctx.Process(
+                            target=_worker,
+                            args=(r.to_json(), str(self.sweep_dir), self.threads, gpu, self.evaluation),
+                            name=f"sweep-{r.id}",
+                        )
                         p.start()
                         running[p.sentinel] = (r, p, gpu)
                         self.tries[r.id] += 1
@@ -213,7 +236,8 @@ class LocalExecutor:
                 # poll while a grown run waits on a base that is still training (its checkpoint may appear)
                 poll = len(running) < self.jobs and any(
                     self.state[r.id] == "pending" and r.grow and self.state.get(r.parent) == "running"
-                    for r in self.runs)
+                    for r in self.runs
+                )
                 timeout = min(0.5 if poll else PROGRESS_EVERY_S, max(0.0, next_progress - time.monotonic()))
                 if time.monotonic() >= next_progress:
                     self._progress([r for r, _, _ in running.values()])
@@ -272,8 +296,10 @@ class LocalExecutor:
             self.state[r.id] = "done"
             s = read_json(self.sweep_dir / r.config.out_dir / "summary.json") or {}
             if r.id not in self.trained:
-                self._line(f"done {r.id} (val loss {s.get('final_val_loss', float('nan')):.4f}, "
-                           f"{s.get('wall_time_s', 0):.1f}s)")
+                self._line(
+                    f"done {r.id} (val loss {s.get('final_val_loss', float('nan')):.4f}, "
+                    f"{s.get('wall_time_s', 0):.1f}s)"
+                )
             self._evaluated(r, st.get("eval"))
             return
         cls, why = st.get("error_class"), st.get("reason")

@@ -61,16 +61,24 @@ def base_shape(mc, direction: str, g: int, target: str) -> dict[str, int]:
     if direction == "depth":
         if mc.n_layer % g or mc.n_layer // g < 1:
             valid = [k for k in range(2, mc.n_layer + 1) if mc.n_layer % k == 0]
-            raise GridError(f"g = {g} does not fit target {target}: depth growth needs n_layer = {mc.n_layer} "
-                            f"divisible by g; valid g: {valid or 'none'}")
+            raise GridError(
+                f"g = {g} does not fit target {target}: depth growth needs n_layer = {mc.n_layer} "
+                f"divisible by g; valid g: {valid or 'none'}"
+            )
         return {"n_layer": mc.n_layer // g}
-    dims = {"n_embd": mc.n_embd, "n_head": mc.n_head, "n_query_groups": mc.n_query_groups,
-            "intermediate_size": mc.intermediate_size}
+    dims = {
+        "n_embd": mc.n_embd,
+        "n_head": mc.n_head,
+        "n_query_groups": mc.n_query_groups,
+        "intermediate_size": mc.intermediate_size,
+    }
     bad = [f"{k} = {v}" for k, v in dims.items() if v % g]
     if bad:
         valid = [k for k in range(2, mc.n_head + 1) if all(v % k == 0 for v in dims.values())]
-        raise GridError(f"g = {g} does not fit target {target}: width growth divides n_embd, n_head, n_query_groups "
-                        f"and intermediate_size by g, but {', '.join(bad)}; valid g: {valid or 'none'}")
+        raise GridError(
+            f"g = {g} does not fit target {target}: width growth divides n_embd, n_head, n_query_groups "
+            f"and intermediate_size by g, but {', '.join(bad)}; valid g: {valid or 'none'}"
+        )
     return {**{k: v // g for k, v in dims.items()}, "head_size": mc.head_size}
 
 
@@ -82,8 +90,9 @@ def shape_label(name: str, overrides: dict) -> str:
     if re.fullmatch(r"tiny-(d\d+|L\d+-D\d+)", name) and set(overrides) <= _SHAPE_FIELDS:
         mc = models.model_config(name, **overrides)
         canon = models.model_config(f"tiny-L{mc.n_layer}-D{mc.n_embd}")
-        if all(getattr(mc, k) == getattr(canon, k) for k in ("n_head", "n_query_groups", "intermediate_size",
-                                                              "head_size")):
+        if all(
+            getattr(mc, k) == getattr(canon, k) for k in ("n_head", "n_query_groups", "intermediate_size", "head_size")
+        ):
             return f"tiny-L{mc.n_layer}-D{mc.n_embd}"
     if not overrides:
         return name
@@ -108,8 +117,11 @@ class ModelCache:
 
     def of(self, settings: dict, model: str | None = None, overrides: dict | None = None):
         """``config()`` of a run with these RunConfig settings (its model and seq_len; ``overrides`` for its own)."""
-        return self.config(model or settings["model"], settings.get("model_overrides", {}) if overrides is None
-                           else overrides, settings.get("seq_len", RunConfig.seq_len))
+        return self.config(
+            model or settings["model"],
+            settings.get("model_overrides", {}) if overrides is None else overrides,
+            settings.get("seq_len", RunConfig.seq_len),
+        )
 
     def non_embedding(self, mc) -> int:
         key = json.dumps(asdict(mc), sort_keys=True, default=str)
@@ -133,8 +145,11 @@ class Cooldown:
 def _absolute_paths(grid: Grid, where: str) -> dict[str, Any]:
     """The grid's defaults with data dirs absolute, and every kind's and override's data dirs made absolute in place
     (runs execute in the sweep dir); each data dir's meta.json checked (DataError: missing or broken)."""
-    defaults = {"progress_bar": False, **grid.defaults,
-                "data_dir": str(Path(grid.defaults.get("data_dir", RunConfig.data_dir)).resolve())}
+    defaults = {
+        "progress_bar": False,
+        **grid.defaults,
+        "data_dir": str(Path(grid.defaults.get("data_dir", RunConfig.data_dir)).resolve()),
+    }
     sets = [grid.base.set, grid.grown.set, grid.scratch.set] + [o.set for o in grid.overrides]
     for spec in [defaults, *sets]:
         if spec.get("eval_data_dirs"):  # like data_dir (checked by validate)
@@ -164,8 +179,9 @@ class Planner:
         self.trained: dict[str, PlannedRun] = {}
         self._option_sets: dict[tuple[str, str], set[str]] = {}
         for o in grid.ops:
-            self._option_sets.setdefault((o.op, o.direction), set()).add(json.dumps(o.options, sort_keys=True,
-                                                                                   default=str))
+            self._option_sets.setdefault((o.op, o.direction), set()).add(
+                json.dumps(o.options, sort_keys=True, default=str)
+            )
 
     # ---- settings and configs ----------------------------------------------------------------------------------
 
@@ -193,8 +209,10 @@ class Planner:
         matching = self._overrides_of(name)
         for i, o in matching:
             if "init_from" in o.set and name.startswith("grown-"):
-                raise GridError(f"{self.where}: overrides[{i}] sets init_from on grown run {name}; "
-                                "a grown run starts from its grow step")
+                raise GridError(
+                    f"{self.where}: overrides[{i}] sets init_from on grown run {name}; "
+                    "a grown run starts from its grow step"
+                )
         self.used_overrides.update(i for i, _ in matching)
         settings = self.settings(kind_set, name)
         managed = dict(managed)
@@ -218,13 +236,23 @@ class Planner:
         run_id = f"{name}-{config_hash(cfg)[:8]}"
         cfg.out_dir = f"runs/{run_id}"
         mc, flops_per_token = self.models.config(cfg.model, cfg.model_overrides, cfg.seq_len)
-        return PlannedRun(id=run_id, name=name, kind=kind, target=target, config=cfg, flops_per_token=flops_per_token,
-                          model=shape_label(cfg.model, cfg.model_overrides),
-                          params_non_embedding=self.models.non_embedding(mc), data_tokens=data_tokens,
-                          epochs=data_tokens / self.train_tokens, **fields)
+        return PlannedRun(
+            id=run_id,
+            name=name,
+            kind=kind,
+            target=target,
+            config=cfg,
+            flops_per_token=flops_per_token,
+            model=shape_label(cfg.model, cfg.model_overrides),
+            params_non_embedding=self.models.non_embedding(mc),
+            data_tokens=data_tokens,
+            epochs=data_tokens / self.train_tokens,
+            **fields,
+        )
 
-    def with_cooldowns(self, name: str, kind: str, target: str, cfg: RunConfig, data_tokens: int,
-                       **fields) -> list[PlannedRun]:
+    def with_cooldowns(
+        self, name: str, kind: str, target: str, cfg: RunConfig, data_tokens: int, **fields
+    ) -> list[PlannedRun]:
         """A main run (scratch, grown) that saves its full state at each cooldown's branch point, and its cooldowns."""
         cooldowns = self.cooldowns(name, cfg)
         cfg.save_state_at_tokens = sorted({c.start_tokens for c in cooldowns})
@@ -237,35 +265,70 @@ class Planner:
         if not anneal.fractions:
             return []
         if cfg.schedule != "constant":
-            raise GridError(f"{self.where}: run {name}: anneal branches need a constant LR on the main run (set "
-                            f"defaults.schedule: constant), got schedule {cfg.schedule!r}")
+            raise GridError(
+                f"{self.where}: run {name}: anneal branches need a constant LR on the main run (set "
+                f"defaults.schedule: constant), got schedule {cfg.schedule!r}"
+            )
         batch = cfg.global_batch_tokens
         out = []
         for f in sorted(anneal.fractions):
             end = max(batch, round(f * cfg.max_tokens / batch) * batch)
             decay = max(batch, round(anneal.decay_fraction * end / batch) * batch)
             if end - decay < max(cfg.warmup_tokens, batch):
-                raise GridError(f"{self.where}: run {name}: the cooldown at {f:g} of the budget would branch at "
-                                f"{end - decay:,} tokens, inside the warmup ({cfg.warmup_tokens:,}); drop that "
-                                "fraction or lengthen the run")
+                raise GridError(
+                    f"{self.where}: run {name}: the cooldown at {f:g} of the budget would branch at "
+                    f"{end - decay:,} tokens, inside the warmup ({cfg.warmup_tokens:,}); drop that "
+                    "fraction or lengthen the run"
+                )
             out.append(Cooldown(f, end - decay, decay))
         return out
 
     def cooldown_run(self, main: PlannedRun, cooldown: Cooldown) -> PlannedRun:
         """A WSD branch of ``main`` from its state at the branch point, decaying the LR to its end."""
         start, decay = cooldown.start_tokens, cooldown.decay_tokens
-        cfg = replace(main.config, schedule="wsd", max_tokens=start + decay, decay_tokens=decay,
-                      save_state_at_tokens=[], save_at_tokens=[], branch_from=state_file(main, start))
+        cfg = replace(
+            main.config,
+            schedule="wsd",
+            max_tokens=start + decay,
+            decay_tokens=decay,
+            save_state_at_tokens=[],
+            save_at_tokens=[],
+            branch_from=state_file(main, start),
+        )
         name = f"cooldown-{main.name.split('-', 1)[1]}-f{round(cooldown.fraction * 100)}"
-        return self.run(name, "cooldown", main.target, cfg, main.data_tokens - main.tokens + cfg.max_tokens,
-                        flops_offset=main.flops_offset, op=main.op, direction=main.direction, g=main.g,
-                        grow_at_tokens=main.grow_at_tokens, parent=main.parent, deps=[main.id], branch_of=main.id,
-                        anneal_fraction=cooldown.fraction, variant=main.variant, decay_tokens=decay)
+        return self.run(
+            name,
+            "cooldown",
+            main.target,
+            cfg,
+            main.data_tokens - main.tokens + cfg.max_tokens,
+            flops_offset=main.flops_offset,
+            op=main.op,
+            direction=main.direction,
+            g=main.g,
+            grow_at_tokens=main.grow_at_tokens,
+            parent=main.parent,
+            deps=[main.id],
+            branch_of=main.id,
+            anneal_fraction=cooldown.fraction,
+            variant=main.variant,
+            decay_tokens=decay,
+        )
 
     # ---- growth ------------------------------------------------------------------------------------------------
 
-    def grow_step(self, name: str, identity: list, parent: PlannedRun, at_tokens: int, op: str, direction: str,
-                  g: int, seed: int, options: dict) -> GrowStep:
+    def grow_step(
+        self,
+        name: str,
+        identity: list,
+        parent: PlannedRun,
+        at_tokens: int,
+        op: str,
+        direction: str,
+        g: int,
+        seed: int,
+        options: dict,
+    ) -> GrowStep:
         """Grow ``parent``'s checkpoint at ``at_tokens`` into grown/<name>-<hash of identity, the op, its options
         as the grid gives them, carry>. G_learn learns its maps on the parent's data unless told otherwise."""
         carry = self.grid.grown.optimizer == "carry"
@@ -273,9 +336,16 @@ class Planner:
         filled = dict(options)
         if op == "G_learn":
             filled["data"] = str(Path(filled.get("data", parent.config.data_dir)).resolve())
-        return GrowStep(src=checkpoint_dir(parent, at_tokens), dst=f"grown/{safe_name(name)}-{digest}", op=op,
-                        direction=direction, g=g, seed=seed, options=filled,
-                        carry_state=state_file(parent, at_tokens) if carry else None)
+        return GrowStep(
+            src=checkpoint_dir(parent, at_tokens),
+            dst=f"grown/{safe_name(name)}-{digest}",
+            op=op,
+            direction=direction,
+            g=g,
+            seed=seed,
+            options=filled,
+            carry_state=state_file(parent, at_tokens) if carry else None,
+        )
 
     def grow_flops(self, step: GrowStep, parent: PlannedRun, grown_settings: dict) -> float:
         """FLOPs the grow step spends besides its parent's: G_learn's map training, counted as the grow step counts
@@ -288,15 +358,20 @@ class Planner:
         grown_mc, _ = self.models.of(grown_settings)
         opts = step.options
         try:
-            return learn.learn_flops(grown_mc, parent_mc, learn_steps=opts.get("learn_steps", learn.DEFAULT_STEPS),
-                                     batch_size=opts.get("batch_size", learn.DEFAULT_BATCH_SIZE),
-                                     seq_len=opts.get("seq_len") or learn.default_seq_len(parent_mc),
-                                     direction=step.direction)
+            return learn.learn_flops(
+                grown_mc,
+                parent_mc,
+                learn_steps=opts.get("learn_steps", learn.DEFAULT_STEPS),
+                batch_size=opts.get("batch_size", learn.DEFAULT_BATCH_SIZE),
+                seq_len=opts.get("seq_len") or learn.default_seq_len(parent_mc),
+                direction=step.direction,
+            )
         except ValueError as e:  # GrowthError: learn_steps, batch_size or seq_len out of range
             raise GridError(f"{self.where}: {step.op} growing {parent.name}: {e}") from None
 
-    def tokens_after_growth(self, settings: dict, spent_flops: float, budget_flops: float,
-                            shape: dict | None = None) -> int:
+    def tokens_after_growth(
+        self, settings: dict, spent_flops: float, budget_flops: float, shape: dict | None = None
+    ) -> int:
         """Tokens a run with these settings (``shape``: its model_overrides) trains on what ``budget_flops`` leaves
         after ``spent_flops``, rounded down to whole optimizer steps (<= 0: nothing left)."""
         _, flops_per_token = self.models.of(settings, overrides=shape)
@@ -316,13 +391,21 @@ class Planner:
         batch = self.settings(grid.base.set).get("global_batch_tokens", RunConfig.global_batch_tokens)
         for d in grow_at:
             if d <= 0 or d % batch:
-                raise GridError(f"{where}: d = {d} must be a positive multiple of the base's "
-                                f"global_batch_tokens = {batch}")
+                raise GridError(
+                    f"{where}: d = {d} must be a positive multiple of the base's global_batch_tokens = {batch}"
+                )
             if d > budget:
-                raise GridError(f"{where}: d = {d} is beyond the base's budget base.tokens = {budget}; "
-                                "grow at most at the end of base training")
-        managed = {"model": target, "seed": seed, "max_tokens": budget, "save_at_tokens": grow_at,
-                   "model_overrides": shape}
+                raise GridError(
+                    f"{where}: d = {d} is beyond the base's budget base.tokens = {budget}; "
+                    "grow at most at the end of base training"
+                )
+        managed = {
+            "model": target,
+            "seed": seed,
+            "max_tokens": budget,
+            "save_at_tokens": grow_at,
+            "model_overrides": shape,
+        }
         if grid.base.schedule == "constant":
             managed["schedule"] = "constant"
         if grid.grown.optimizer == "carry":  # the full state at every d: AdamW moments to carry over
@@ -343,8 +426,17 @@ class Planner:
             step, grow_flops, shape = None, 0.0, base.config.model_overrides
             managed = {"model_overrides": shape, "optimizer_init": "fresh", "init_from": checkpoint_dir(base, d)}
         else:
-            step = self.grow_step(f"{target}-{label}-{op.direction}-g{g}-d{d}-s{seed}", [base.id, d], base, d,
-                                  op.op, op.direction, g, seed, op.options)
+            step = self.grow_step(
+                f"{target}-{label}-{op.direction}-g{g}-d{d}-s{seed}",
+                [base.id, d],
+                base,
+                d,
+                op.op,
+                op.direction,
+                g,
+                seed,
+                op.options,
+            )
             grow_flops, shape = self.grow_flops(step, base, settings), None
             managed = {"init_from": step.dst, "optimizer_init": "carry" if step.carry_state else "fresh"}
         tokens = self.grid.grown.tokens
@@ -352,14 +444,30 @@ class Planner:
             tokens = self.tokens_after_growth(settings, base_flops + grow_flops, total_flops, shape)
             if tokens <= 0:
                 maps = f" and {grow_flops:.4g} on {op.op}'s maps" if grow_flops else ""
-                raise GridError(f"{self.where}: d = {d} uses {base_flops:.4g} base FLOPs{maps}, leaving no budget in "
-                                f"grown.total_flops = {total_flops:.4g} for run {name}")
-        cfg = self.resolve(name, self.grown_set, dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[],
-                                                      **managed))
+                raise GridError(
+                    f"{self.where}: d = {d} uses {base_flops:.4g} base FLOPs{maps}, leaving no budget in "
+                    f"grown.total_flops = {total_flops:.4g} for run {name}"
+                )
+        cfg = self.resolve(
+            name, self.grown_set, dict(model=target, seed=seed, max_tokens=tokens, save_at_tokens=[], **managed)
+        )
         data_tokens = (d if cfg.data_stream == "continue" else 0) + tokens
-        return self.with_cooldowns(name, "grown", target, cfg, data_tokens, flops_offset=base_flops + grow_flops,
-                                   op=op.op, direction=op.direction, g=g, grow_at_tokens=d, parent=base.id,
-                                   deps=[base.id], grow=step, variant=self.variant(op, label))
+        return self.with_cooldowns(
+            name,
+            "grown",
+            target,
+            cfg,
+            data_tokens,
+            flops_offset=base_flops + grow_flops,
+            op=op.op,
+            direction=op.direction,
+            g=g,
+            grow_at_tokens=d,
+            parent=base.id,
+            deps=[base.id],
+            grow=step,
+            variant=self.variant(op, label),
+        )
 
     def scratch(self, target: str, seed: int, grown: list[PlannedRun]) -> list[PlannedRun]:
         """The scratch runs of (target, seed): every scratch budget (tokens, FLOPs, and with flop_matched the FLOPs of
@@ -377,8 +485,11 @@ class Planner:
         out = []
         for tokens, (lr_tag, lr_set) in itertools.product(sorted(budgets), lrs):
             name = safe_name(f"scratch-{target}-t{tokens}{lr_tag}-s{seed}")
-            cfg = self.resolve(name, {**spec.set, **lr_set},
-                               {"model": target, "seed": seed, "max_tokens": tokens, "save_at_tokens": []})
+            cfg = self.resolve(
+                name,
+                {**spec.set, **lr_set},
+                {"model": target, "seed": seed, "max_tokens": tokens, "save_at_tokens": []},
+            )
             out += self.with_cooldowns(name, "scratch", target, cfg, data_tokens=tokens)
         return out
 
@@ -401,11 +512,21 @@ class Planner:
                 if getattr(fn, "planner", None) is not None:
                     fn.planner(mc, g=step.g, seed=step.seed, **step.options)
                 if step.carry_state:
-                    growth.carry_plan(mc, step.op, direction=step.direction, g=step.g, seed=step.seed,
-                                      **step.options)
+                    growth.carry_plan(mc, step.op, direction=step.direction, g=step.g, seed=step.seed, **step.options)
             except (ValueError, TypeError) as e:
                 raise GridError(f"{self.where}: run {r.name}: {e}") from None
 
 
-__all__ = ["CONTINUED", "Cooldown", "ModelCache", "Planner", "base_shape", "ceil_to", "checkpoint_dir",
-           "safe_name", "shape_label", "short_hash", "state_file"]
+__all__ = [
+    "CONTINUED",
+    "Cooldown",
+    "ModelCache",
+    "Planner",
+    "base_shape",
+    "ceil_to",
+    "checkpoint_dir",
+    "safe_name",
+    "shape_label",
+    "short_hash",
+    "state_file",
+]

@@ -24,10 +24,19 @@ def git_info() -> dict:
     if _GIT is None:
         root = Path(__file__).resolve().parent.parent
         try:
-            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                 timeout=10, check=False).stdout.strip()
-            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                        capture_output=True, text=True, timeout=10, check=False).stdout.strip())
+            sha = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+            dirty = bool(
+                subprocess.run(
+                    ["git", "status", "--porcelain", "--untracked-files=no"],
+                    cwd=root,
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                ).stdout.strip()
+            )
             _GIT = {"sha": sha or None, "dirty": dirty}
         except (OSError, subprocess.SubprocessError):
             _GIT = {"sha": None, "dirty": None}
@@ -57,8 +66,9 @@ def data_ids(runs: list[PlannedRun], sweep_dir: str | Path = ".") -> dict:
     return {d: data_id(Path(sweep_dir) / d) for d in sorted(dirs)}
 
 
-def write_plan(sweep_dir: Path, grid_path: str | Path, grid: Grid, runs: list[PlannedRun],
-               evaluation: EvalSpec | None = None) -> None:
+def write_plan(
+    sweep_dir: Path, grid_path: str | Path, grid: Grid, runs: list[PlannedRun], evaluation: EvalSpec | None = None
+) -> None:
     """SWEEP_DIR/grid.yaml (the grid as given) and plan.json (every resolved run and its dependencies, with the
     git state, the software versions and the data ids the plan was made with; ``eval``: the grid's evaluation
     settings, include paths absolute, when it has some)."""
@@ -66,10 +76,19 @@ def write_plan(sweep_dir: Path, grid_path: str | Path, grid: Grid, runs: list[Pl
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "grid.yaml").write_text(Path(grid_path).read_text())
     extra = {"eval": asdict(evaluation)} if evaluation is not None else {}
-    write_json(sweep_dir / "plan.json", {"grid": str(Path(grid_path).resolve()), "name": grid.name,
-                                         "created_at": time.time(), "git": git_info(), "versions": versions(),
-                                         "data": data_ids(runs, sweep_dir), **extra,
-                                         "runs": [r.to_json() for r in runs]})
+    write_json(
+        sweep_dir / "plan.json",
+        {
+            "grid": str(Path(grid_path).resolve()),
+            "name": grid.name,
+            "created_at": time.time(),
+            "git": git_info(),
+            "versions": versions(),
+            "data": data_ids(runs, sweep_dir),
+            **extra,
+            "runs": [r.to_json() for r in runs],
+        },
+    )
 
 
 __all__ = ["PACKAGES", "data_ids", "git_info", "versions", "write_plan"]

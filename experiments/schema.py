@@ -299,8 +299,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         for k in value:
             if k not in names:
                 raise GridError(f"{where}: unknown field {k!r}{suggest(str(k), names)}; valid: {', '.join(names)}")
-        missing = [f.name for f in fields(tp) if f.name not in value
-                   and f.default is MISSING and f.default_factory is MISSING]
+        missing = [
+            f.name for f in fields(tp) if f.name not in value and f.default is MISSING and f.default_factory is MISSING
+        ]
         if missing:
             raise GridError(f"{where}: missing field {missing[0]!r}")
         return tp(**{k: _convert(v, hints[k], f"{where}.{k}") for k, v in value.items()})

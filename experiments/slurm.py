@@ -42,8 +42,13 @@ class SlurmRun(submitit.helpers.Checkpointable):
         sweep = Path(self.sweep_dir)
         for dep in run.deps:  # afterok guarantees this on SLURM; other submitit clusters do not order jobs
             if not is_done(sweep, PlannedRun.from_json(_plan_entry(sweep, dep))):
-                st = {"run_id": run.id, "status": "skipped", "error_class": None, "reason": f"dependency {dep} is "
-                      "not done", "attempts": 0}
+                st = {
+                    "run_id": run.id,
+                    "status": "skipped",
+                    "error_class": None,
+                    "reason": f"dependency {dep} is not done",
+                    "attempts": 0,
+                }
                 write_json(sweep / run.config.out_dir / "status.json", st)
                 return st
         if int(os.environ.get("SLURM_PROCID", "0")) > 0:
@@ -96,19 +101,36 @@ def _plan_entry(sweep_dir: Path, run_id: str) -> dict:
     return next(r for r in plan["runs"] if r["id"] == run_id)
 
 
-def submit_slurm(sweep_dir: Path, runs: list[PlannedRun], slurm: SlurmSpec, *, cluster: str | None = "slurm",
-                 retries: int = 1, name: str | None = None, evaluation: EvalSpec | None = None) -> list[dict]:
+def submit_slurm(
+    sweep_dir: Path,
+    runs: list[PlannedRun],
+    slurm: SlurmSpec,
+    *,
+    cluster: str | None = "slurm",
+    retries: int = 1,
+    name: str | None = None,
+    evaluation: EvalSpec | None = None,
+) -> list[dict]:
     """Submit every run that is not done, or done but not evaluated (``evaluation``: the grid's ``eval:``); return
     one record per job: run_id, job_id, dependency, job.
 
     ``cluster``: "slurm", or submitit's "local"/"debug" (tests: the same job graph without a cluster). Job names
     are ``<name>`` (the level-0 array) and ``<name>:<run name>``; ``name`` defaults to the plan's sweep name."""
     name = name or (read_json(Path(sweep_dir) / "plan.json") or {}).get("name") or "sweep"
-    executor = submitit.AutoExecutor(folder=str(Path(sweep_dir).resolve() / ".submitit" / "%j"), cluster=cluster,
-                                     slurm_max_num_timeout=slurm.max_num_timeout)
-    common = {"timeout_min": slurm.timeout_min, "gpus_per_node": slurm.gpus_per_node,
-              "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb, "slurm_partition": slurm.partition,
-              "slurm_array_parallelism": slurm.array_parallelism, "name": name}
+    executor = submitit.AutoExecutor(
+        folder=str(Path(sweep_dir).resolve() / ".submitit" / "%j"),
+        cluster=cluster,
+        slurm_max_num_timeout=slurm.max_num_timeout,
+    )
+    common = {
+        "timeout_min": slurm.timeout_min,
+        "gpus_per_node": slurm.gpus_per_node,
+        "cpus_per_task": slurm.cpus_per_task,
+        "mem_gb": slurm.mem_gb,
+        "slurm_partition": slurm.partition,
+        "slurm_array_parallelism": slurm.array_parallelism,
+        "name": name,
+    }
     todo = [r for r in runs if not is_done(sweep_dir, r) or needs_eval(sweep_dir, r, evaluation)]
     records: list[dict] = []
     job_of: dict[str, str] = {}
@@ -123,13 +145,22 @@ def submit_slurm(sweep_dir: Path, runs: list[PlannedRun], slurm: SlurmSpec, *, c
             records.append({"run_id": r.id, "job_id": job.job_id, "dependency": None, "job": job})
     for r in rest:  # in plan order, so a dependency is always submitted before its dependents
         dep = "afterok:" + ":".join(job_of[d] for d in r.deps if d in job_of)
-        executor.update_parameters(**{**common, "name": f"{name}:{r.name}"}, **_tasks(r), slurm_additional_parameters={
-            **slurm.additional, "dependency": dep, "kill-on-invalid-dep": "yes"})
+        executor.update_parameters(
+            **{**common, "name": f"{name}:{r.name}"},
+            **_tasks(r),
+            slurm_additional_parameters={**slurm.additional, "dependency": dep, "kill-on-invalid-dep": "yes"},
+        )
         job = executor.submit(SlurmRun(r.to_json(), str(sweep_dir), retries, evaluation))
         job_of[r.id] = job.job_id
         records.append({"run_id": r.id, "job_id": job.job_id, "dependency": dep, "job": job})
-    write_json(Path(sweep_dir) / "slurm_jobs.json", {"cluster": cluster, "submitted_at": time.time(), "jobs": [
-        {k: v for k, v in rec.items() if k != "job"} for rec in records]})
+    write_json(
+        Path(sweep_dir) / "slurm_jobs.json",
+        {
+            "cluster": cluster,
+            "submitted_at": time.time(),
+            "jobs": [{k: v for k, v in rec.items() if k != "job"} for rec in records],
+        },
+    )
     return records
 
 

@@ -105,24 +105,42 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
         state = run_state(sweep_dir, r)
         grown = r.op is not None and r.kind in ("grown", "cooldown")
         row = {
-            "run_id": r.id, "kind": r.kind, "target": r.target, "model": r.model,
-            "op": r.op if grown else None, "direction": r.direction if grown else None,
-            "g": r.g if grown else None, "grow_at_tokens": r.grow_at_tokens if grown else None,
-            "seed": r.config.seed, "parent_run": r.branch_of if r.kind == "cooldown" else r.parent,
+            "run_id": r.id,
+            "kind": r.kind,
+            "target": r.target,
+            "model": r.model,
+            "op": r.op if grown else None,
+            "direction": r.direction if grown else None,
+            "g": r.g if grown else None,
+            "grow_at_tokens": r.grow_at_tokens if grown else None,
+            "seed": r.config.seed,
+            "parent_run": r.branch_of if r.kind == "cooldown" else r.parent,
             "params_total": summary.get("params_total", model.get("params_total")),
             "params_non_embedding": summary.get("params_non_embedding", model.get("params_non_embedding")),
-            "flops_per_token": r.flops_per_token, "tokens": summary.get("tokens"),
-            "flops_offset": summary.get("flops_offset", r.flops_offset), "flops": summary.get("flops"),
-            "final_val_loss": summary.get("final_val_loss"), "best_val_loss": summary.get("best_val_loss"),
-            "tokens_per_s": summary.get("tokens_per_s"), "wall_time_s": summary.get("wall_time_s"),
-            "status": _status_text(state, summary), "run_dir": r.config.out_dir,
-            "anneal_fraction": r.anneal_fraction, "decay_tokens": r.decay_tokens,
+            "flops_per_token": r.flops_per_token,
+            "tokens": summary.get("tokens"),
+            "flops_offset": summary.get("flops_offset", r.flops_offset),
+            "flops": summary.get("flops"),
+            "final_val_loss": summary.get("final_val_loss"),
+            "best_val_loss": summary.get("best_val_loss"),
+            "tokens_per_s": summary.get("tokens_per_s"),
+            "wall_time_s": summary.get("wall_time_s"),
+            "status": _status_text(state, summary),
+            "run_dir": r.config.out_dir,
+            "anneal_fraction": r.anneal_fraction,
+            "decay_tokens": r.decay_tokens,
         }
         for f in fields(RunConfig):
             row[f"cfg.{f.name}"] = _cell(getattr(r.config, f.name))
-        row.update(state=state["state"], error_class=state["error_class"], attempts=state["attempts"],
-                   planned_tokens=r.tokens, planned_flops=r.flops, grown_dir=r.grow.dst if r.grow else None,
-                   variant=r.variant if grown else None)
+        row.update(
+            state=state["state"],
+            error_class=state["error_class"],
+            attempts=state["attempts"],
+            planned_tokens=r.tokens,
+            planned_flops=r.flops,
+            grown_dir=r.grow.dst if r.grow else None,
+            variant=r.variant if grown else None,
+        )
         row.update({f"final_val_loss_{n}": summary.get(f"final_val_loss_{n}") for n in r.config.eval_data_dirs})
         row.update(eval_cells(sweep_dir, r, spec))
         rows.append(row)
@@ -132,11 +150,31 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
     downstream = ["eval_status", *scores] if spec is not None else []
     columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS + evals + downstream
     df = pd.DataFrame(rows, columns=columns)
-    for col in ("g", "grow_at_tokens", "seed", "params_total", "params_non_embedding", "tokens", "attempts",
-                "planned_tokens", "decay_tokens"):
+    for col in (
+        "g",
+        "grow_at_tokens",
+        "seed",
+        "params_total",
+        "params_non_embedding",
+        "tokens",
+        "attempts",
+        "planned_tokens",
+        "decay_tokens",
+    ):
         df[col] = df[col].astype("Int64")
-    for col in ("flops_per_token", "flops_offset", "flops", "final_val_loss", "best_val_loss", "tokens_per_s",
-                "wall_time_s", "planned_flops", "anneal_fraction", *evals, *scores):
+    for col in (
+        "flops_per_token",
+        "flops_offset",
+        "flops",
+        "final_val_loss",
+        "best_val_loss",
+        "tokens_per_s",
+        "wall_time_s",
+        "planned_flops",
+        "anneal_fraction",
+        *evals,
+        *scores,
+    ):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for f in fields(RunConfig):  # mixed None/str or int/str config columns: one type each for Parquet
         col = f"cfg.{f.name}"
@@ -149,8 +187,10 @@ def write_results(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
     """Rebuild results.csv and results.parquet from the run dirs (each written atomically)."""
     sweep_dir = Path(sweep_dir)
     df = results_frame(sweep_dir, runs)
-    for name, write in (("results.csv", lambda p: df.to_csv(p, index=False)),
-                        ("results.parquet", lambda p: df.to_parquet(p, index=False))):
+    for name, write in (
+        ("results.csv", lambda p: df.to_csv(p, index=False)),
+        ("results.parquet", lambda p: df.to_parquet(p, index=False)),
+    ):
         tmp = sweep_dir / f".{name}.tmp-{os.getpid()}"
         write(tmp)
         os.replace(tmp, sweep_dir / name)
@@ -163,8 +203,10 @@ def format_status(sweep_dir: str | Path) -> str:
     runs = load_plan(sweep_dir)
     states = {r.id: run_state(sweep_dir, r) for r in runs}
     count = {s: sum(1 for v in states.values() if v["state"] == s) for s in STATES}
-    lines = [f"{sweep_dir}: {len(runs)} runs: " + ", ".join(f"{count[s]} {s}" for s in STATES if count[s] or
-                                                             s in ("done", "failed", "pending"))]
+    lines = [
+        f"{sweep_dir}: {len(runs)} runs: "
+        + ", ".join(f"{count[s]} {s}" for s in STATES if count[s] or s in ("done", "failed", "pending"))
+    ]
     spec = spec_from_plan(sweep_dir)
     for r in runs:
         st = states[r.id]
@@ -177,8 +219,11 @@ def format_status(sweep_dir: str | Path) -> str:
             lines.append(f"  done         {r.id}  {detail}")
         else:
             why = st["reason"] and (f"{st['error_class']}: {st['reason']}" if st["error_class"] else st["reason"])
-            tries = f" (after {st['attempts']} attempt{'s' if st['attempts'] != 1 else ''})" if st["attempts"] and \
-                st["state"] == "failed" else ""
+            tries = (
+                f" (after {st['attempts']} attempt{'s' if st['attempts'] != 1 else ''})"
+                if st["attempts"] and st["state"] == "failed"
+                else ""
+            )
             lines.append(f"  {st['state']:<12} {r.id}" + (f"  {why}{tries}" if why else ""))
     return "\n".join(lines)
 

@@ -32,8 +32,9 @@ def metric_columns(cfg: RunConfig) -> list[str]:
 class RunBookkeeping(Callback):
     """metrics.csv rows, validation, exact-token checkpoints, last.ckpt, NaN stop — all on step boundaries."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, model_config: Config, log: logging.Logger, stream: dict,
-                 wall_offset: float):
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, model_config: Config, log: logging.Logger, stream: dict, wall_offset: float
+    ):
         self.cfg, self.run_dir, self.model_config, self.runlog = cfg, run_dir, model_config, log
         self.stream = stream
         self.wall_offset = wall_offset
@@ -80,18 +81,27 @@ class RunBookkeeping(Callback):
         return v
 
     def _row(self, trainer, pl_module, *, train_loss, val_loss, tps):
-        row = {"step": trainer.global_step, "tokens": pl_module.tokens, "flops": pl_module.flops,
-               "train_loss": train_loss, "val_loss": val_loss, "lr": pl_module.lr_at_step(trainer.global_step - 1) if trainer.global_step else None,
-               "tokens_per_s": tps,
-               "mfu": mfu(pl_module.flops_per_token, tps, self.peak) if tps and self.peak else None}
+        row = {
+            "step": trainer.global_step,
+            "tokens": pl_module.tokens,
+            "flops": pl_module.flops,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": pl_module.lr_at_step(trainer.global_step - 1) if trainer.global_step else None,
+            "tokens_per_s": tps,
+            "mfu": mfu(pl_module.flops_per_token, tps, self.peak) if tps and self.peak else None,
+        }
         if val_loss is not None:
             row.update(self.last_eval)
         if trainer.is_global_zero:
             with open(self.run_dir / "metrics.csv", "a", newline="") as f:
-                csv.DictWriter(f, metric_columns(self.cfg)).writerow({k: ("" if v is None else v) for k, v in row.items()})
+                csv.DictWriter(f, metric_columns(self.cfg)).writerow(
+                    {k: ("" if v is None else v) for k, v in row.items()}
+                )
             if self.extra_logger is not None:
-                self.extra_logger.log_metrics({k: v for k, v in row.items() if v is not None and k != "step"},
-                                              step=row["step"])
+                self.extra_logger.log_metrics(
+                    {k: v for k, v in row.items() if v is not None and k != "step"}, step=row["step"]
+                )
 
     def on_train_batch_end(self, trainer, pl_module: GPTModule, outputs, batch, batch_idx):
         if trainer.global_step == self.seen_step:  # still accumulating gradients
@@ -127,10 +137,21 @@ class RunBookkeeping(Callback):
         if trainer.is_global_zero:
             tokens = pl_module.tokens
             c = self.cfg
-            data = {"seed": self.stream["seed"], "micro_batch_size": c.micro_batch_size, "seq_len": c.seq_len,
-                    "micro_batches": self.stream["offset_micro_batches"] + tokens // (c.micro_batch_size * c.seq_len)}
-            meta = {"tokens": tokens, "flops": pl_module.flops, "config_hash": config_hash(c),
-                    "run_dir": str(self.run_dir), "model": c.model, "seed": c.seed, "data": data}
+            data = {
+                "seed": self.stream["seed"],
+                "micro_batch_size": c.micro_batch_size,
+                "seq_len": c.seq_len,
+                "micro_batches": self.stream["offset_micro_batches"] + tokens // (c.micro_batch_size * c.seq_len),
+            }
+            meta = {
+                "tokens": tokens,
+                "flops": pl_module.flops,
+                "config_hash": config_hash(c),
+                "run_dir": str(self.run_dir),
+                "model": c.model,
+                "seed": c.seed,
+                "data": data,
+            }
             path = self.run_dir / "checkpoints" / f"tokens-{tokens:012d}"
             save_litgpt_checkpoint(path, {k: v.detach().cpu() for k, v in sd.items()}, self.model_config, meta)
             self.runlog.info(f"saved checkpoint {path} (tokens={tokens:,}, flops={pl_module.flops:.4g})")
@@ -155,14 +176,23 @@ class RunBookkeeping(Callback):
     def on_train_end(self, trainer, pl_module: GPTModule):
         # A cheap fingerprint of the weights on every rank: under DDP they must be identical (summary.json shows it).
         with torch.no_grad():
-            fp = torch.stack([sum(p.double().sum() for p in pl_module.model.parameters()),
-                              sum((p.double() ** 2).sum() for p in pl_module.model.parameters())])
+            fp = torch.stack(
+                [
+                    sum(p.double().sum() for p in pl_module.model.parameters()),
+                    sum((p.double() ** 2).sum() for p in pl_module.model.parameters()),
+                ]
+            )
         self.rank_fingerprints = trainer.strategy.all_gather(fp.to(pl_module.device)).reshape(-1, 2).tolist()
 
     def on_save_checkpoint(self, trainer, pl_module: GPTModule, checkpoint):
-        checkpoint["stacking"] = {"tokens": pl_module.tokens, "flops": pl_module.flops, "wall_time_s": self.wall(),
-                                  "best_val_loss": self.best_val, "last_val_loss": self.last_val,
-                                  "config_hash": config_hash(self.cfg)}
+        checkpoint["stacking"] = {
+            "tokens": pl_module.tokens,
+            "flops": pl_module.flops,
+            "wall_time_s": self.wall(),
+            "best_val_loss": self.best_val,
+            "last_val_loss": self.last_val,
+            "config_hash": config_hash(self.cfg),
+        }
 
 
 class ProgressBar(TQDMProgressBar):

@@ -29,8 +29,18 @@ GROWTH = "growth.json"
 CARRY_FILE = "optimizer_state.pt"
 """In a grown checkpoint dir: AdamW moments keyed by the grown model's parameter names (grown.optimizer: carry)."""
 
-SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
-                "padded_vocab_size", "bias", "mlp_class_name", "norm_class_name")
+SHAPE_FIELDS = (
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "n_query_groups",
+    "head_size",
+    "intermediate_size",
+    "padded_vocab_size",
+    "bias",
+    "mlp_class_name",
+    "norm_class_name",
+)
 """Config fields that decide parameter shapes: an init_from checkpoint must agree with the run's model on all."""
 
 
@@ -74,16 +84,21 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: Config, whe
     want = expected_shapes(config)
     missing = [k for k in want if k not in state_dict]
     extra = [k for k in state_dict if k not in want]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} != {tuple(s)}" for k, s in want.items()
-             if k in state_dict and tuple(state_dict[k].shape) != tuple(s)]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(s)}"
+        for k, s in want.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(s)
+    ]
     problems = []
     for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
         if items:
             more = f" (+{len(items) - 2} more)" if len(items) > 2 else ""
             problems.append(f"{label}: {', '.join(items[:2])}{more}")
     if problems:
-        raise GrowthError(f"{where} does not match its model config (n_layer={config.n_layer}, "
-                          f"n_embd={config.n_embd}): {'; '.join(problems)}")
+        raise GrowthError(
+            f"{where} does not match its model config (n_layer={config.n_layer}, "
+            f"n_embd={config.n_embd}): {'; '.join(problems)}"
+        )
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -91,13 +106,15 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint weights {str(path)!r} do not exist (expected {WEIGHTS} in the checkpoint "
-                              "dir)")
+        raise CheckpointError(
+            f"checkpoint weights {str(path)!r} do not exist (expected {WEIGHTS} in the checkpoint dir)"
+        )
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 (RuntimeError from the zip reader, UnpicklingError, EOFError, ...)
-        raise CheckpointError(f"{path} is truncated or corrupt (not a readable torch checkpoint): "
-                              f"{type(e).__name__}: {_first_line(e)}") from None
+        raise CheckpointError(
+            f"{path} is truncated or corrupt (not a readable torch checkpoint): {type(e).__name__}: {_first_line(e)}"
+        ) from None
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # litgpt pretrain format {"model": ..., ...}
         sd = sd["model"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -139,8 +156,10 @@ def load_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint dir {str(d)!r} does not exist")
     missing = [name for name in (WEIGHTS, CONFIG) if not (d / name).is_file()]
     if missing:
-        raise CheckpointError(f"checkpoint dir {str(d)!r} has no {' and no '.join(missing)} (files that do not exist; "
-                              f"a litgpt checkpoint dir holds {WEIGHTS} and {CONFIG})")
+        raise CheckpointError(
+            f"checkpoint dir {str(d)!r} has no {' and no '.join(missing)} (files that do not exist; "
+            f"a litgpt checkpoint dir holds {WEIGHTS} and {CONFIG})"
+        )
     config = load_model_config(d / CONFIG)
     sd = load_weights(d / WEIGHTS)
     try:
@@ -171,5 +190,7 @@ def read_run_state(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return ckpt["stacking"]
     except Exception as e:  # noqa: BLE001 (torch raises RuntimeError / pickle errors / zipfile errors)
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {_first_line(e, 120)}); "
-                              "delete it to restart this run from scratch") from None
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {_first_line(e, 120)}); "
+            "delete it to restart this run from scratch"
+        ) from None

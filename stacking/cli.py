@@ -65,10 +65,15 @@ def parser(prog: str, description: str, *, epilog: str | None = None, config_hel
         from jsonargparse import set_docstring_parse_options
 
         set_docstring_parse_options(attribute_docstrings=True)
-    p = ArgumentParser(prog=prog, description=description, epilog=epilog, exit_on_error=False,
-                       formatter_class=_formatter())
-    p.add_argument("--config", action="config", help=config_help or "YAML file with any of these options (keys: "
-                   "option names with _ for -); flags given after it override it")
+    p = ArgumentParser(
+        prog=prog, description=description, epilog=epilog, exit_on_error=False, formatter_class=_formatter()
+    )
+    p.add_argument(
+        "--config",
+        action="config",
+        help=config_help
+        or "YAML file with any of these options (keys: option names with _ for -); flags given after it override it",
+    )
     return p
 
 
@@ -116,8 +121,9 @@ def parse(p, argv: list[str]):
         raise UsageError(f"{_one_line(p, str(e))} (see --help)") from None
 
 
-def run_command(prog: str, body: Callable[[list[str]], int], argv: list[str],
-                user_errors: tuple[type[BaseException], ...] = ()) -> int:
+def run_command(
+    prog: str, body: Callable[[list[str]], int], argv: list[str], user_errors: tuple[type[BaseException], ...] = ()
+) -> int:
     """Run a subcommand's body: its exit code; a user error → one line ``PROG: error: …`` on stderr and 2;
     ``--help`` → 0."""
     try:
@@ -152,7 +158,7 @@ def _sources_as_list(argv: list[str], flag: str = "--sources") -> list[str]:
         j = i + 1
         while j < len(argv) and not argv[j].startswith("-"):
             j += 1
-        values = argv[i + 1: j]
+        values = argv[i + 1 : j]
         out += [flag, *values] if len(values) == 1 and values[0].startswith("[") else [flag, json.dumps(values)]
         i = j
     return out
@@ -163,13 +169,17 @@ def _data(argv: list[str]) -> int:
         return _data_import(argv)
     from stacking.corpus import DataConfig, build_dataset
 
-    p = parser("stacking data", "Build a token dataset dir (ordered train/val shard files, the tokenizer, meta.json) "
-               "from named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths (text, "
-               "JSONL, .jsonl.gz/.jsonl.zst, Parquet, or dirs of them), e.g. `--sources stdlib site-packages "
-               "c-headers my_dir/`. Streams the corpus and tokenizes it in --workers processes; a killed build "
-               "resumes from its finished units when rerun. Documents are split train/val by a hash of their key "
-               "(or --val_sources). A run validates on fixed windows spread over every val document "
-               "(`stacking.data.val_window_offsets`, docs/formats.md).", config_help="YAML file with these fields")
+    p = parser(
+        "stacking data",
+        "Build a token dataset dir (ordered train/val shard files, the tokenizer, meta.json) "
+        "from named sources (stdlib, site-packages, c-headers: nothing is downloaded) and/or paths (text, "
+        "JSONL, .jsonl.gz/.jsonl.zst, Parquet, or dirs of them), e.g. `--sources stdlib site-packages "
+        "c-headers my_dir/`. Streams the corpus and tokenizes it in --workers processes; a killed build "
+        "resumes from its finished units when rerun. Documents are split train/val by a hash of their key "
+        "(or --val_sources). A run validates on fixed windows spread over every val document "
+        "(`stacking.data.val_window_offsets`, docs/formats.md).",
+        config_help="YAML file with these fields",
+    )
     p.add_class_arguments(DataConfig, fail_untyped=False, as_group=False)
     argv = ["--val_sources" if a == "--val-sources" else a for a in argv]
     ns = parse(p, _sources_as_list(_sources_as_list(argv), "--val_sources"))
@@ -181,11 +191,15 @@ def _data(argv: list[str]) -> int:
 def _data_import(argv: list[str]) -> int:
     from stacking.importers import ImportConfig, import_dataset
 
-    p = parser("stacking data --import", "Describe a corpus someone already tokenized as a dataset dir, without "
-               "copying a token: Megatron-LM indexed datasets (PREFIX.bin + PREFIX.idx) or flat uint16/uint32 numpy "
-               "token files (OLMo/Dolma; raw or .npy). Writes only meta.json (and a tokenizer copy) into --out; "
-               "validation is --val_import, else the last --val_tokens tokens of the last file, cut at a document "
-               "start (docs/formats.md, 'Imports').", config_help="YAML file with these fields")
+    p = parser(
+        "stacking data --import",
+        "Describe a corpus someone already tokenized as a dataset dir, without "
+        "copying a token: Megatron-LM indexed datasets (PREFIX.bin + PREFIX.idx) or flat uint16/uint32 numpy "
+        "token files (OLMo/Dolma; raw or .npy). Writes only meta.json (and a tokenizer copy) into --out; "
+        "validation is --val_import, else the last --val_tokens tokens of the last file, cut at a document "
+        "start (docs/formats.md, 'Imports').",
+        config_help="YAML file with these fields",
+    )
     p.add_class_arguments(ImportConfig, fail_untyped=False, as_group=False)
     argv = ["--paths" if a == "--import" else "--val_import" if a == "--val-import" else a for a in argv]
     ns = parse(p, _sources_as_list(_sources_as_list(argv, "--paths"), "--val_import"))
@@ -198,9 +212,12 @@ def _train(argv: list[str]) -> int:
     from stacking.config import RunConfig
     from stacking.train import run
 
-    p = parser("stacking train", "Train one run (scratch, init_from a checkpoint dir, or resume its own "
-               "last.ckpt). CONFIG.yaml holds RunConfig fields; flags override them.",
-               config_help="YAML file with RunConfig fields (may be given positionally)")
+    p = parser(
+        "stacking train",
+        "Train one run (scratch, init_from a checkpoint dir, or resume its own "
+        "last.ckpt). CONFIG.yaml holds RunConfig fields; flags override them.",
+        config_help="YAML file with RunConfig fields (may be given positionally)",
+    )
     p.add_class_arguments(RunConfig, fail_untyped=False, as_group=False)
     if argv and not argv[0].startswith("-"):
         argv = ["--config", argv[0]] + argv[1:]

@@ -165,8 +165,7 @@ def resolve_model(cfg: RunConfig) -> tuple[Config, dict]:
     from stacking.data import read_meta
 
     meta = read_meta(cfg.data_dir)
-    mc = models.model_config(cfg.model, vocab_size=meta["vocab_size"], block_size=cfg.seq_len,
-                             **cfg.model_overrides)
+    mc = models.model_config(cfg.model, vocab_size=meta["vocab_size"], block_size=cfg.seq_len, **cfg.model_overrides)
     return mc, meta
 
 
@@ -191,11 +190,19 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
             raise RunError(f"{name} must be positive, got {getattr(cfg, name)}")
     per_pass = cfg.micro_batch_size * cfg.seq_len * world_size
     if cfg.global_batch_tokens % per_pass:
-        raise RunError(f"global_batch_tokens {cfg.global_batch_tokens} is not divisible by micro_batch_size × seq_len "
-                       f"× world_size = {cfg.micro_batch_size} × {cfg.seq_len} × {world_size} = {per_pass}")
+        raise RunError(
+            f"global_batch_tokens {cfg.global_batch_tokens} is not divisible by micro_batch_size × seq_len "
+            f"× world_size = {cfg.micro_batch_size} × {cfg.seq_len} × {world_size} = {per_pass}"
+        )
     gb = cfg.global_batch_tokens
-    for name in ("max_tokens", "val_every_tokens", "log_every_tokens", "checkpoint_every_tokens", "warmup_tokens",
-                 "decay_tokens"):
+    for name in (
+        "max_tokens",
+        "val_every_tokens",
+        "log_every_tokens",
+        "checkpoint_every_tokens",
+        "warmup_tokens",
+        "decay_tokens",
+    ):
         v = getattr(cfg, name)
         if v < 0 or (name != "warmup_tokens" and name != "decay_tokens" and v % gb):
             raise RunError(f"{name} = {v} must be a non-negative multiple of global_batch_tokens = {gb}")
@@ -208,8 +215,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
             raise RunError(f"save_at_tokens entry {t} must be a positive multiple of global_batch_tokens = {gb}")
     for t in cfg.save_state_at_tokens:
         if not 0 < t <= cfg.max_tokens or t % gb:
-            raise RunError(f"save_state_at_tokens entry {t} must be a positive multiple of global_batch_tokens = "
-                           f"{gb} up to max_tokens = {cfg.max_tokens}")
+            raise RunError(
+                f"save_state_at_tokens entry {t} must be a positive multiple of global_batch_tokens = "
+                f"{gb} up to max_tokens = {cfg.max_tokens}"
+            )
     if cfg.schedule == "wsd" and not 0 < cfg.decay_tokens <= cfg.max_tokens:
         raise RunError(f"wsd schedule needs 0 < decay_tokens <= max_tokens, got {cfg.decay_tokens}")
     if not 0 <= cfg.min_lr <= cfg.lr:
@@ -235,17 +244,29 @@ def check_eval_data_dirs(cfg: RunConfig) -> None:
         raise RunError(f"data_dir: {e}") from None
     for name, path in cfg.eval_data_dirs.items():
         if not isinstance(name, str) or not EVAL_NAME.fullmatch(name):
-            raise RunError(f"eval_data_dirs name {name!r} is not a safe column name (val_loss_<name>): use letters, "
-                           "digits and _, starting with a letter")
+            raise RunError(
+                f"eval_data_dirs name {name!r} is not a safe column name (val_loss_<name>): use letters, "
+                "digits and _, starting with a letter"
+            )
         try:
             theirs = tokenizer_id(path)
         except DataError as e:
             raise RunError(f"eval_data_dirs.{name}: {e}") from None
         if theirs != own:
-            raise RunError(f"eval_data_dirs.{name}: {str(path)!r} has another tokenizer than data_dir "
-                           f"{cfg.data_dir!r} ({theirs[:16]} vs {own[:16]}); build it with `stacking data --out "
-                           f"{path} --tokenizer_from {cfg.data_dir}`")
+            raise RunError(
+                f"eval_data_dirs.{name}: {str(path)!r} has another tokenizer than data_dir "
+                f"{cfg.data_dir!r} ({theirs[:16]} vs {own[:16]}); build it with `stacking data --out "
+                f"{path} --tokenizer_from {cfg.data_dir}`"
+            )
 
 
-__all__ = ["EVAL_NAME", "RunConfig", "check_eval_data_dirs", "config_dict", "config_hash", "data_id", "resolve_model",
-           "validate"]
+__all__ = [
+    "EVAL_NAME",
+    "RunConfig",
+    "check_eval_data_dirs",
+    "config_dict",
+    "config_hash",
+    "data_id",
+    "resolve_model",
+    "validate",
+]

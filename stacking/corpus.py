@@ -130,8 +130,10 @@ def _existing_roots(name: str) -> list[Path]:
     """:func:`named_source_roots`, or a DataError when the named source has none on this machine."""
     roots = named_source_roots(name)
     if not roots:
-        raise DataError(f"named source {name!r} has no directory on this machine (looked in "
-                        f"{' and '.join(_C_HEADER_ROOTS) if name == 'c-headers' else 'purelib/platlib'})")
+        raise DataError(
+            f"named source {name!r} has no directory on this machine (looked in "
+            f"{' and '.join(_C_HEADER_ROOTS) if name == 'c-headers' else 'purelib/platlib'})"
+        )
     return roots
 
 
@@ -173,8 +175,9 @@ def _check_sources(sources: list[str]) -> None:
         if s in NAMED_SOURCES:
             _existing_roots(s)
         elif not Path(s).exists():
-            raise DataError(f"data source {s!r} does not exist (give {', '.join(NAMED_SOURCES)}, or {_KINDS} "
-                            "files or directories)")
+            raise DataError(
+                f"data source {s!r} does not exist (give {', '.join(NAMED_SOURCES)}, or {_KINDS} files or directories)"
+            )
 
 
 def collect_files(sources: list[str]) -> tuple[list[tuple[Path, str, str]], list[str]]:
@@ -243,8 +246,11 @@ def list_corpus(cfg: DataConfig) -> Corpus:
         if f.resolve() in train_paths:
             raise DataError(f"{f} is in both sources and val_sources; a file can be in one split only")
     splits = ["train" if cfg.val_sources else "hash"] * len(found) + ["val"] * len(val_found)
-    named = {s: {"roots": [str(r) for r in named_source_roots(s)], "n_files": 0, "n_duplicates_skipped": 0}
-             for s in dict.fromkeys(t for *_, t in found + val_found) if s in NAMED_SOURCES}
+    named = {
+        s: {"roots": [str(r) for r in named_source_roots(s)], "n_files": 0, "n_duplicates_skipped": 0}
+        for s in dict.fromkeys(t for *_, t in found + val_found)
+        if s in NAMED_SOURCES
+    }
     files, seen = [], set()
     for (f, key, src), split in zip(found + val_found, splits):
         h = sha256_file(f)
@@ -300,8 +306,9 @@ def _check_config(cfg: DataConfig) -> dict | None:
         raise DataError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     for name in ("max_files", "val_tokens", "workers"):
         if getattr(cfg, name) < 0:
-            raise DataError(f"{name} must be >= 0 (0 = {'no cap' if name == 'val_tokens' else 'all'}), "
-                            f"got {getattr(cfg, name)}")
+            raise DataError(
+                f"{name} must be >= 0 (0 = {'no cap' if name == 'val_tokens' else 'all'}), got {getattr(cfg, name)}"
+            )
     for name in ("shard_bytes", "chunk_bytes", "tokenizer_sample_bytes"):
         if getattr(cfg, name) < 1:
             raise DataError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -334,10 +341,17 @@ def build_dataset(cfg: DataConfig) -> Path:
         return out
     t0 = time.time()
     corpus = list_corpus(cfg)
-    _log(f"corpus: {len(corpus.files)} files, {sum(f.size for f in corpus.files) / 1e6:.1f} MB from "
-         f"{', '.join(corpus.sources + corpus.val_sources)}")
-    settings = {"format": 1, "text_field": cfg.text_field, "val_fraction": cfg.val_fraction,
-                "val_sources": bool(cfg.val_sources), "tokenizer": tokenizer_settings(cfg, src_meta)}
+    _log(
+        f"corpus: {len(corpus.files)} files, {sum(f.size for f in corpus.files) / 1e6:.1f} MB from "
+        f"{', '.join(corpus.sources + corpus.val_sources)}"
+    )
+    settings = {
+        "format": 1,
+        "text_field": cfg.text_field,
+        "val_fraction": cfg.val_fraction,
+        "val_sources": bool(cfg.val_sources),
+        "tokenizer": tokenizer_settings(cfg, src_meta),
+    }
     partial, resuming = shards.open_partial(out, settings)
     if resuming and cfg.tokenizer == "bpe" and not cfg.tokenizer_from:
         shards.check_bpe_sample(partial, [[f.key, f.sha256] for f in corpus.files if f.split != "val"])
@@ -346,14 +360,22 @@ def build_dataset(cfg: DataConfig) -> Path:
     if sample:  # a BPE was trained just now: the files it read, for a resumed build to check
         write_json(partial / "bpe_sample.json", [[f.key, f.sha256] for f in sample])
     units = shards.plan_units(corpus.files, cfg.shard_bytes, cfg.text_field)
-    ctx = shards.UnitContext(str(partial), spec.as_dict(), cfg.text_field, cfg.val_fraction, cfg.chunk_bytes,
-                             shards.fingerprint(settings, spec))
+    ctx = shards.UnitContext(
+        str(partial),
+        spec.as_dict(),
+        cfg.text_field,
+        cfg.val_fraction,
+        cfg.chunk_bytes,
+        shards.fingerprint(settings, spec),
+    )
     stats = shards.run_units(units, ctx, cfg.workers or len(os.sched_getaffinity(0)), _log)
     layout = shards.split_layout(stats, cfg.val_tokens, spec, partial, drop_overflow=bool(cfg.val_sources))
     meta = _meta(cfg, corpus, spec, layout, shards.unigram_val_loss(partial, layout.shards, spec))
     shards.publish(partial, out, meta)
-    _log(f"wrote {out}: {layout.tokens['train']:,} train / {layout.tokens['val']:,} val tokens, vocab "
-         f"{spec.vocab_size} in {time.time() - t0:.1f}s")
+    _log(
+        f"wrote {out}: {layout.tokens['train']:,} train / {layout.tokens['val']:,} val tokens, vocab "
+        f"{spec.vocab_size} in {time.time() - t0:.1f}s"
+    )
     return out
 
 
@@ -363,12 +385,23 @@ def _meta(cfg: DataConfig, corpus: Corpus, spec, layout, unigram: float) -> dict
     from stacking.tokenizer import meta_fields
 
     tok = meta_fields(spec)
-    meta = {"vocab_size": spec.vocab_size, "unigram_val_loss": unigram, "dtype": spec.dtype,
-            "tokenizer": tok.pop("tokenizer"), "tokenizer_sha256": tok.pop("tokenizer_sha256"),
-            "eot_id": tok.pop("eot_id"), "train_tokens": layout.tokens["train"], "val_tokens": layout.tokens["val"],
-            "val_fraction": cfg.val_fraction, "sources": corpus.sources, "named_sources": corpus.named,
-            "n_files": len(corpus.files), "n_docs": layout.n_docs, "chars": layout.chars,
-            "sha256": {"corpus": corpus.sha256, "files": corpus.hashes}}
+    meta = {
+        "vocab_size": spec.vocab_size,
+        "unigram_val_loss": unigram,
+        "dtype": spec.dtype,
+        "tokenizer": tok.pop("tokenizer"),
+        "tokenizer_sha256": tok.pop("tokenizer_sha256"),
+        "eot_id": tok.pop("eot_id"),
+        "train_tokens": layout.tokens["train"],
+        "val_tokens": layout.tokens["val"],
+        "val_fraction": cfg.val_fraction,
+        "sources": corpus.sources,
+        "named_sources": corpus.named,
+        "n_files": len(corpus.files),
+        "n_docs": layout.n_docs,
+        "chars": layout.chars,
+        "sha256": {"corpus": corpus.sha256, "files": corpus.hashes},
+    }
     if cfg.tokenizer_from or cfg.tokenizer not in ("bpe", "bytes"):
         meta["tokenizer_from"] = str(Path(cfg.tokenizer_from or cfg.tokenizer).resolve())
     meta |= tok  # pretrained: bos_id, add_bos

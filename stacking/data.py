@@ -70,8 +70,10 @@ def split_shards(data_dir: str | Path, meta: dict, split: str) -> list[Shard]:
         if n is None and f.stat().st_size % itemsize == 0:
             n = f.stat().st_size // itemsize
         if n is None or f.stat().st_size != n * itemsize:
-            raise DataError(f"{f} has the wrong size ({f.stat().st_size} bytes, expected {split}_tokens x "
-                            f"{itemsize}); rebuild the dataset")
+            raise DataError(
+                f"{f} has the wrong size ({f.stat().st_size} bytes, expected {split}_tokens x "
+                f"{itemsize}); rebuild the dataset"
+            )
         if n == 0:
             raise DataError(f"{f} is empty; give more data")
         return [Shard(f, n)]
@@ -81,8 +83,10 @@ def split_shards(data_dir: str | Path, meta: dict, split: str) -> list[Shard]:
     shards = [_shard(d, split, i, e, itemsize) for i, e in enumerate(entries)]
     total = sum(s.tokens for s in shards)
     if total != meta.get(f"{split}_tokens"):
-        raise DataError(f"{d / 'meta.json'}: shards.{split} add up to {total} tokens but {split}_tokens is "
-                        f"{meta.get(f'{split}_tokens')}; rebuild or re-import the dataset")
+        raise DataError(
+            f"{d / 'meta.json'}: shards.{split} add up to {total} tokens but {split}_tokens is "
+            f"{meta.get(f'{split}_tokens')}; rebuild or re-import the dataset"
+        )
     if total == 0:
         raise DataError(f"{d / 'meta.json'}: shards.{split} hold no tokens; give more data")
     return shards
@@ -93,15 +97,19 @@ def _shard(d: Path, split: str, i: int, entry, itemsize: int) -> Shard:
     ok = isinstance(entry, dict) and isinstance(entry.get("path"), str)
     tokens, offset = (entry.get("tokens"), entry.get("byte_offset", 0)) if ok else (None, None)
     if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (tokens, offset)):
-        raise DataError(f"{d / 'meta.json'}: shards.{split}[{i}] must be {{path, tokens, byte_offset}} with "
-                        f"integers >= 0, got {entry!r}")
+        raise DataError(
+            f"{d / 'meta.json'}: shards.{split}[{i}] must be {{path, tokens, byte_offset}} with "
+            f"integers >= 0, got {entry!r}"
+        )
     path = d / entry["path"]  # an absolute path stays as it is
     if not path.is_file():
         raise DataError(f"{path} (shards.{split}[{i}] of {d}) is missing")
     need = offset + tokens * itemsize
     if path.stat().st_size < need:
-        raise DataError(f"{path} has {path.stat().st_size} bytes, fewer than shards.{split}[{i}] of {d} needs "
-                        f"(byte_offset {offset} + {tokens} tokens x {itemsize} bytes = {need})")
+        raise DataError(
+            f"{path} has {path.stat().st_size} bytes, fewer than shards.{split}[{i}] of {d} needs "
+            f"(byte_offset {offset} + {tokens} tokens x {itemsize} bytes = {need})"
+        )
     return Shard(path, tokens, offset)
 
 
@@ -154,8 +162,11 @@ class ShardedTokens:
             return np.empty(0, self.dtype)
         first = int(np.searchsorted(self.starts, a, side="right")) - 1
         last = int(np.searchsorted(self.starts, b, side="left")) - 1  # the shard holding token b - 1
-        parts = [self._part(i)[max(a - self.starts[i], 0): min(b, self.starts[i + 1]) - self.starts[i]]
-                 for i in range(first, last + 1) if self.shards[i].tokens]  # an empty file cannot be mapped
+        parts = [
+            self._part(i)[max(a - self.starts[i], 0) : min(b, self.starts[i + 1]) - self.starts[i]]
+            for i in range(first, last + 1)
+            if self.shards[i].tokens
+        ]  # an empty file cannot be mapped
         return np.concatenate(parts)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -193,8 +204,9 @@ def load_tokens(data_dir: str | Path, split: str) -> np.memmap | ShardedTokens:
 class _TrainStream(torch.utils.data.IterableDataset):
     """Endless micro-batches ``start, start+world, …`` for one rank; the trainer stops at max_steps."""
 
-    def __init__(self, data_dir: str, seq_len: int, micro_batch_size: int, seed: int, start: int, rank: int,
-                 world: int):
+    def __init__(
+        self, data_dir: str, seq_len: int, micro_batch_size: int, seed: int, start: int, rank: int, world: int
+    ):
         self.data_dir, self.seq_len, self.mbs, self.seed = data_dir, seq_len, micro_batch_size, seed
         self.start, self.rank, self.world = start, rank, world
 
@@ -320,6 +332,7 @@ class TokenDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        ds = _TrainStream(self.data_dir, self.seq_len, self.micro_batch_size, self.seed, self.start_micro_batch,
-                          rank, world)
+        ds = _TrainStream(
+            self.data_dir, self.seq_len, self.micro_batch_size, self.seed, self.start_micro_batch, rank, world
+        )
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)

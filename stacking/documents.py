@@ -85,7 +85,7 @@ class _ZstdRaw(io.RawIOBase):
                 return 0
             self._out, self._pos = self._feed(data), 0
         n = min(len(b), len(self._out) - self._pos)
-        b[:n] = self._out[self._pos: self._pos + n]
+        b[:n] = self._out[self._pos : self._pos + n]
         self._pos += n
         return n
 
@@ -199,8 +199,9 @@ def _parquet_docs(path: Path, key: str, text_field: str, row_groups: tuple[int, 
         raise DataError(f"{path}: corrupt Parquet data near row {i} ({' '.join(str(e).split())})") from None
 
 
-def file_documents(path: Path, key: str, text_field: str, row_groups: tuple[int, int] | None = None
-                   ) -> Iterator[tuple[str, str]]:
+def file_documents(
+    path: Path, key: str, text_field: str, row_groups: tuple[int, int] | None = None
+) -> Iterator[tuple[str, str]]:
     """(split key, text) of each document of one file, streamed: a text file is one document (key: the file's
     key), a JSONL file one per non-blank line and a Parquet file one per row (``key#index``, or the file's key when
     it holds exactly one). ``row_groups=(a, b)``: only those Parquet row groups (indices stay the file's)."""

@@ -37,7 +37,7 @@ def val_documents(data_dir: str | Path, tokenizer, max_docs: int) -> list[str]:
     tokens, eot = load_tokens(data_dir, "val"), tokenizer.eot_id
     spans, start, pos, chunk = [], 0, 0, 1 << 22
     while pos < len(tokens) and len(spans) < max_docs:
-        part = np.asarray(tokens[pos: pos + chunk])
+        part = np.asarray(tokens[pos : pos + chunk])
         for end in (np.flatnonzero(part == eot) + pos).tolist():
             spans.append((start, end))
             start = end + 1
@@ -55,8 +55,14 @@ def _mc_item(lines: list[str], i: int, k: int, pool: list[str], rng: random.Rand
     choices = [true + "\n"] + [indent + o + "\n" for o in others]  # distractors indented like the true line
     order = list(range(4))
     rng.shuffle(order)
-    return {"id": f"{doc}:{i}", "doc": doc, "line": i, "context": "\n".join(lines[i - k: i]) + "\n",
-            "choices": [choices[j] for j in order], "gold": order.index(0)}
+    return {
+        "id": f"{doc}:{i}",
+        "doc": doc,
+        "line": i,
+        "context": "\n".join(lines[i - k : i]) + "\n",
+        "choices": [choices[j] for j in order],
+        "gold": order.index(0),
+    }
 
 
 def nextline_items(texts: list[str], seed: int, context_lines: int, n: int) -> list[dict]:
@@ -72,8 +78,10 @@ def nextline_items(texts: list[str], seed: int, context_lines: int, n: int) -> l
         questions = [i for i in ok if i >= context_lines]
         if len(pool) < 4 or not questions:
             continue
-        items += [_mc_item(lines, i, context_lines, pool, rng, d)
-                  for i in sorted(rng.sample(questions, min(per_doc, len(questions))))]
+        items += [
+            _mc_item(lines, i, context_lines, pool, rng, d)
+            for i in sorted(rng.sample(questions, min(per_doc, len(questions))))
+        ]
     random.Random(f"nextline_mc/{seed}").shuffle(items)
     return items[:n]
 
@@ -98,8 +106,16 @@ def heldout_pieces(texts: list[str], tokenizer, seed: int, max_tokens: int, n: i
     rows = []
     for d, text in enumerate(texts):
         for p, piece in enumerate(x for x in _pieces(text, tokenizer, max_tokens) if x.strip()):
-            rows.append({"id": f"{d}:{p}", "doc": d, "piece": p, "text": piece,
-                         "n_tokens": len(tokenizer.encode(piece)), "n_bytes": len(piece.encode("utf-8"))})
+            rows.append(
+                {
+                    "id": f"{d}:{p}",
+                    "doc": d,
+                    "piece": p,
+                    "text": piece,
+                    "n_tokens": len(tokenizer.encode(piece)),
+                    "n_bytes": len(piece.encode("utf-8")),
+                }
+            )
     random.Random(f"heldout_ppl/{seed}").shuffle(rows)
     return rows[:n]
 
@@ -110,23 +126,39 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def build_tasks(data_dir: str | Path, out: str | Path, *, seed: int = 0, context_lines: int = 8, n_mc: int = 1000,
-                n_ppl: int = 500, max_doc_tokens: int = 2048, max_docs: int = 2000) -> Path:
+def build_tasks(
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    context_lines: int = 8,
+    n_mc: int = 1000,
+    n_ppl: int = 500,
+    max_doc_tokens: int = 2048,
+    max_docs: int = 2000,
+) -> Path:
     """Write the offline tasks over ``data_dir``'s held-out documents into ``out``: nextline_mc.yaml /
     heldout_ppl.yaml and stacking_tasks.py (copied from stacking/eval_tasks/), their JSONL rows, and tasks.json
     (how they were built). ``stacking eval … --include_path OUT`` then runs them offline."""
     from stacking.tokenizer import load_dataset_tokenizer
 
-    for name, value in (("context_lines", context_lines), ("n_mc", n_mc), ("n_ppl", n_ppl),
-                        ("max_doc_tokens", max_doc_tokens), ("max_docs", max_docs)):
+    for name, value in (
+        ("context_lines", context_lines),
+        ("n_mc", n_mc),
+        ("n_ppl", n_ppl),
+        ("max_doc_tokens", max_doc_tokens),
+        ("max_docs", max_docs),
+    ):
         if value < 1:
             raise EvalError(f"--{name} must be a positive integer, got {value}")
     tok = load_dataset_tokenizer(data_dir)
     texts = val_documents(data_dir, tok, max_docs)
     mc = nextline_items(texts, seed, context_lines, n_mc)
     if not mc:
-        raise EvalError(f"the val split of {data_dir} has no document with {context_lines + 1}+ lines and 4 "
-                        f"distinct lines of {MIN_LINE_CHARS}+ characters: nextline_mc would be empty")
+        raise EvalError(
+            f"the val split of {data_dir} has no document with {context_lines + 1}+ lines and 4 "
+            f"distinct lines of {MIN_LINE_CHARS}+ characters: nextline_mc would be empty"
+        )
     ppl = heldout_pieces(texts, tok, seed, max_doc_tokens, n_ppl)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,9 +167,17 @@ def build_tasks(data_dir: str | Path, out: str | Path, *, seed: int = 0, context
             shutil.copyfile(f, out / f.name)
     _write_jsonl(out / "nextline_mc.jsonl", mc)
     _write_jsonl(out / "heldout_ppl.jsonl", ppl)
-    write_json(out / TASKS_META, {
-        "data_dir": str(Path(data_dir).resolve()), "tokenizer_id": tokenizer_id(tok), "seed": seed,
-        "context_lines": context_lines, "max_doc_tokens": max_doc_tokens, "val_documents": len(texts),
-        "rows": {"nextline_mc": len(mc), "heldout_ppl": len(ppl)},
-        "heldout_ppl_tokens": sum(r["n_tokens"] for r in ppl)})
+    write_json(
+        out / TASKS_META,
+        {
+            "data_dir": str(Path(data_dir).resolve()),
+            "tokenizer_id": tokenizer_id(tok),
+            "seed": seed,
+            "context_lines": context_lines,
+            "max_doc_tokens": max_doc_tokens,
+            "val_documents": len(texts),
+            "rows": {"nextline_mc": len(mc), "heldout_ppl": len(ppl)},
+            "heldout_ppl_tokens": sum(r["n_tokens"] for r in ppl),
+        },
+    )
     return out

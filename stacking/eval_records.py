@@ -27,8 +27,9 @@ def result_name(checkpoint: str, tasks: list[str], limit: float | None, num_fews
     return f"{checkpoint}_{joined}{limit_part}{shots}.json"
 
 
-def find_result(run_dir: str | Path, tokens: int, tasks: list[str], limit: float | None,
-                num_fewshot: int | None) -> Path | None:
+def find_result(
+    run_dir: str | Path, tokens: int, tasks: list[str], limit: float | None, num_fewshot: int | None
+) -> Path | None:
     """The result in ``run_dir/eval/`` of these settings for the run's checkpoint at ``tokens`` (its
     ``checkpoints/tokens-N`` with N = tokens), or None when it has not been evaluated so."""
     suffix = result_name("", tasks, limit, num_fewshot)
@@ -65,8 +66,9 @@ def metrics(record: dict) -> list[Metric]:
                 continue
             metric = name if filt == "none" else f"{name}_{filt}"
             higher = (directions.get(task) or {}).get(name)
-            out.append(Metric(f"{PREFIX}{task}_{metric}", task, metric, float(value),
-                              None if higher is None else bool(higher)))
+            out.append(
+                Metric(f"{PREFIX}{task}_{metric}", task, metric, float(value), None if higher is None else bool(higher))
+            )
     return out
 
 

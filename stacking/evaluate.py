@@ -82,14 +82,18 @@ def resolve_target(target: str | Path) -> tuple[Path, Path | None]:
         return final_checkpoint(p), p
     if not p.exists():
         raise EvalError(f"{str(p)!r} does not exist (expected a checkpoint dir or a run dir)")
-    raise EvalError(f"{str(p)!r} is neither a checkpoint dir ({WEIGHTS} + model_config.yaml) nor a run dir "
-                    "(config.yaml + checkpoints/)")
+    raise EvalError(
+        f"{str(p)!r} is neither a checkpoint dir ({WEIGHTS} + model_config.yaml) nor a run dir "
+        "(config.yaml + checkpoints/)"
+    )
 
 
 def _data_dir_ok(d: Path, where: str) -> Path:
     if not (d / "meta.json").is_file():
-        raise EvalError(f"data dir {str(d)!r} ({where}) has no meta.json; pass --data_dir, the dataset the model "
-                        "was trained on (its tokenizer is read from there)")
+        raise EvalError(
+            f"data dir {str(d)!r} ({where}) has no meta.json; pass --data_dir, the dataset the model "
+            "was trained on (its tokenizer is read from there)"
+        )
     return d
 
 
@@ -108,8 +112,10 @@ def resolve_data_dir(given: str | Path | None, meta: dict, run_dir: Path | None)
             data = (yaml.safe_load(cfg.read_text()) or {}).get("data_dir")
             if data:
                 return _data_dir_ok(Path(data), f"data_dir of {cfg}")
-    raise EvalError("no data dir to read the tokenizer from (the checkpoint lies in no run dir with a config.yaml "
-                    "and its stacking_meta.json names none); pass --data_dir")
+    raise EvalError(
+        "no data dir to read the tokenizer from (the checkpoint lies in no run dir with a config.yaml "
+        "and its stacking_meta.json names none); pass --data_dir"
+    )
 
 
 def build_model(ckpt, tokenizer, device: str, dtype: str) -> torch.nn.Module:
@@ -118,8 +124,10 @@ def build_model(ckpt, tokenizer, device: str, dtype: str) -> torch.nn.Module:
 
     rows = ckpt.config.padded_vocab_size
     if tokenizer.vocab_size > rows:
-        raise EvalError(f"the tokenizer has {tokenizer.vocab_size} ids but the model at {ckpt.path} embeds only "
-                        f"{rows}: pass the --data_dir the model was trained on")
+        raise EvalError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model at {ckpt.path} embeds only "
+            f"{rows}: pass the --data_dir the model was trained on"
+        )
     if dtype not in DTYPES:
         raise EvalError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     try:
@@ -140,7 +148,7 @@ def windows(prefix: list[int], targets: list[int], block: int) -> list[tuple[lis
     seq, out = prefix + targets, []
     for a in range(0, len(targets), block):
         end = len(prefix) + min(a + block, len(targets))  # seq[end - 1] is the window's last target
-        out.append((seq[max(0, end - 1 - block): end - 1], targets[a: a + block]))
+        out.append((seq[max(0, end - 1 - block) : end - 1], targets[a : a + block]))
     return out
 
 
@@ -171,7 +179,7 @@ class Scorer:
         items.sort(key=lambda item: -len(item[1][0]))
         total, greedy = [0.0] * len(requests), [True] * len(requests)
         for s in range(0, len(items), self.batch_size):
-            batch = items[s: s + self.batch_size]
+            batch = items[s : s + self.batch_size]
             for (r, _), (lp, g) in zip(batch, self._forward([w for _, w in batch])):
                 total[r] += lp
                 greedy[r] = greedy[r] and g
@@ -185,7 +193,7 @@ class Scorer:
         logits = self.model(idx.to(self.device))
         out = []
         for row, (x, y) in enumerate(batch):
-            lp = logits[row, len(x) - len(y): len(x)].float().log_softmax(-1)
+            lp = logits[row, len(x) - len(y) : len(x)].float().log_softmax(-1)
             target = torch.tensor(y, device=lp.device)
             best = lp[:, : self.vocab].argmax(-1)
             out.append((float(lp.gather(-1, target[:, None]).double().sum()), bool((best == target).all())))
@@ -207,7 +215,7 @@ class Scorer:
         (no KV cache: each step reruns the last block of tokens)."""
         ids, new, text = [self.eot, *self.tok.encode(context)], [], ""
         for _ in range(max_tokens):
-            logits = self.model(torch.tensor([ids[-self.block:]], device=self.device))
+            logits = self.model(torch.tensor([ids[-self.block :]], device=self.device))
             nxt = int(logits[0, -1, : self.vocab].argmax())
             if nxt == self.eot:
                 break
@@ -270,8 +278,12 @@ def task_manager(tasks: list[str], include_path: list[str] | None):
     unknown = [t for t in named if t not in tm.all_tasks]
     if unknown:
         local = [t for t in unknown if t in LOCAL_TASKS]
-        hint = (f"; {', '.join(local)}: build with `stacking eval-tasks --data_dir DATA --out DIR`, then pass "
-                "--include_path DIR" if local else "; see `lm-eval ls tasks` or pass --include_path")
+        hint = (
+            f"; {', '.join(local)}: build with `stacking eval-tasks --data_dir DATA --out DIR`, then pass "
+            "--include_path DIR"
+            if local
+            else "; see `lm-eval ls tasks` or pass --include_path"
+        )
         raise EvalError(f"unknown task(s) {', '.join(unknown)}{hint}")
     return tm
 
@@ -279,15 +291,18 @@ def task_manager(tasks: list[str], include_path: list[str] | None):
 def _simple_evaluate(lm_eval, lm, tasks, tm, limit, num_fewshot, log_samples: bool) -> dict:
     """lm_eval.simple_evaluate; a dataset that cannot be loaded offline is one EvalError line."""
     try:
-        return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, num_fewshot=num_fewshot,
-                                       log_samples=log_samples)
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, task_manager=tm, limit=limit, num_fewshot=num_fewshot, log_samples=log_samples
+        )
     except Exception as e:  # datasets / huggingface_hub raise their own classes
         origin = type(e).__module__.split(".")[0]
         if not (isinstance(e, OSError) or origin in ("datasets", "huggingface_hub", "requests", "httpx")):
             raise
         line = (str(e).strip().splitlines() or [""])[0][:240]
-        raise EvalError(f"a task's dataset cannot be loaded offline ({type(e).__name__}: {line}); fill the local "
-                        "HF cache first (docs/evaluation.md)") from None
+        raise EvalError(
+            f"a task's dataset cannot be loaded offline ({type(e).__name__}: {line}); fill the local "
+            "HF cache first (docs/evaluation.md)"
+        ) from None
 
 
 def _tasks_provenance(include_path: list[str] | None, tokenizer) -> dict:
@@ -300,15 +315,28 @@ def _tasks_provenance(include_path: list[str] | None, tokenizer) -> dict:
             out[str(path)] = meta = json.loads(meta_path.read_text())
             meta["sha256"] = {f.name: sha256_file(f) for f in sorted(Path(path).glob("*.jsonl"))}
             if meta.get("tokenizer_id") != tokenizer_id(tokenizer):
-                print(f"stacking eval: note: the tasks in {path} were built with another tokenizer "
-                      f"({meta.get('tokenizer_id')}); heldout_ppl's token_loss and token_perplexity count its tokens, "
-                      "bits_per_byte does not", file=sys.stderr)
+                print(
+                    f"stacking eval: note: the tasks in {path} were built with another tokenizer "
+                    f"({meta.get('tokenizer_id')}); heldout_ppl's token_loss and token_perplexity count its tokens, "
+                    "bits_per_byte does not",
+                    file=sys.stderr,
+                )
     return out
 
 
-def evaluate(target: str | Path, tasks: list[str], *, include_path: list[str] | None = None, limit=None,
-             num_fewshot: int | None = None, data_dir: str | Path | None = None, batch_size: int = 16,
-             device: str = "cpu", dtype: str = "float32", log_samples: bool = False) -> dict:
+def evaluate(
+    target: str | Path,
+    tasks: list[str],
+    *,
+    include_path: list[str] | None = None,
+    limit=None,
+    num_fewshot: int | None = None,
+    data_dir: str | Path | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    dtype: str = "float32",
+    log_samples: bool = False,
+) -> dict:
     """Evaluate a checkpoint dir or a run dir's final checkpoint on lm-eval ``tasks``: lm-eval's results (its
     ``results``, ``versions``, ``n-shot``, ``n-samples``, ``higher_is_better``, ``configs``, ``groups``) plus the
     checkpoint (path, sha256 of its weights, stacking_meta, growth), the data dir, tokenizer and lm-eval version."""
@@ -323,20 +351,40 @@ def evaluate(target: str | Path, tasks: list[str], *, include_path: list[str] | 
     tm = task_manager(tasks, include_path)
     provenance = _tasks_provenance(include_path, tok)
     t0 = time.perf_counter()
-    out = _simple_evaluate(lm_eval, lm_class()(Scorer(model, tok, batch_size)), tasks, tm, limit, num_fewshot,
-                           log_samples)
+    out = _simple_evaluate(
+        lm_eval, lm_class()(Scorer(model, tok, batch_size)), tasks, tm, limit, num_fewshot, log_samples
+    )
     record = {
-        "checkpoint": {"path": str(ckpt_dir.resolve()), "run_dir": str(run_dir.resolve()) if run_dir else None,
-                       "sha256": sha256_file(ckpt_dir / WEIGHTS), "stacking_meta": ckpt.meta, "growth": ckpt.growth,
-                       "n_layer": ckpt.config.n_layer, "n_embd": ckpt.config.n_embd,
-                       "block_size": ckpt.config.block_size, "params": sum(p.numel() for p in model.parameters())},
-        "data_dir": str(data.resolve()), "tokenizer": {"id": tokenizer_id(tok), **tok.spec.as_dict()},
+        "checkpoint": {
+            "path": str(ckpt_dir.resolve()),
+            "run_dir": str(run_dir.resolve()) if run_dir else None,
+            "sha256": sha256_file(ckpt_dir / WEIGHTS),
+            "stacking_meta": ckpt.meta,
+            "growth": ckpt.growth,
+            "n_layer": ckpt.config.n_layer,
+            "n_embd": ckpt.config.n_embd,
+            "block_size": ckpt.config.block_size,
+            "params": sum(p.numel() for p in model.parameters()),
+        },
+        "data_dir": str(data.resolve()),
+        "tokenizer": {"id": tokenizer_id(tok), **tok.spec.as_dict()},
         "lm_eval_version": lm_eval.__version__,
-        "eval": {"tasks": tasks, "include_path": include_path, "limit": limit, "num_fewshot": num_fewshot,
-                 "batch_size": batch_size, "device": device, "dtype": dtype, "task_sources": provenance,
-                 "wall_time_s": round(time.perf_counter() - t0, 3)},
-        **{k: out[k] for k in ("results", "groups", "versions", "n-shot", "n-samples", "higher_is_better", "configs",
-                               "samples") if k in out},
+        "eval": {
+            "tasks": tasks,
+            "include_path": include_path,
+            "limit": limit,
+            "num_fewshot": num_fewshot,
+            "batch_size": batch_size,
+            "device": device,
+            "dtype": dtype,
+            "task_sources": provenance,
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+        },
+        **{
+            k: out[k]
+            for k in ("results", "groups", "versions", "n-shot", "n-samples", "higher_is_better", "configs", "samples")
+            if k in out
+        },
     }
     return json.loads(json.dumps(record, default=lm_eval.utils.handle_non_serializable))
 
@@ -351,26 +399,47 @@ def default_out(record: dict) -> Path:
 
 # ---- command lines ------------------------------------------------------------------------------------------------
 def eval_parser():
-    p = parser("stacking eval", "Evaluate a checkpoint dir, or a run dir's final checkpoint, on lm-evaluation-"
-               "harness tasks through its Python API, with the model's own dataset tokenizer (no HF conversion). "
-               "Nothing is downloaded: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE default to 1, so standard tasks "
-               "(hellaswag, arc_easy, piqa, …) need their datasets in the local HF cache (docs/evaluation.md). "
-               "The offline tasks nextline_mc and heldout_ppl come from `stacking eval-tasks`.")
-    p.add_argument("target", metavar="CKPT_OR_RUN", help="checkpoint dir (lit_model.pth + model_config.yaml) or "
-                   "run dir (its checkpoints/tokens-… with the most tokens)")
+    p = parser(
+        "stacking eval",
+        "Evaluate a checkpoint dir, or a run dir's final checkpoint, on lm-evaluation-"
+        "harness tasks through its Python API, with the model's own dataset tokenizer (no HF conversion). "
+        "Nothing is downloaded: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE default to 1, so standard tasks "
+        "(hellaswag, arc_easy, piqa, …) need their datasets in the local HF cache (docs/evaluation.md). "
+        "The offline tasks nextline_mc and heldout_ppl come from `stacking eval-tasks`.",
+    )
+    p.add_argument(
+        "target",
+        metavar="CKPT_OR_RUN",
+        help="checkpoint dir (lit_model.pth + model_config.yaml) or "
+        "run dir (its checkpoints/tokens-… with the most tokens)",
+    )
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. nextline_mc,heldout_ppl")
-    p.add_argument("--include_path", default=None, help="dir(s) of task YAMLs, comma-separated (e.g. the --out of "
-                   "`stacking eval-tasks`)")
+    p.add_argument(
+        "--include_path",
+        default=None,
+        help="dir(s) of task YAMLs, comma-separated (e.g. the --out of `stacking eval-tasks`)",
+    )
     p.add_argument("--limit", type=float | None, default=None, help="documents per task (< 1: a fraction)")
     p.add_argument("--num_fewshot", type=int | None, default=None, help="few-shot examples (default: the task's)")
-    p.add_argument("--out", default=None, help="results JSON (default: eval/ in the run dir, or next to the "
-                   "checkpoint dir: CKPT_TASKS[_limitN][_Kshot].json)")
-    p.add_argument("--data_dir", default=None, help="dataset dir whose tokenizer the model reads (default: the "
-                   "run's config.yaml data_dir)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: eval/ in the run dir, or next to the "
+        "checkpoint dir: CKPT_TASKS[_limitN][_Kshot].json)",
+    )
+    p.add_argument(
+        "--data_dir",
+        default=None,
+        help="dataset dir whose tokenizer the model reads (default: the run's config.yaml data_dir)",
+    )
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model weights' dtype "
-                   "(log-probabilities are taken in float32)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=list(DTYPES),
+        help="model weights' dtype (log-probabilities are taken in float32)",
+    )
     p.add_argument("--log_samples", type=bool, default=False, help="also write lm-eval's per-document samples")
     return p
 
@@ -392,9 +461,18 @@ def _eval(argv: list[str]) -> int:
     tasks = _split(args.tasks)
     if not tasks:
         raise UsageError("argument --tasks: give at least one task name")
-    record = evaluate(args.target, tasks, include_path=_split(args.include_path) or None, limit=_limit(args.limit),
-                      num_fewshot=args.num_fewshot, data_dir=args.data_dir, batch_size=args.batch_size,
-                      device=args.device, dtype=args.dtype, log_samples=args.log_samples)
+    record = evaluate(
+        args.target,
+        tasks,
+        include_path=_split(args.include_path) or None,
+        limit=_limit(args.limit),
+        num_fewshot=args.num_fewshot,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        log_samples=args.log_samples,
+    )
     path = Path(args.out) if args.out else default_out(record)
     write_json(path, record)
     from lm_eval.utils import make_table
@@ -410,31 +488,43 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def tasks_parser():
-    p = parser("stacking eval-tasks", "Build the offline lm-eval tasks from a dataset's held-out (val) documents: "
-               "nextline_mc (the true next line among 4 lines of the same file, after --context_lines lines) and "
-               "heldout_ppl (rolling log-likelihood of the files, in pieces of ≤ --max_doc_tokens tokens). Writes "
-               "the task YAMLs, their JSONL rows and tasks.json into --out; evaluate with `stacking eval CKPT "
-               "--tasks nextline_mc,heldout_ppl --include_path OUT`. Deterministic in --seed.")
+    p = parser(
+        "stacking eval-tasks",
+        "Build the offline lm-eval tasks from a dataset's held-out (val) documents: "
+        "nextline_mc (the true next line among 4 lines of the same file, after --context_lines lines) and "
+        "heldout_ppl (rolling log-likelihood of the files, in pieces of ≤ --max_doc_tokens tokens). Writes "
+        "the task YAMLs, their JSONL rows and tasks.json into --out; evaluate with `stacking eval CKPT "
+        "--tasks nextline_mc,heldout_ppl --include_path OUT`. Deterministic in --seed.",
+    )
     p.add_argument("--data_dir", required=True, help="dataset dir (`stacking data`): its val split and tokenizer")
     p.add_argument("--out", required=True, help="dir to write the tasks into (created; our files overwritten)")
     p.add_argument("--seed", type=int, default=0, help="picks the lines, distractors and orders")
     p.add_argument("--context_lines", type=int, default=8, help="nextline_mc: lines of context before the line")
     p.add_argument("--n_mc", type=int, default=1000, help="nextline_mc: questions")
     p.add_argument("--n_ppl", type=int, default=500, help="heldout_ppl: file pieces")
-    p.add_argument("--max_doc_tokens", type=int, default=2048, help="heldout_ppl: tokens per piece (cut at line "
-                   "ends)")
+    p.add_argument("--max_doc_tokens", type=int, default=2048, help="heldout_ppl: tokens per piece (cut at line ends)")
     p.add_argument("--max_docs", type=int, default=2000, help="val documents read (the first ones)")
     return p
 
 
 def _eval_tasks(argv: list[str]) -> int:
     args = parse(tasks_parser(), argv)
-    out = build_tasks(args.data_dir, args.out, seed=args.seed, context_lines=args.context_lines, n_mc=args.n_mc,
-                      n_ppl=args.n_ppl, max_doc_tokens=args.max_doc_tokens, max_docs=args.max_docs)
+    out = build_tasks(
+        args.data_dir,
+        args.out,
+        seed=args.seed,
+        context_lines=args.context_lines,
+        n_mc=args.n_mc,
+        n_ppl=args.n_ppl,
+        max_doc_tokens=args.max_doc_tokens,
+        max_docs=args.max_docs,
+    )
     meta = json.loads((out / TASKS_META).read_text())
-    print(f"wrote {out}: nextline_mc {meta['rows']['nextline_mc']} questions, heldout_ppl "
-          f"{meta['rows']['heldout_ppl']} pieces ({meta['heldout_ppl_tokens']:,} tokens) from "
-          f"{meta['val_documents']} val documents")
+    print(
+        f"wrote {out}: nextline_mc {meta['rows']['nextline_mc']} questions, heldout_ppl "
+        f"{meta['rows']['heldout_ppl']} pieces ({meta['heldout_ppl_tokens']:,} tokens) from "
+        f"{meta['val_documents']} val documents"
+    )
     return 0
 
 

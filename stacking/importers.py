@@ -90,8 +90,7 @@ class TokenFile:
         """Tokens ``[a, b)`` in memory."""
         if b <= a:
             return np.zeros(0, self.dtype)
-        return np.asarray(np.memmap(self.path, self.dtype, "r", self.byte_offset + a * self.dtype.itemsize,
-                                    (b - a,)))
+        return np.asarray(np.memmap(self.path, self.dtype, "r", self.byte_offset + a * self.dtype.itemsize, (b - a,)))
 
     def where(self, pos: int) -> str:
         return f"{self.path} at byte {self.byte_offset + pos * self.dtype.itemsize}"
@@ -199,8 +198,10 @@ def megatron(prefix: Path, dtype: str | None) -> TokenFile:
         raise DataError(f"{idx} at byte 17: the index holds {dt.name} tokens but --dtype is {dtype}")
     end = _HEADER + 12 * n_seq + 8 * n_doc
     if idx.stat().st_size not in (end, end + n_seq):  # + one int8 mode per sequence in multimodal sets
-        raise DataError(f"{idx} has {idx.stat().st_size} bytes; its header ({n_seq} sequences, {n_doc} document "
-                        f"indices) needs {end}: truncated or not a Megatron index")
+        raise DataError(
+            f"{idx} has {idx.stat().st_size} bytes; its header ({n_seq} sequences, {n_doc} document "
+            f"indices) needs {end}: truncated or not a Megatron index"
+        )
     sizes = np.memmap(idx, np.int32, "r", _HEADER, (n_seq,)) if n_seq else np.zeros(0, np.int32)
     pointers = np.memmap(idx, np.int64, "r", _HEADER + 4 * n_seq, (n_seq,)) if n_seq else np.zeros(0, np.int64)
     doc_idx = np.memmap(idx, np.int64, "r", _HEADER + 12 * n_seq, (n_doc,)) if n_doc else np.zeros(0, np.int64)
@@ -213,24 +214,30 @@ def _check_sequences(idx: Path, binf: Path, sizes, pointers, itemsize: int) -> i
     """Sequences must tile the .bin: sequence i at byte sum(sizes[:i]) · itemsize, the last ending at its end."""
     bin_bytes, at = binf.stat().st_size, 0  # at: where the next sequence must start (bytes)
     for a in range(0, len(sizes), _CHUNK):
-        sz, pt = sizes[a:a + _CHUNK].astype(np.int64), np.asarray(pointers[a:a + _CHUNK])
+        sz, pt = sizes[a : a + _CHUNK].astype(np.int64), np.asarray(pointers[a : a + _CHUNK])
         if (sz < 0).any():
             i = int(np.flatnonzero(sz < 0)[0])
             raise DataError(f"{idx} at byte {_HEADER + 4 * (a + i)}: sequence {a + i} has negative size {sz[i]}")
         ends = pt + sz * itemsize
         if (past := np.flatnonzero(ends > bin_bytes)).size:
             i = int(past[0])
-            raise DataError(f"{idx}: sequence {a + i} (byte {pt[i]} + {sz[i]} tokens) ends past the end of {binf} "
-                            f"({bin_bytes} bytes); the .bin is truncated or belongs to another index")
+            raise DataError(
+                f"{idx}: sequence {a + i} (byte {pt[i]} + {sz[i]} tokens) ends past the end of {binf} "
+                f"({bin_bytes} bytes); the .bin is truncated or belongs to another index"
+            )
         want = at + np.concatenate([[0], np.cumsum(sz[:-1])]) * itemsize
         if (bad := np.flatnonzero(pt != want)).size:
             i = int(bad[0])
-            raise DataError(f"{idx}: sequence {a + i} starts at byte {pt[i]} of {binf}, not {want[i]} where the "
-                            f"sequences before it end; the index disagrees with its .bin")
+            raise DataError(
+                f"{idx}: sequence {a + i} starts at byte {pt[i]} of {binf}, not {want[i]} where the "
+                f"sequences before it end; the index disagrees with its .bin"
+            )
         at = int(want[-1] + sz[-1] * itemsize)
     if at != bin_bytes:
-        raise DataError(f"{idx}: its sequences hold {at // itemsize} tokens ({at} bytes) but {binf} has "
-                        f"{bin_bytes} bytes; the index disagrees with its .bin")
+        raise DataError(
+            f"{idx}: its sequences hold {at // itemsize} tokens ({at} bytes) but {binf} has "
+            f"{bin_bytes} bytes; the index disagrees with its .bin"
+        )
     return at // itemsize
 
 
@@ -238,10 +245,12 @@ def _check_documents(idx: Path, doc_idx, n_seq: int) -> None:
     """document_indices rise from 0 to the sequence count."""
     if len(doc_idx) < 1 or doc_idx[0] != 0 or doc_idx[-1] != n_seq:
         first, last = (int(doc_idx[0]), int(doc_idx[-1])) if len(doc_idx) else (None, None)
-        raise DataError(f"{idx}: document_indices must run from 0 to the sequence count {n_seq}, got {first} … "
-                        f"{last} ({len(doc_idx)} entries)")
+        raise DataError(
+            f"{idx}: document_indices must run from 0 to the sequence count {n_seq}, got {first} … "
+            f"{last} ({len(doc_idx)} entries)"
+        )
     for a in range(0, len(doc_idx) - 1, _CHUNK):
-        step = np.diff(np.asarray(doc_idx[a:a + _CHUNK + 1]))
+        step = np.diff(np.asarray(doc_idx[a : a + _CHUNK + 1]))
         if (bad := np.flatnonzero(step < 0)).size:
             raise DataError(f"{idx}: document_indices fall at document {a + int(bad[0]) + 1}; they must not decrease")
 
@@ -252,8 +261,10 @@ def _check_ids(tf: TokenFile, a: int, chunk: np.ndarray, vocab_size: int) -> Non
     bad = np.flatnonzero((chunk >= vocab_size) | (chunk < 0)) if chunk.size else []
     if len(bad):
         j = int(bad[0])
-        raise DataError(f"{tf.where(a + j)}: token id {int(chunk[j])} is outside [0, vocab_size={vocab_size}); "
-                        "give the right --vocab_size / --tokenizer / --dtype")
+        raise DataError(
+            f"{tf.where(a + j)}: token id {int(chunk[j])} is outside [0, vocab_size={vocab_size}); "
+            "give the right --vocab_size / --tokenizer / --dtype"
+        )
 
 
 def sample_ids(files: list[TokenFile], vocab_size: int, n_chunks: int = 16, chunk: int = 1 << 16) -> None:
@@ -279,8 +290,10 @@ def val_start(tf: TokenFile, val_tokens: int, eot_id: int | None) -> int:
     """Where val starts in the last file: ``tokens - val_tokens`` moved back to a document start, if one is known
     (Megatron: the index; flat: just after the last ``eot_id`` before it)."""
     if not 0 < val_tokens < tf.tokens:
-        raise DataError(f"{tf.path} has {tf.tokens} tokens: too few to hold out val_tokens={val_tokens} and train "
-                        "on the rest; give more data, a smaller --val_tokens, or --val_import")
+        raise DataError(
+            f"{tf.path} has {tf.tokens} tokens: too few to hold out val_tokens={val_tokens} and train "
+            "on the rest; give more data, a smaller --val_tokens, or --val_import"
+        )
     cut = tf.tokens - val_tokens
     if tf.doc_starts is not None:
         return tf.doc_starts[bisect_right(range(len(tf.doc_starts)), cut, key=tf.doc_starts.__getitem__) - 1]
@@ -312,8 +325,10 @@ def split(train: list[TokenFile], val: list[TokenFile], cfg: ImportConfig, eot_i
     start = val_start(last, cfg.val_tokens, eot_id)
     train_parts = [p for p in train_parts if p[0] is not last] + [(last, 0, start)] * (start > 0)
     if not train_parts:
-        raise DataError(f"{last.path}: its first document starts at or after the val cut (token {start}): no train "
-                        "tokens left; give more data, a smaller --val_tokens, or --val_import")
+        raise DataError(
+            f"{last.path}: its first document starts at or after the val cut (token {start}): no train "
+            "tokens left; give more data, a smaller --val_tokens, or --val_import"
+        )
     return train_parts, [(last, start, last.tokens)]
 
 
@@ -348,8 +363,10 @@ def _fingerprints(train: list[TokenFile], val: list[TokenFile], cut: bool) -> li
 
 
 def _shards(parts) -> list[dict]:
-    return [{"path": str(tf.path.resolve()), "tokens": b - a, "byte_offset": tf.byte_offset + a * tf.dtype.itemsize}
-            for tf, a, b in parts]
+    return [
+        {"path": str(tf.path.resolve()), "tokens": b - a, "byte_offset": tf.byte_offset + a * tf.dtype.itemsize}
+        for tf, a, b in parts
+    ]
 
 
 def _log(msg: str) -> None:
@@ -362,8 +379,9 @@ def _check_config(cfg: ImportConfig) -> None:
     for name in ("vocab_size", "eot_id", "val_tokens"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "eot_id" else 1)):
-            raise DataError(f"{name} must be a{' non-negative' if name == 'eot_id' else ' positive'} integer, "
-                            f"got {v!r}")
+            raise DataError(
+                f"{name} must be a{' non-negative' if name == 'eot_id' else ' positive'} integer, got {v!r}"
+            )
     if cfg.vocab_size is None and cfg.tokenizer is None:
         raise DataError("give --vocab_size or --tokenizer (the tokens' vocabulary size is not in the files)")
 
@@ -382,8 +400,10 @@ def _tokenizer(cfg: ImportConfig, dest: Path) -> tuple[int, dict]:
 def _one_format(files: list[TokenFile]) -> None:
     for tf in files:
         if (tf.fmt, tf.dtype) != (files[0].fmt, files[0].dtype):
-            raise DataError(f"{tf.path} is {tf.fmt} {tf.dtype.name} but {files[0].path} is {files[0].fmt} "
-                            f"{files[0].dtype.name}: import one format and dtype at a time")
+            raise DataError(
+                f"{tf.path} is {tf.fmt} {tf.dtype.name} but {files[0].path} is {files[0].fmt} "
+                f"{files[0].dtype.name}: import one format and dtype at a time"
+            )
 
 
 def import_dataset(cfg: ImportConfig) -> Path:
@@ -402,8 +422,10 @@ def import_dataset(cfg: ImportConfig) -> Path:
             raise DataError(f"eot_id {eot_id} is not below vocab_size {vocab_size}")
         sample_ids(train + val, vocab_size)
         train_parts, val_parts = split(train, val, cfg, eot_id)
-        _log(f"{len(train + val)} {train[0].fmt} files; counting {sum(b - a for _, a, b in train_parts):,} train / "
-             f"{sum(b - a for _, a, b in val_parts):,} val tokens")
+        _log(
+            f"{len(train + val)} {train[0].fmt} files; counting {sum(b - a for _, a, b in train_parts):,} train / "
+            f"{sum(b - a for _, a, b in val_parts):,} val tokens"
+        )
         train_counts, val_counts = count_ids(train_parts, vocab_size), count_ids(val_parts, vocab_size)
         logp = np.log((train_counts + 1.0) / (train_counts + 1.0).sum())  # add-one smoothing, as stacking data
         meta = {
@@ -413,17 +435,24 @@ def import_dataset(cfg: ImportConfig) -> Path:
             "train_tokens": int(train_counts.sum()),
             "val_tokens": int(val_counts.sum()),
             "unigram_val_loss": float(-(val_counts @ logp) / val_counts.sum()),
-            "n_docs": {"train": n_docs(train_parts, train_counts, eot_id),
-                       "val": n_docs(val_parts, val_counts, eot_id)},
+            "n_docs": {
+                "train": n_docs(train_parts, train_counts, eot_id),
+                "val": n_docs(val_parts, val_counts, eot_id),
+            },
             "sources": [str(Path(p).resolve()) for p in cfg.paths + cfg.val_import],
-            "import": {"format": train[0].fmt, "val": "val_import" if val else f"last {cfg.val_tokens} tokens",
-                       "files": _fingerprints(train, val, cut=not val)},
+            "import": {
+                "format": train[0].fmt,
+                "val": "val_import" if val else f"last {cfg.val_tokens} tokens",
+                "files": _fingerprints(train, val, cut=not val),
+            },
             "shards": {"train": _shards(train_parts), "val": _shards(val_parts)},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     read_meta(out)  # the shards as a reader sees them
-    _log(f"wrote {out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {vocab_size}, "
-         f"unigram val loss {meta['unigram_val_loss']:.3f}")
+    _log(
+        f"wrote {out}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {vocab_size}, "
+        f"unigram val loss {meta['unigram_val_loss']:.3f}"
+    )
     return out
 
 

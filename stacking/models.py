@@ -65,12 +65,19 @@ def _tiny(n_layer: int, n_embd: int) -> dict[str, Any]:
     n_head = n_embd // TINY_HEAD_SIZE
     # 3·D rather than Llama's ~8/3·D: a width-grown target must have exactly g × the base's intermediate size,
     # and 3·D divides evenly for every g that divides D.
-    return dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_query_groups=n_head, intermediate_size=3 * n_embd,
-                head_size=TINY_HEAD_SIZE)
+    return dict(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_query_groups=n_head,
+        intermediate_size=3 * n_embd,
+        head_size=TINY_HEAD_SIZE,
+    )
 
 
-def model_config(name: str, *, vocab_size: int | None = None, block_size: int | None = None,
-                 **overrides: Any) -> Config:
+def model_config(
+    name: str, *, vocab_size: int | None = None, block_size: int | None = None, **overrides: Any
+) -> Config:
     """Build the litgpt ``Config`` for a preset name, with the data's vocabulary and the run's sequence length.
 
     ``overrides`` are litgpt ``Config`` fields (e.g. ``n_layer=2`` for a base model of a tiny preset).

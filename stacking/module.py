@@ -30,16 +30,22 @@ from stacking.growth.masks import ramp_value
 PEAK_FLOPS = {
     # H200: the device calls itself "NVIDIA H200", which Lightning does not parse (its "h200 sxm1" row, 2.0e15, is
     # the sparse figure)
-    "16": [("H200", 989.5e12),
-           ("H100 PCIe", 756e12),  # Lightning's figure, listed so that the "H100" row below does not catch it
-           ("H100 NVL", 835.5e12),  # datasheet: 1671 sparse / 2; Lightning lists 1978.8e12
-           ("H100", 989.5e12),  # SXM (HBM3): datasheet 1979 sparse / 2; Lightning rounds to 989.4e12
-           ("L40S", 362.05e12),  # missing in Lightning, whose parser takes "L40S" for an L4
-           ("A10G", 70e12),  # AWS's A10G figure; Lightning lists the A10's 125e12
-           ("RTX 4090", 165.2e12)],  # Ada whitepaper, FP32 accumulate; Lightning lists the non-tensor 82.6e12
-    "32": [("H200", 66.9e12), ("H100 PCIe", 51.2e12), ("H100 NVL", 60e12),  # NVL: datasheet; Lightning lists 2×
-           ("H100", 66.9e12),  # "NVIDIA H100 80GB HBM3" names no "sxm", Lightning's key for it
-           ("L40S", 91.6e12)],
+    "16": [
+        ("H200", 989.5e12),
+        ("H100 PCIe", 756e12),  # Lightning's figure, listed so that the "H100" row below does not catch it
+        ("H100 NVL", 835.5e12),  # datasheet: 1671 sparse / 2; Lightning lists 1978.8e12
+        ("H100", 989.5e12),  # SXM (HBM3): datasheet 1979 sparse / 2; Lightning rounds to 989.4e12
+        ("L40S", 362.05e12),  # missing in Lightning, whose parser takes "L40S" for an L4
+        ("A10G", 70e12),  # AWS's A10G figure; Lightning lists the A10's 125e12
+        ("RTX 4090", 165.2e12),
+    ],  # Ada whitepaper, FP32 accumulate; Lightning lists the non-tensor 82.6e12
+    "32": [
+        ("H200", 66.9e12),
+        ("H100 PCIe", 51.2e12),
+        ("H100 NVL", 60e12),  # NVL: datasheet; Lightning lists 2×
+        ("H100", 66.9e12),  # "NVIDIA H100 80GB HBM3" names no "sxm", Lightning's key for it
+        ("L40S", 91.6e12),
+    ],
 }
 _warned_devices: set[str] = set()
 
@@ -67,8 +73,11 @@ def peak_flops(device_name: str, precision: str) -> float | None:
     value = _lightning_peak(device_name, dtype)
     if value is None and device_name not in _warned_devices:
         _warned_devices.add(device_name)
-        warnings.warn(f"no peak FLOP/s known for device {device_name!r} at {precision}; MFU is not computed "
-                      "(add it to stacking.module.PEAK_FLOPS)", stacklevel=2)
+        warnings.warn(
+            f"no peak FLOP/s known for device {device_name!r} at {precision}; MFU is not computed "
+            "(add it to stacking.module.PEAK_FLOPS)",
+            stacklevel=2,
+        )
     return value
 
 
@@ -77,8 +86,9 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None) -> floa
     return flops_per_token * tokens_per_s / peak if peak else float("nan")
 
 
-def lr_at(tokens: int, *, lr: float, min_lr: float, warmup_tokens: int, max_tokens: int, schedule: str,
-          decay_tokens: int) -> float:
+def lr_at(
+    tokens: int, *, lr: float, min_lr: float, warmup_tokens: int, max_tokens: int, schedule: str, decay_tokens: int
+) -> float:
     """LR of the optimizer step that ends at ``tokens`` (tokens of this run): linear warmup, then cosine to min_lr,
     WSD, or constant. The first step (tokens = global batch) has a small non-zero LR; the last one has min_lr."""
     if warmup_tokens and tokens < warmup_tokens:
@@ -131,8 +141,9 @@ def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> tor
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
     total = torch.zeros((), device=y.device)
     for logits, target in zip(model(x, lm_head_chunk_size=chunk), y.split(chunk, dim=1)):
-        total = total + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
-                                        reduction="sum")
+        total = total + F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), reduction="sum"
+        )
     return total / y.numel()
 
 
@@ -140,8 +151,10 @@ def optimizer_groups(model: torch.nn.Module) -> list[tuple[list[str], list[torch
     """The trainable parameters as AdamW's two groups, (names, params) each: matrices (weight-decayed), then vectors.
     Their order is the optimizer's state index order, which `named_optimizer_state` relies on."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [([n for n, p in named if p.dim() >= 2], [p for _, p in named if p.dim() >= 2]),
-            ([n for n, p in named if p.dim() < 2], [p for _, p in named if p.dim() < 2])]
+    return [
+        ([n for n, p in named if p.dim() >= 2], [p for _, p in named if p.dim() >= 2]),
+        ([n for n, p in named if p.dim() < 2], [p for _, p in named if p.dim() < 2]),
+    ]
 
 
 def named_optimizer_state(optimizer_state: dict, model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
@@ -154,8 +167,9 @@ def named_optimizer_state(optimizer_state: dict, model: torch.nn.Module) -> dict
     return {names[k]: dict(optimizer_state["state"][i]) for k, i in enumerate(order) if i in optimizer_state["state"]}
 
 
-def load_named_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
-                               named: dict[str, dict[str, torch.Tensor]]) -> None:
+def load_named_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module, named: dict[str, dict[str, torch.Tensor]]
+) -> None:
     """Put per-parameter AdamW state keyed by name into ``optimizer`` (every trainable parameter must have one)."""
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in named]
     if missing:
@@ -164,8 +178,10 @@ def load_named_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn
         if p.requires_grad:
             st = named[n]
             if st["exp_avg"].shape != p.shape:
-                raise ValueError(f"carried optimizer state for {n} has shape {tuple(st['exp_avg'].shape)}, "
-                                 f"the parameter {tuple(p.shape)}")
+                raise ValueError(
+                    f"carried optimizer state for {n} has shape {tuple(st['exp_avg'].shape)}, "
+                    f"the parameter {tuple(p.shape)}"
+                )
             optimizer.state[p] = {k: (v.to(p.device) if k != "step" else v.clone()) for k, v in st.items()}
 
 
@@ -176,8 +192,14 @@ class NaNLossError(RuntimeError):
 class GPTModule(L.LightningModule):
     """One run's model and optimisation. ``cfg`` is the resolved ``stacking.config.RunConfig``."""
 
-    def __init__(self, cfg: Any, model_config: Config, flops_per_token: float, flops_offset: float = 0.0,
-                 growth: dict | None = None):
+    def __init__(
+        self,
+        cfg: Any,
+        model_config: Config,
+        flops_per_token: float,
+        flops_offset: float = 0.0,
+        growth: dict | None = None,
+    ):
         super().__init__()
         self.cfg, self.model_config = cfg, model_config
         self.flops_per_token, self.flops_offset = flops_per_token, flops_offset
@@ -258,10 +280,11 @@ class GPTModule(L.LightningModule):
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(0, len(windows), self.cfg.micro_batch_size):
-            w = windows[i: i + self.cfg.micro_batch_size].to(self.device)
+            w = windows[i : i + self.cfg.micro_batch_size].to(self.device)
             logits = self.model(w[:, :-1])
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), w[:, 1:].reshape(-1),
-                                     reduction="sum").double()
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), w[:, 1:].reshape(-1), reduction="sum"
+            ).double()
             count += w[:, 1:].numel()
         if world > 1:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
@@ -287,5 +310,12 @@ class GPTModule(L.LightningModule):
     def lr_at_step(self, step: int) -> float:
         """LR of optimizer step ``step`` (0-indexed), i.e. the one that ends at (step + 1) × global batch tokens."""
         c = self.cfg
-        return lr_at((step + 1) * c.global_batch_tokens, lr=c.lr, min_lr=c.min_lr, warmup_tokens=c.warmup_tokens,
-                     max_tokens=c.max_tokens, schedule=c.schedule, decay_tokens=c.decay_tokens)
+        return lr_at(
+            (step + 1) * c.global_batch_tokens,
+            lr=c.lr,
+            min_lr=c.min_lr,
+            warmup_tokens=c.warmup_tokens,
+            max_tokens=c.max_tokens,
+            schedule=c.schedule,
+            decay_tokens=c.decay_tokens,
+        )

@@ -176,8 +176,9 @@ def build_unit(unit: Unit, ctx: UnitContext) -> dict:
     """Tokenize one unit into its shard files (and :func:`docs_name`); its tokens, documents and characters."""
     enc = _encoder(ctx)
     d = Path(ctx.directory)
-    files = {s: _ShardFile(d / shard_name(s, unit.index)) for s in SPLITS} | {"docs": _ShardFile(d / docs_name(
-        unit.index))}
+    files = {s: _ShardFile(d / shard_name(s, unit.index)) for s in SPLITS} | {
+        "docs": _ShardFile(d / docs_name(unit.index))
+    }
     stats = {"tokens": dict.fromkeys(SPLITS, 0), "n_docs": dict.fromkeys(SPLITS, 0), "chars": dict.fromkeys(SPLITS, 0)}
     try:
         batch: list[tuple[bool, str]] = []
@@ -256,15 +257,19 @@ def check_bpe_sample(partial: Path, train_files: list[list[str]]) -> None:
     now = train_files[: len(sample)]
     if now != sample:
         changed = next((k for (k, h), n in zip(sample, now + [[None, None]] * len(sample)) if [k, h] != n), "?")
-        raise DataError(f"{partial / 'tokenizer.json'} (an interrupted build's BPE) was trained on {changed}, which "
-                        f"has changed or moved since; delete {partial} to start over")
+        raise DataError(
+            f"{partial / 'tokenizer.json'} (an interrupted build's BPE) was trained on {changed}, which "
+            f"has changed or moved since; delete {partial} to start over"
+        )
 
 
 def _built_otherwise(partial: Path, sidecar: Path) -> DataError:
     k = int(sidecar.stem.split("-")[1])
     shard = next((partial / shard_name(s, k) for s in SPLITS if (partial / shard_name(s, k)).exists()), sidecar)
-    return DataError(f"{shard} was built with a different tokenizer or settings than this build (an interrupted "
-                     f"build); rerun with the settings it was built with, or delete {partial} to start over")
+    return DataError(
+        f"{shard} was built with a different tokenizer or settings than this build (an interrupted "
+        f"build); rerun with the settings it was built with, or delete {partial} to start over"
+    )
 
 
 def _finished(unit: Unit, ctx: UnitContext, itemsize: int) -> dict | None:
@@ -288,8 +293,10 @@ def _finished(unit: Unit, ctx: UnitContext, itemsize: int) -> dict | None:
 
 
 def _finish(unit: Unit, ctx: UnitContext, stats: dict) -> None:
-    write_json(Path(ctx.directory) / f"unit-{unit.index:05d}.json",
-               {"fingerprint": ctx.fingerprint, "files": unit.record(), **stats})
+    write_json(
+        Path(ctx.directory) / f"unit-{unit.index:05d}.json",
+        {"fingerprint": ctx.fingerprint, "files": unit.record(), **stats},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -328,8 +335,9 @@ def _execute(todo: list[Unit], ctx: UnitContext, workers: int) -> Iterator[tuple
     # than each worker's tokenizer using every CPU); fewer workers get several threads each
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     ctx = replace(ctx, threads=threads)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(threads,))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+    )
     done = False
     try:
         futures = {pool.submit(build_unit, u, ctx): u for u in todo}
@@ -337,8 +345,10 @@ def _execute(todo: list[Unit], ctx: UnitContext, workers: int) -> Iterator[tuple
             yield futures[fut], fut.result()
         done = True
     except BrokenProcessPool:
-        raise DataError("a tokenizing worker process died (out of memory, or killed); rerun the same command to "
-                        "resume from the finished units") from None
+        raise DataError(
+            "a tokenizing worker process died (out of memory, or killed); rerun the same command to "
+            "resume from the finished units"
+        ) from None
     finally:
         if not done:  # an error: stop the other units now rather than after their current one
             for proc in list((getattr(pool, "_processes", None) or {}).values()):  # private, no public way yet
@@ -371,8 +381,10 @@ class _Progress:
             return
         self.last, dt = now, max(now - self.t0, 1e-9)
         eta = dt * (self.todo_bytes - self.done_bytes) / max(self.done_bytes, 1)
-        self.log(f"units {self.reused + self.done}/{self.n} ({self.reused} reused), {self.tokens / 1e6:.1f}M tokens, "
-                 f"{self.tokens / dt / 1e6:.2f}M tokens/s, ETA {int(eta) // 60}m{int(eta) % 60:02d}s")
+        self.log(
+            f"units {self.reused + self.done}/{self.n} ({self.reused} reused), {self.tokens / 1e6:.1f}M tokens, "
+            f"{self.tokens / dt / 1e6:.2f}M tokens/s, ETA {int(eta) // 60}m{int(eta) % 60:02d}s"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -388,8 +400,9 @@ class Layout:
     chars: dict[str, int]
 
 
-def split_layout(stats: list[dict], val_tokens_max: int, spec: TokenizerSpec, directory: Path,
-                 drop_overflow: bool = False) -> Layout:
+def split_layout(
+    stats: list[dict], val_tokens_max: int, spec: TokenizerSpec, directory: Path, drop_overflow: bool = False
+) -> Layout:
     """Each split's shards in unit order. With ``val_tokens_max``, val documents are kept in order while they fit;
     the rest (the tail of one val shard, from a byte offset, and the val shards after it) go to the end of train —
     or, with ``drop_overflow`` (a corpus's own validation split, ``val_sources``), are not used at all: validation
@@ -425,8 +438,10 @@ def split_layout(stats: list[dict], val_tokens_max: int, spec: TokenizerSpec, di
         lay.shards["train"] += overflow
     lay.tokens["train"] = sum(e["tokens"] for e in lay.shards["train"])
     if not lay.n_docs["train"] or not lay.n_docs["val"]:
-        raise DataError(f"split left {lay.n_docs['train']} train and {lay.n_docs['val']} val documents; give more "
-                        "files or change val_fraction" + (" or val_tokens" if val_tokens_max else ""))
+        raise DataError(
+            f"split left {lay.n_docs['train']} train and {lay.n_docs['val']} val documents; give more "
+            "files or change val_fraction" + (" or val_tokens" if val_tokens_max else "")
+        )
     return lay
 
 
@@ -505,8 +520,12 @@ def publish(partial: Path, out: Path, meta: dict) -> None:
     """Write meta.json, remove the bookkeeping (sidecars, build.json, stale shards), rename the dir to ``out``."""
     keep = {e["path"] for entries in meta["shards"].values() for e in entries}
     for f in partial.iterdir():
-        if f.name in ("build.json", "bpe_sample.json") or f.name.startswith("unit-") or \
-                f.suffix in (".bin", ".docs", ".tmp") and f.name not in keep:
+        if (
+            f.name in ("build.json", "bpe_sample.json")
+            or f.name.startswith("unit-")
+            or f.suffix in (".bin", ".docs", ".tmp")
+            and f.name not in keep
+        ):
             f.unlink()
     write_json(partial / "meta.json", meta)
     if out.exists():  # --overwrite: the old dir goes only once the new one is complete

@@ -72,8 +72,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
@@ -91,8 +95,10 @@ def bpe_spec(path: Path) -> TokenizerSpec:
 
 
 def _not_a_tokenizer(path: str) -> DataError:
-    return DataError(f"tokenizer must be 'bpe', 'bytes' or a path to an HF tokenizer.json, a SentencePiece "
-                     f"tokenizer.model or a dir holding one (a litgpt checkpoint dir); {path!r} is none of these")
+    return DataError(
+        f"tokenizer must be 'bpe', 'bytes' or a path to an HF tokenizer.json, a SentencePiece "
+        f"tokenizer.model or a dir holding one (a litgpt checkpoint dir); {path!r} is none of these"
+    )
 
 
 def pretrained_file(path: str) -> tuple[Path, str]:
@@ -132,14 +138,17 @@ def stage_pretrained(path: str, dest: Path) -> TokenizerSpec:
     _copy_tokenizer(src, kind, dest)
     lit = _litgpt_tokenizer(Path(path) if Path(path).is_dir() else dest, path)
     if lit.eos_id is None or lit.eos_id < 0:
-        raise DataError(f"tokenizer {path!r} has no EOS token (litgpt reads it from tokenizer_config.json or "
-                        "generation_config.json; SentencePiece: the model's eos piece); documents need one to end "
-                        "(a dataset dir's tokenizer: --tokenizer_from)")
+        raise DataError(
+            f"tokenizer {path!r} has no EOS token (litgpt reads it from tokenizer_config.json or "
+            "generation_config.json; SentencePiece: the model's eos piece); documents need one to end "
+            "(a dataset dir's tokenizer: --tokenizer_from)"
+        )
     if lit.use_bos and (lit.bos_id is None or lit.bos_id < 0):
         raise DataError(f"tokenizer {path!r} asks for a BOS token (add_bos_token) but defines none")
     bos = lit.bos_id if lit.bos_id is not None and lit.bos_id >= 0 else None
-    return TokenizerSpec(kind, _vocab_size(lit.processor, kind), int(lit.eos_id), sha256_file(dest / FILES[kind]),
-                         bos, bool(lit.use_bos))
+    return TokenizerSpec(
+        kind, _vocab_size(lit.processor, kind), int(lit.eos_id), sha256_file(dest / FILES[kind]), bos, bool(lit.use_bos)
+    )
 
 
 def _litgpt_tokenizer(directory: Path, given: str):
@@ -162,8 +171,14 @@ def _vocab_size(processor, kind: str) -> int:
 def spec_from_meta(meta: dict) -> TokenizerSpec:
     """The spec a dataset dir's meta.json records."""
     kind = meta.get("tokenizer", "bpe")
-    return TokenizerSpec(kind, meta["vocab_size"], meta["eot_id"], meta.get("tokenizer_sha256"),
-                         meta.get("bos_id"), meta.get("add_bos", False))
+    return TokenizerSpec(
+        kind,
+        meta["vocab_size"],
+        meta["eot_id"],
+        meta.get("tokenizer_sha256"),
+        meta.get("bos_id"),
+        meta.get("add_bos", False),
+    )
 
 
 def meta_fields(spec: TokenizerSpec) -> dict:
@@ -194,8 +209,14 @@ def tokenizer_settings(cfg, src_meta: dict | None) -> dict:
     return {"kind": kind, "files": _file_hashes(src, kind), "dir_name": dir_name}
 
 
-def make_tokenizer(cfg, src_meta: dict | None, dest: Path, resuming: bool, sample: Callable[[], Iterable[str]],
-                   log: Callable[[str], None]) -> TokenizerSpec:
+def make_tokenizer(
+    cfg,
+    src_meta: dict | None,
+    dest: Path,
+    resuming: bool,
+    sample: Callable[[], Iterable[str]],
+    log: Callable[[str], None],
+) -> TokenizerSpec:
     """Put the build's tokenizer file in ``dest`` (a build's partial dir) and return its spec: copied from
     ``tokenizer_from``, trained on ``sample()`` (bpe; reused when resuming), or staged from a pretrained PATH."""
     if cfg.tokenizer_from:
@@ -216,8 +237,10 @@ def make_tokenizer(cfg, src_meta: dict | None, dest: Path, resuming: bool, sampl
     if resuming and path.is_file():
         log("reusing the BPE trained by the interrupted build")
     else:
-        log(f"training byte-level BPE (vocab {cfg.vocab_size}) on the train split (up to "
-            f"{cfg.tokenizer_sample_bytes / 2**20:.0f} MiB)")
+        log(
+            f"training byte-level BPE (vocab {cfg.vocab_size}) on the train split (up to "
+            f"{cfg.tokenizer_sample_bytes / 2**20:.0f} MiB)"
+        )
         tmp = path.with_name(path.name + ".tmp")
         train_bpe(sample(), cfg.vocab_size).save(str(tmp))
         os.replace(tmp, path)

@@ -46,12 +46,17 @@ def data_stream(cfg: RunConfig, parent_meta: dict) -> dict:
     if not cfg.init_from or cfg.data_stream == "replay":
         return {"seed": cfg.seed, "offset_micro_batches": 0}
     parent = parent_meta.get("data") or {  # checkpoints written before the stream was recorded
-        "seed": parent_meta.get("seed", cfg.seed), "micro_batch_size": cfg.micro_batch_size, "seq_len": cfg.seq_len,
-        "micro_batches": int(parent_meta.get("tokens", 0)) // (cfg.micro_batch_size * cfg.seq_len)}
+        "seed": parent_meta.get("seed", cfg.seed),
+        "micro_batch_size": cfg.micro_batch_size,
+        "seq_len": cfg.seq_len,
+        "micro_batches": int(parent_meta.get("tokens", 0)) // (cfg.micro_batch_size * cfg.seq_len),
+    }
     for name in ("micro_batch_size", "seq_len"):
         if parent[name] != getattr(cfg, name):
-            raise RunError(f"data_stream: continue needs the parent's {name} = {parent[name]} (this run has "
-                           f"{getattr(cfg, name)}); match it or set data_stream: replay")
+            raise RunError(
+                f"data_stream: continue needs the parent's {name} = {parent[name]} (this run has "
+                f"{getattr(cfg, name)}); match it or set data_stream: replay"
+            )
     return {"seed": int(parent["seed"]), "offset_micro_batches": int(parent["micro_batches"])}
 
 
@@ -59,8 +64,10 @@ def stream_start(stream: dict, cfg: RunConfig, world_size: int) -> int:
     """The per-rank micro-batch index at which this run's stream starts (rank r reads global index i·world + r)."""
     offset = stream["offset_micro_batches"]
     if offset % world_size:
-        raise RunError(f"the parent's stream position ({offset} micro-batches) is not divisible by world size "
-                       f"{world_size}; use a device count that divides it or data_stream: replay")
+        raise RunError(
+            f"the parent's stream position ({offset} micro-batches) is not divisible by world size "
+            f"{world_size}; use a device count that divides it or data_stream: replay"
+        )
     return offset // world_size
 
 
@@ -139,8 +146,14 @@ def run(cfg: RunConfig) -> dict:
     module = _build_module(cfg, model_config, desc, init, resume, log)
     dm = TokenDataModule(cfg.data_dir, cfg.seq_len, cfg.micro_batch_size, stream["seed"], cfg.val_tokens)
     _load_val_windows(cfg, run_dir, module)
-    book = RunBookkeeping(cfg, run_dir, model_config, log, stream,
-                          wall_offset=resume.state["wall_time_s"] if resume and resume.own else 0.0)
+    book = RunBookkeeping(
+        cfg,
+        run_dir,
+        model_config,
+        log,
+        stream,
+        wall_offset=resume.state["wall_time_s"] if resume and resume.own else 0.0,
+    )
     for name, path in cfg.eval_data_dirs.items():  # more validation sets: val_loss_<name> (tokenizer checked)
         book.eval_sets[name] = windows_at(path, val_window_offsets(path, cfg.seq_len, cfg.val_tokens), cfg.seq_len)
     trainer, accum = _trainer(cfg, run_dir, book)
@@ -154,8 +167,10 @@ def _done_summary(cfg: RunConfig, run_dir: Path) -> dict | None:
     if summary_path.exists():
         prev = json.loads(summary_path.read_text())
         if prev.get("status") == "done" and prev.get("config_hash") == config_hash(cfg):
-            print(f"[train] {run_dir} is already done (final val loss {prev['final_val_loss']:.4f}); skipping",
-                  file=sys.stderr)
+            print(
+                f"[train] {run_dir} is already done (final val loss {prev['final_val_loss']:.4f}); skipping",
+                file=sys.stderr,
+            )
             return prev
     return None
 
@@ -167,8 +182,10 @@ def _check_same_config(cfg: RunConfig, run_dir: Path) -> None:
         old = yaml.safe_load(cfg_path.read_text())
         old_hash = config_hash(RunConfig(**{k: v for k, v in old.items() if k in RunConfig.__dataclass_fields__}))
         if old_hash != config_hash(cfg):
-            raise RunError(f"run dir {str(run_dir)!r} holds a run with a different config (hash {old_hash} vs "
-                           f"{config_hash(cfg)}); choose another out_dir or delete it")
+            raise RunError(
+                f"run dir {str(run_dir)!r} holds a run with a different config (hash {old_hash} vs "
+                f"{config_hash(cfg)}); choose another out_dir or delete it"
+            )
 
 
 def _resume_point(cfg: RunConfig, run_dir: Path) -> Resume | None:
@@ -180,8 +197,10 @@ def _resume_point(cfg: RunConfig, run_dir: Path) -> Resume | None:
         return None
     branch = Path(cfg.branch_from)
     if not branch.is_file():
-        raise CheckpointError(f"branch_from {cfg.branch_from!r} does not exist (the main run writes it at one of "
-                              "its save_state_at_tokens)")
+        raise CheckpointError(
+            f"branch_from {cfg.branch_from!r} does not exist (the main run writes it at one of "
+            "its save_state_at_tokens)"
+        )
     return Resume(branch, read_run_state(branch), own=False)
 
 
@@ -208,11 +227,14 @@ def _init_from(cfg: RunConfig, model_config: Config) -> Init | None:
     if mismatch:
         raise CheckpointError(
             f"init_from {cfg.init_from!r} has a different shape than model {cfg.model!r} in "
-            + ", ".join(f"{f} ({getattr(init_cfg, f)} vs {getattr(model_config, f)})" for f in mismatch))
+            + ", ".join(f"{f} ({getattr(init_cfg, f)} vs {getattr(model_config, f)})" for f in mismatch)
+        )
     flops_offset = float(parent_meta.get("flops", 0.0)) + float((growth or {}).get("extra_flops", 0.0) or 0.0)
     if cfg.optimizer_init == "carry" and not (Path(cfg.init_from) / CARRY_FILE).is_file():
-        raise CheckpointError(f"optimizer_init: carry, but {cfg.init_from!r} has no {CARRY_FILE} (grow with "
-                              "grown.optimizer: carry, or use optimizer_init: fresh)")
+        raise CheckpointError(
+            f"optimizer_init: carry, but {cfg.init_from!r} has no {CARRY_FILE} (grow with "
+            "grown.optimizer: carry, or use optimizer_init: fresh)"
+        )
     return Init(init_sd, Config(**{**asdict(init_cfg), "block_size": cfg.seq_len}), parent_meta, growth, flops_offset)
 
 
@@ -224,19 +246,23 @@ def _open_run_dir(cfg: RunConfig, run_dir: Path, desc: dict, data_meta: dict, fl
     write_json(run_dir / "model.json", desc)
     log.info(models.format_description(desc))
     total_flops = flops_offset + cfg.max_tokens * desc["flops_per_token"]
-    log.info(f"budget: {cfg.max_tokens:,} tokens ({cfg.max_tokens / desc['params_total']:.1f} tokens/param), "
-             f"{total_flops:.4g} FLOPs in total (offset {flops_offset:.4g}); data {cfg.data_dir} "
-             f"({data_meta['train_tokens']:,} train tokens)")
+    log.info(
+        f"budget: {cfg.max_tokens:,} tokens ({cfg.max_tokens / desc['params_total']:.1f} tokens/param), "
+        f"{total_flops:.4g} FLOPs in total (offset {flops_offset:.4g}); data {cfg.data_dir} "
+        f"({data_meta['train_tokens']:,} train tokens)"
+    )
     return log
 
 
-def _build_module(cfg: RunConfig, model_config: Config, desc: dict, init: Init | None, resume: Resume | None,
-                  log: logging.Logger) -> GPTModule:
+def _build_module(
+    cfg: RunConfig, model_config: Config, desc: dict, init: Init | None, resume: Resume | None, log: logging.Logger
+) -> GPTModule:
     """The seeded model; on a fresh start from ``init_from`` its weights (and carried AdamW moments) loaded. A
     resume takes the weights from its checkpoint later (trainer.fit); the growth hooks apply either way."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = GPTModule(cfg, model_config, desc["flops_per_token"], init.flops_offset if init else 0.0,
-                       init.growth if init else None)
+    module = GPTModule(
+        cfg, model_config, desc["flops_per_token"], init.flops_offset if init else 0.0, init.growth if init else None
+    )
     if init is None:
         return module
     if resume is not None:
@@ -245,15 +271,17 @@ def _build_module(cfg: RunConfig, model_config: Config, desc: dict, init: Init |
     try:
         module.model.load_state_dict(init.state_dict, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"init_from {cfg.init_from!r}: keys/shapes do not match the model "
-                              f"({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"init_from {cfg.init_from!r}: keys/shapes do not match the model ({str(e).splitlines()[0][:160]})"
+        ) from None
     module.attach_growth()
     if cfg.optimizer_init == "carry":
         module.carry_state = torch.load(Path(cfg.init_from) / CARRY_FILE, map_location="cpu", weights_only=True)
         log.info(f"optimizer: AdamW moments carried from {Path(cfg.init_from) / CARRY_FILE}")
-    log.info(f"initialised from {cfg.init_from} (parent tokens={init.parent_meta.get('tokens', '?')}, "
-             f"flops offset={init.flops_offset:.4g}" + (f", growth op={init.growth['op']}" if init.growth else "")
-             + ")")
+    log.info(
+        f"initialised from {cfg.init_from} (parent tokens={init.parent_meta.get('tokens', '?')}, "
+        f"flops offset={init.flops_offset:.4g}" + (f", growth op={init.growth['op']}" if init.growth else "") + ")"
+    )
     return module
 
 
@@ -263,8 +291,15 @@ def _load_val_windows(cfg: RunConfig, run_dir: Path, module: GPTModule) -> None:
     offsets = val_window_offsets(cfg.data_dir, cfg.seq_len, cfg.val_tokens)  # read val.bin's layout once
     module.val_set = windows_at(cfg.data_dir, offsets, cfg.seq_len)
     if rank_zero():
-        write_json(run_dir / "val_windows.json", {"data_id": data_id(cfg.data_dir), "seq_len": cfg.seq_len,
-                                                  "n_windows": len(offsets), "offsets": offsets.tolist()})
+        write_json(
+            run_dir / "val_windows.json",
+            {
+                "data_id": data_id(cfg.data_dir),
+                "seq_len": cfg.seq_len,
+                "n_windows": len(offsets),
+                "offsets": offsets.tolist(),
+            },
+        )
 
 
 def _trainer(cfg: RunConfig, run_dir: Path, book: RunBookkeeping) -> tuple[L.Trainer, int]:
@@ -275,11 +310,22 @@ def _trainer(cfg: RunConfig, run_dir: Path, book: RunBookkeeping) -> tuple[L.Tra
         total_micro = cfg.max_tokens // (cfg.micro_batch_size * cfg.seq_len)
         callbacks.append(ProgressBar(refresh_rate=max(1, total_micro // 200)))
     trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=_strategy(cfg),
-        precision=cfg.precision, max_steps=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=_strategy(cfg),
+        precision=cfg.precision,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
         callbacks=callbacks,
-        gradient_clip_val=cfg.grad_clip or None, use_distributed_sampler=False, default_root_dir=str(run_dir),
+        gradient_clip_val=cfg.grad_clip or None,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
         max_epochs=-1,
     )
     validate(cfg, trainer.world_size)
@@ -291,8 +337,17 @@ def _trainer(cfg: RunConfig, run_dir: Path, book: RunBookkeeping) -> tuple[L.Tra
     return trainer, accum
 
 
-def _place_stream(cfg: RunConfig, run_dir: Path, trainer: L.Trainer, dm: TokenDataModule, book: RunBookkeeping,
-                  stream: dict, accum: int, resume: Resume | None, log: logging.Logger) -> None:
+def _place_stream(
+    cfg: RunConfig,
+    run_dir: Path,
+    trainer: L.Trainer,
+    dm: TokenDataModule,
+    book: RunBookkeeping,
+    stream: dict,
+    accum: int,
+    resume: Resume | None,
+    log: logging.Logger,
+) -> None:
     """Set the data stream's start (after the resumed step, or the parent's position) and metrics.csv to match: a
     resume drops rows after its checkpoint, a branch or a fresh start begins a new file."""
     start = stream_start(stream, cfg, trainer.world_size)
@@ -305,8 +360,10 @@ def _place_stream(cfg: RunConfig, run_dir: Path, trainer: L.Trainer, dm: TokenDa
                 _truncate_metrics(run_dir / "metrics.csv", step)
             else:  # a cooldown branch: its own metrics.csv, from the branch point on
                 _new_metrics(cfg, run_dir)
-        log.info(f"{'resuming' if resume.own else 'branching'} from {resume.path} at "
-                 f"tokens={resume.state['tokens']:,} (step {step})")
+        log.info(
+            f"{'resuming' if resume.own else 'branching'} from {resume.path} at "
+            f"tokens={resume.state['tokens']:,} (step {step})"
+        )
         return
     dm.start_micro_batch = start
     if trainer.is_global_zero:
@@ -314,13 +371,25 @@ def _place_stream(cfg: RunConfig, run_dir: Path, trainer: L.Trainer, dm: TokenDa
     if not cfg.init_from:
         log.info("training from scratch")
     elif stream["offset_micro_batches"]:
-        log.info(f"data: continuing the parent's stream after {stream['offset_micro_batches']:,} micro-batches "
-                 f"({stream['offset_micro_batches'] * cfg.micro_batch_size * cfg.seq_len:,} tokens, "
-                 f"seed {stream['seed']})")
+        log.info(
+            f"data: continuing the parent's stream after {stream['offset_micro_batches']:,} micro-batches "
+            f"({stream['offset_micro_batches'] * cfg.micro_batch_size * cfg.seq_len:,} tokens, "
+            f"seed {stream['seed']})"
+        )
 
 
-def _fit(cfg: RunConfig, trainer: L.Trainer, module: GPTModule, dm: TokenDataModule, book: RunBookkeeping,
-         desc: dict, flops_offset: float, start_tokens: int, resume: Resume | None, log: logging.Logger) -> dict:
+def _fit(
+    cfg: RunConfig,
+    trainer: L.Trainer,
+    module: GPTModule,
+    dm: TokenDataModule,
+    book: RunBookkeeping,
+    desc: dict,
+    flops_offset: float,
+    start_tokens: int,
+    resume: Resume | None,
+    log: logging.Logger,
+) -> dict:
     """Train (summary.json says "running" meanwhile) and write the final summary: "done", or "failed: …" on a NaN
     loss."""
     summary_path = Path(cfg.out_dir) / "summary.json"
@@ -338,28 +407,39 @@ def _fit(cfg: RunConfig, trainer: L.Trainer, module: GPTModule, dm: TokenDataMod
     summary = _summary(cfg, desc, flops_offset, book, module, status, start_tokens)
     if trainer.is_global_zero:
         write_json(summary_path, summary)
-        log.info(f"{status}: final val loss {summary['final_val_loss']:.4f}, best {summary['best_val_loss']:.4f}, "
-                 f"{summary['tokens']:,} tokens, {summary['flops']:.4g} FLOPs, {summary['wall_time_s']:.1f}s")
+        log.info(
+            f"{status}: final val loss {summary['final_val_loss']:.4f}, best {summary['best_val_loss']:.4f}, "
+            f"{summary['tokens']:,} tokens, {summary['flops']:.4g} FLOPs, {summary['wall_time_s']:.1f}s"
+        )
     return summary
 
 
-def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, status: str,
-             start_tokens: int) -> dict:
+def _summary(cfg, desc, flops_offset, book: RunBookkeeping, module: GPTModule, status: str, start_tokens: int) -> dict:
     wall = book.wall()
     tokens = module.tokens
     trained = tokens - start_tokens  # this run's own tokens (a cooldown branch's counter starts at its branch point)
     train_time = getattr(book, "train_time_s", 0.0)
     train_tps = book.train_tokens / train_time if train_time > 0 else None
     return {
-        "status": status, "config_hash": config_hash(cfg), "model": cfg.model, "seed": cfg.seed,
-        "final_val_loss": book.last_val, "best_val_loss": book.best_val, "tokens": tokens,
-        "flops": flops_offset + tokens * desc["flops_per_token"], "flops_offset": flops_offset,
-        "params_total": desc["params_total"], "params_non_embedding": desc["params_non_embedding"],
-        "flops_per_token": desc["flops_per_token"], "start_tokens": start_tokens,
+        "status": status,
+        "config_hash": config_hash(cfg),
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "final_val_loss": book.last_val,
+        "best_val_loss": book.best_val,
+        "tokens": tokens,
+        "flops": flops_offset + tokens * desc["flops_per_token"],
+        "flops_offset": flops_offset,
+        "params_total": desc["params_total"],
+        "params_non_embedding": desc["params_non_embedding"],
+        "flops_per_token": desc["flops_per_token"],
+        "start_tokens": start_tokens,
         "tokens_per_s": trained / wall if wall > 0 else None,
         "train_tokens_per_s": train_tps,
         "mfu": mfu(desc["flops_per_token"], train_tps, book.peak) if train_tps and book.peak else None,
-        "wall_time_s": wall, "init_from": cfg.init_from, "resumed": book.wall_offset > 0,
+        "wall_time_s": wall,
+        "init_from": cfg.init_from,
+        "resumed": book.wall_offset > 0,
         "world_size": module.trainer.world_size if module._trainer else 1,
         "rank_weight_fingerprints": getattr(book, "rank_fingerprints", None),
         **{f"final_{col}": v for col, v in book.last_eval.items()},  # final_val_loss_<name>: eval_data_dirs

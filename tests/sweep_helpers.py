@@ -11,11 +11,25 @@ from pathlib import Path
 
 import yaml
 
-DEFAULTS = dict(seq_len=32, micro_batch_size=8, global_batch_tokens=256, lr=3.0e-3, min_lr=3.0e-4,
-                warmup_tokens=256, val_every_tokens=1024, val_tokens=1024)
+DEFAULTS = dict(
+    seq_len=32,
+    micro_batch_size=8,
+    global_batch_tokens=256,
+    lr=3.0e-3,
+    min_lr=3.0e-4,
+    warmup_tokens=256,
+    val_every_tokens=1024,
+    val_tokens=1024,
+)
 
-E2E_GRID = dict(name="e2e", targets=["tiny-L4-D32"], ops=["G_stack", {"op": "G_zero", "direction": "depth"}], g=[2],
-                d=[1024, 2048], grown={"tokens": 3072})
+E2E_GRID = dict(
+    name="e2e",
+    targets=["tiny-L4-D32"],
+    ops=["G_stack", {"op": "G_zero", "direction": "depth"}],
+    g=[2],
+    d=[1024, 2048],
+    grown={"tokens": 3072},
+)
 """One base (tiny-L2-D32 to 2048 tokens, checkpoints at 1024 and 2048), four grown runs, one scratch baseline."""
 
 
@@ -33,4 +47,6 @@ def sweep_cmd(*args: str) -> list[str]:
 
 def run_sweep(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(sweep_cmd(*args), check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return subprocess.run(
+        sweep_cmd(*args), check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )

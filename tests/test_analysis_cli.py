@@ -105,8 +105,12 @@ def test_report_writes_every_artefact(tmp_path, capsys):
     losses = pd.read_csv(out / "losses.csv").set_index(["target", "method"])
     res = pd.read_csv(SWEEP / "results.csv")
     scratch = res[(res["kind"] == "scratch") & (res["target"] == "toy-4M")].set_index("seed")["final_val_loss"]
-    stack = res[(res["op"] == "G_stack") & (res["target"] == "toy-4M") & (res["grow_at_tokens"] == 1e7)
-                & (res["kind"] == "grown")]
+    stack = res[
+        (res["op"] == "G_stack")
+        & (res["target"] == "toy-4M")
+        & (res["grow_at_tokens"] == 1e7)
+        & (res["kind"] == "grown")
+    ]
     diffs = [r["final_val_loss"] - scratch[r["seed"]] for _, r in stack.iterrows()]
     row = losses.loc[("toy-4M", "G_stack g=2 d=10M")]
     assert row["seeds"] == len(diffs) == 2 and row["final_val_loss_vs_scratch"] == pytest.approx(np.mean(diffs))

@@ -22,12 +22,29 @@ def write_sweep(path: Path, scratch: dict, grown: dict) -> Path:
     for kind, losses in (("scratch", scratch), ("grown", grown)):
         for seed, loss in losses.items():
             rid = f"{kind}-s{seed}"
-            rows.append({c: None for c in REQUIRED_RESULTS_COLUMNS} | {
-                "run_id": rid, "kind": kind, "target": "tiny", "model": "tiny", "seed": seed, "final_val_loss": loss,
-                "status": "done", "run_dir": f"runs/{rid}", "tokens": 1000, "flops": 1e9, "params_total": 10,
-                "flops_per_token": 1e6, "flops_offset": 0.0,
-                **({"op": "G_stack", "direction": "depth", "g": 2, "grow_at_tokens": 100} if kind == "grown" else {}),
-            })
+            rows.append(
+                {c: None for c in REQUIRED_RESULTS_COLUMNS}
+                | {
+                    "run_id": rid,
+                    "kind": kind,
+                    "target": "tiny",
+                    "model": "tiny",
+                    "seed": seed,
+                    "final_val_loss": loss,
+                    "status": "done",
+                    "run_dir": f"runs/{rid}",
+                    "tokens": 1000,
+                    "flops": 1e9,
+                    "params_total": 10,
+                    "flops_per_token": 1e6,
+                    "flops_offset": 0.0,
+                    **(
+                        {"op": "G_stack", "direction": "depth", "g": 2, "grow_at_tokens": 100}
+                        if kind == "grown"
+                        else {}
+                    ),
+                }
+            )
     path.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(path / "results.csv", index=False)
     return path

@@ -14,18 +14,32 @@ import pytest
 from stacking.eval_records import find_result, metrics, result_name
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_small"
-SETTINGS = {"tasks": ["nextline_mc", "heldout_ppl"], "include_path": ["/x/tasks"], "limit": 10,
-            "num_fewshot": None, "batch_size": 16}
+SETTINGS = {
+    "tasks": ["nextline_mc", "heldout_ppl"],
+    "include_path": ["/x/tasks"],
+    "limit": 10,
+    "num_fewshot": None,
+    "batch_size": 16,
+}
 
 
 def _record(loss: float) -> dict:
     """A result whose accuracy rises as the loss falls (agrees with it) and whose token_loss is the loss itself
     plus a 'contrary' score that rises with the loss (↑, so it disagrees wherever the loss moves)."""
-    return {"results": {"nextline_mc": {"alias": "nextline_mc", "sample_len": 10, "acc,none": 1.0 - loss / 10,
-                                        "acc_stderr,none": 0.1, "contrary,none": loss},
-                        "heldout_ppl": {"token_loss,none": loss, "token_loss_stderr,none": "N/A"}},
-            "higher_is_better": {"nextline_mc": {"acc": True, "contrary": True}, "heldout_ppl": {"token_loss": False}},
-            "eval": {"tasks": SETTINGS["tasks"], "limit": 10, "num_fewshot": None}}
+    return {
+        "results": {
+            "nextline_mc": {
+                "alias": "nextline_mc",
+                "sample_len": 10,
+                "acc,none": 1.0 - loss / 10,
+                "acc_stderr,none": 0.1,
+                "contrary,none": loss,
+            },
+            "heldout_ppl": {"token_loss,none": loss, "token_loss_stderr,none": "N/A"},
+        },
+        "higher_is_better": {"nextline_mc": {"acc": True, "contrary": True}, "heldout_ppl": {"token_loss": False}},
+        "eval": {"tasks": SETTINGS["tasks"], "limit": 10, "num_fewshot": None},
+    }
 
 
 def _one_target_sweep(dst: Path) -> Path:
@@ -55,17 +69,22 @@ def _add_eval(sweep: Path) -> pd.DataFrame:
 def test_records_flatten_to_named_metrics_with_directions(tmp_path):
     ms = metrics(_record(2.0))
     assert [(m.column, m.value, m.higher_is_better) for m in ms] == [
-        ("eval_nextline_mc_acc", 0.8, True), ("eval_nextline_mc_contrary", 2.0, True),
-        ("eval_heldout_ppl_token_loss", 2.0, False)]
+        ("eval_nextline_mc_acc", 0.8, True),
+        ("eval_nextline_mc_contrary", 2.0, True),
+        ("eval_heldout_ppl_token_loss", 2.0, False),
+    ]
     filtered = {"results": {"gsm8k": {"exact_match,strict-match": 0.1}}, "higher_is_better": {}}
-    assert [(m.column, m.higher_is_better) for m in metrics(filtered)] == [("eval_gsm8k_exact_match_strict-match",
-                                                                           None)]
+    assert [(m.column, m.higher_is_better) for m in metrics(filtered)] == [
+        ("eval_gsm8k_exact_match_strict-match", None)
+    ]
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     (run / "eval" / result_name("tokens-000000001024", ["a", "b"], 10, None)).write_text("{}")
     (run / "eval" / result_name("tokens-000000000512", ["a", "b"], 10, None)).write_text("{}")
     assert find_result(run, 1024, ["a", "b"], 10, None).name == "tokens-000000001024_a+b_limit10.json"
-    assert find_result(run, 1024, ["a", "b"], None, None) is None and find_result(run, 2048, ["a", "b"], 10, None) is None
+    assert (
+        find_result(run, 1024, ["a", "b"], None, None) is None and find_result(run, 2048, ["a", "b"], 10, None) is None
+    )
 
 
 def test_downstream_table_pairs_by_seed_and_notes_disagreements(tmp_path):

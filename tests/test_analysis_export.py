@@ -118,7 +118,8 @@ def test_rebuild_writes_every_exports_report(exported, tmp_path, capsys):
     assert list(written) == [root / "a"]
     assert (root / "a" / "report" / "report.md") in written[root / "a"]
     assert (root / "a" / "report" / "speedups.csv").read_bytes() == (
-        write_report(SWEEP, tmp_path / "full", bootstrap=0).path.parent / "speedups.csv").read_bytes()
+        write_report(SWEEP, tmp_path / "full", bootstrap=0).path.parent / "speedups.csv"
+    ).read_bytes()
     assert "wrote " in capsys.readouterr().out
     assert rebuild_main([str(tmp_path / "empty_missing")]) == 2
     assert "does not exist" in capsys.readouterr().err

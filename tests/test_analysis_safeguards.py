@@ -30,15 +30,21 @@ def copy(tmp_path) -> Path:
 def _pair(sweep_dir: Path, target="toy-1M", seed=0):
     """(grown G_stack d=10M run, its scratch run) of one target and seed."""
     r = load_sweep(sweep_dir).results
-    g = r[(r["kind"] == "grown") & (r["target"] == target) & (r["op"] == "G_stack") & (r["seed"] == seed)
-          & (r["grow_at_tokens"] == 10_000_000)].iloc[0]
+    g = r[
+        (r["kind"] == "grown")
+        & (r["target"] == target)
+        & (r["op"] == "G_stack")
+        & (r["seed"] == seed)
+        & (r["grow_at_tokens"] == 10_000_000)
+    ].iloc[0]
     s = r[(r["kind"] == "scratch") & (r["target"] == target) & (r["seed"] == seed)].iloc[0]
     return g, s
 
 
 def _windows(run_dir: Path, offsets) -> None:
-    (run_dir / "val_windows.json").write_text(json.dumps({"data_id": "data:1", "seq_len": 8, "n_windows": 2,
-                                                          "offsets": offsets}))
+    (run_dir / "val_windows.json").write_text(
+        json.dumps({"data_id": "data:1", "seq_len": 8, "n_windows": 2, "offsets": offsets})
+    )
 
 
 def test_runs_on_different_validation_windows_are_refused(copy):
@@ -75,8 +81,12 @@ def test_unpaired_comparisons_are_marked(copy):
     mine = pairs[pairs["run_id"] == g["run_id"]]
     assert not mine["paired"].any() and pairs[pairs["target"] != "toy-1M"]["paired"].all()
     table = speedup_table(pairs)
-    row = table[(table["target"] == "toy-1M") & (table["op"] == "G_stack") & (table["grow_at_tokens"] == 1e7)
-                & (table["budget_fraction"] == 1.0)].iloc[0]
+    row = table[
+        (table["target"] == "toy-1M")
+        & (table["op"] == "G_stack")
+        & (table["grow_at_tokens"] == 1e7)
+        & (table["budget_fraction"] == 1.0)
+    ].iloc[0]
     assert "1/2 unpaired (scratch of another seed)" in row["note"]
     assert "unpaired" not in "".join(table[table["target"] != "toy-1M"]["note"])
     assert "1/2 unpaired" in format_table(table)
@@ -89,7 +99,8 @@ def test_one_mean_ci():
     from analysis import downstream
 
     assert not hasattr(lt, "stats") or lt.mean_ci_half([1.0, 2.0, 4.0])[1] == pytest.approx(
-        mean_ci([1.0, 2.0, 4.0])[2] - mean_ci([1.0, 2.0, 4.0])[0])
+        mean_ci([1.0, 2.0, 4.0])[2] - mean_ci([1.0, 2.0, 4.0])[0]
+    )
     assert lt.mean_ci_half([1.0, 2.0, 4.0])[0] == pytest.approx(7 / 3)
     for module in (lt, downstream):
         assert "def mean_ci(" not in Path(module.__file__).read_text()
@@ -107,12 +118,18 @@ def test_provenance_records_versions_and_data_ids(tmp_path):
 
 
 def test_the_report_prints_the_provenance(copy):
-    plan = {"git": {"sha": "0123456789abcdef", "dirty": True}, "versions": {"python": "3.11.9", "torch": "2.13.0"},
-            "data": {"/d/stdlib": "data:5a58"}, "runs": []}
+    plan = {
+        "git": {"sha": "0123456789abcdef", "dirty": True},
+        "versions": {"python": "3.11.9", "torch": "2.13.0"},
+        "data": {"/d/stdlib": "data:5a58"},
+        "runs": [],
+    }
     (copy / "plan.json").write_text(json.dumps(plan))
     assert provenance_lines(load_sweep(copy)) == [
-        "code: git 0123456789ab with uncommitted changes", "versions: python 3.11.9, torch 2.13.0",
-        "data: data:5a58 (/d/stdlib)"]
+        "code: git 0123456789ab with uncommitted changes",
+        "versions: python 3.11.9, torch 2.13.0",
+        "data: data:5a58 (/d/stdlib)",
+    ]
     g, _ = _pair(copy)
     _windows(copy / g["run_dir"], [1])
     (copy / "plan.json").write_text(json.dumps({"git": {"sha": "abc", "dirty": False}, "runs": []}))

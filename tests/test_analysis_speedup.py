@@ -184,8 +184,7 @@ def test_seeds_that_never_reach_l_star_bound_the_all_seed_mean():
     other = speedup_from_curves(s, never, 10, 3.0)
     assert one["speedup"] == one["speedup_max"] == pytest.approx(100 / 40 - 1)
     assert math.isnan(other["speedup"]) and other["speedup_max"] == pytest.approx(100 / 90 - 1)
-    base = {"scratch_run_id": "s", "target": "t", "op": "G_zero", "direction": "depth", "g": 2.0,
-            "grow_at_tokens": 10}
+    base = {"scratch_run_id": "s", "target": "t", "op": "G_zero", "direction": "depth", "g": 2.0, "grow_at_tokens": 10}
     pairs = pd.DataFrame([base | {"run_id": "a", "seed": 0} | one, base | {"run_id": "b", "seed": 1} | other])
     row = speedup_table(pairs).iloc[0]
     assert row["speedup"] == pytest.approx(1.5) and row["n_reached"] == 1  # the survivor: +150 %
@@ -425,6 +424,8 @@ def test_headline_and_one_seed_without_ci():
     # a one-seed extra (a d sweep beside the seeded main d) does not win the headline by its larger mean
     extra = _table_row(grow_at_tokens=2e7, speedup=0.5)
     assert "the best-replicated of 3 grown configurations, G_stack g=2 d=10M, needs 9 % fewer" in headline(
-        pd.concat([two_of_3, extra, all3]))
+        pd.concat([two_of_3, extra, all3])
+    )
     assert "the best of the 2 grown configurations with 3 seeds (3 in all), G_zero" in headline(
-        pd.concat([extra, all3, all3.assign(op="G_zero", speedup=0.2)]))
+        pd.concat([extra, all3, all3.assign(op="G_zero", speedup=0.2)])
+    )

@@ -20,9 +20,19 @@ from stacking.models import flops_per_token, model_config
 
 REPO = Path(__file__).resolve().parent.parent
 
-CHAIN_GRID = dict(name="chain", targets=["tiny-L4-D32"], chains=[dict(
-    label="grad3", op=["midas", "gradual"], options={"block": 1},
-    stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768}], tokens=1536)])
+CHAIN_GRID = dict(
+    name="chain",
+    targets=["tiny-L4-D32"],
+    chains=[
+        dict(
+            label="grad3",
+            op=["midas", "gradual"],
+            options={"block": 1},
+            stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768}],
+            tokens=1536,
+        )
+    ],
+)
 """Three runs: tiny-L1-D32 (1024 tokens) → midas → tiny-L2-D32 (768) → gradual → tiny-L4-D32 (1536), + scratch."""
 
 
@@ -65,8 +75,16 @@ def test_chain_total_flops_seeds_and_cooldowns(tmp_path, tiny_data):
     f1, f2, f4 = _fpt("tiny-L1-D32"), _fpt("tiny-L2-D32"), _fpt("tiny-L4-D32")
     total = 1024 * f1 + 768 * f2 + 3000 * f4
     chain = dict(CHAIN_GRID["chains"][0], tokens=None, total_flops=f"{total:.6e}", seeds=[1, 2])
-    grid = dict(CHAIN_GRID, chains=[chain], ops=["G_stack"], g=[2], d=[512], grown={"tokens": 2048},
-                anneal={"fractions": [1.0]}, defaults={"schedule": "constant"})
+    grid = dict(
+        CHAIN_GRID,
+        chains=[chain],
+        ops=["G_stack"],
+        g=[2],
+        d=[512],
+        grown={"tokens": 2048},
+        anneal={"fractions": [1.0]},
+        defaults={"schedule": "constant"},
+    )
     runs = _plan(tmp_path, tiny_data, grid)
     last = [r for r in runs if r.kind == "grown" and r.chain]
     assert [r.config.seed for r in last] == [1, 2]
@@ -86,11 +104,18 @@ def test_chain_total_flops_seeds_and_cooldowns(tmp_path, tiny_data):
 def test_a_stage_0_planned_already_is_trained_once(tmp_path, tiny_data):
     """Two chains with the same first stage, and a grid base of that shape, seed and budget: one run, which both
     chains' stage 1 grow from (midas.yaml's G_stack base and its gradual and MIDAS chains)."""
-    grad = dict(label="grad", op=["gradual"], stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768}],
-                tokens=1536)
+    grad = dict(label="grad", op=["gradual"], stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768}], tokens=1536)
     mid = dict(grad, label="mid", op=["midas"], options={"block": 1})
-    grid = dict(name="chain", targets=["tiny-L4-D32"], ops=["G_stack"], g=[4], d=[1024], grown={"tokens": 1536},
-                chains=[grad, mid], defaults={"schedule": "constant"})
+    grid = dict(
+        name="chain",
+        targets=["tiny-L4-D32"],
+        ops=["G_stack"],
+        g=[4],
+        d=[1024],
+        grown={"tokens": 1536},
+        chains=[grad, mid],
+        defaults={"schedule": "constant"},
+    )
     runs = _plan(tmp_path, tiny_data, grid)
     base = [r for r in runs if r.model == "tiny-L1-D32"]
     assert len(base) == 1 and base[0].name == "base-tiny-L4-D32-depth-g4-s0" and base[0].config.save_at_tokens == [1024]
@@ -112,8 +137,10 @@ def test_chain_counts_g_learn_map_training(tmp_path, tiny_data):
     chain = dict(CHAIN_GRID["chains"][0], op="G_learn", options={"learn_steps": 2, "batch_size": 2, "seq_len": 16})
     s0, s1, last, _ = _plan(tmp_path, tiny_data, dict(CHAIN_GRID, chains=[chain]))
     cfg = {n: model_config(n, vocab_size=512, block_size=32) for n in ("tiny-L1-D32", "tiny-L2-D32", "tiny-L4-D32")}
-    extra = [learn_flops(cfg[b], cfg[a], learn_steps=2, batch_size=2, seq_len=16) for a, b in
-             (("tiny-L1-D32", "tiny-L2-D32"), ("tiny-L2-D32", "tiny-L4-D32"))]
+    extra = [
+        learn_flops(cfg[b], cfg[a], learn_steps=2, batch_size=2, seq_len=16)
+        for a, b in (("tiny-L1-D32", "tiny-L2-D32"), ("tiny-L2-D32", "tiny-L4-D32"))
+    ]
     assert s1.flops_offset == pytest.approx(s0.flops + extra[0])
     assert last.flops_offset == pytest.approx(s1.flops + extra[1])
     assert s1.grow.options["data"] == str(Path(tiny_data).resolve())  # LiGO learns on the run's own data
@@ -122,13 +149,21 @@ def test_chain_counts_g_learn_map_training(tmp_path, tiny_data):
 def test_chain_total_flops_leaves_room_for_the_last_g_learn_step(tmp_path, tiny_data):
     from stacking.growth import learn_flops
 
-    chain = dict(CHAIN_GRID["chains"][0], op=["G_stack", "G_learn"], options={},
-                 stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768, "options": {"learn_steps": 8,
-                                                                                      "batch_size": 4}}],
-                 tokens=None, total_flops=4.0e9)
+    chain = dict(
+        CHAIN_GRID["chains"][0],
+        op=["G_stack", "G_learn"],
+        options={},
+        stages=[{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 768, "options": {"learn_steps": 8, "batch_size": 4}}],
+        tokens=None,
+        total_flops=4.0e9,
+    )
     _s0, s1, last, _ = _plan(tmp_path, tiny_data, dict(CHAIN_GRID, chains=[chain]))
-    maps = learn_flops(*(model_config(n, vocab_size=512, block_size=32) for n in ("tiny-L4-D32", "tiny-L2-D32")),
-                       learn_steps=8, batch_size=4, seq_len=32)  # 1024 tokens: > 4 optimizer steps' FLOPs
+    maps = learn_flops(
+        *(model_config(n, vocab_size=512, block_size=32) for n in ("tiny-L4-D32", "tiny-L2-D32")),
+        learn_steps=8,
+        batch_size=4,
+        seq_len=32,
+    )  # 1024 tokens: > 4 optimizer steps' FLOPs
     assert last.flops_offset == pytest.approx(s1.flops + maps)
     assert 4.0e9 - 256 * _fpt("tiny-L4-D32") < last.flops <= 4.0e9
 
@@ -143,26 +178,46 @@ def test_dry_run_shows_each_stage(tmp_path, tiny_data, capsys):
     lines = {line.split()[0]: line for line in out.splitlines()[2:] if line.startswith("  ")}
     s0, s1, last = (next(v for k, v in lines.items() if k.startswith(p)) for p in ("stage0-", "stage1-", "grown-"))
     assert re.search(r"base +tiny-L1-D32 +1,024 .* - \(chain grad3 stage 0 of 3\)", s0)
-    assert re.search(r"base +tiny-L2-D32 +768 .* stage0-\S+ @ 1,024 \(chain grad3 stage 1: midas depth g=2; FLOPs "
-                     r"incl\. \S+ of stage 0; stage 0 at \S+ tok/param\)", s1)
-    assert re.search(r"grown +tiny-L4-D32 +1,536 .* stage1-\S+ @ 768 \(chain grad3 stage 2: gradual depth g=2; "
-                     r"FLOPs incl\. \S+ of stages 0–1;", last)
+    assert re.search(
+        r"base +tiny-L2-D32 +768 .* stage0-\S+ @ 1,024 \(chain grad3 stage 1: midas depth g=2; FLOPs "
+        r"incl\. \S+ of stage 0; stage 0 at \S+ tok/param\)",
+        s1,
+    )
+    assert re.search(
+        r"grown +tiny-L4-D32 +1,536 .* stage1-\S+ @ 768 \(chain grad3 stage 2: gradual depth g=2; "
+        r"FLOPs incl\. \S+ of stages 0–1;",
+        last,
+    )
 
 
 BAD_CHAINS = [
-    ({"stages": [{"g": 3, "tokens": 1024}]},
-     r"chains\[0\] \(c\): stages\[0\].g: g = 3 does not fit target tiny-L4-D32: .*valid g: \[2, 4\] \(the product"),
-    ({"stages": [{"g": 2, "tokens": 1024}, {"g": 4, "tokens": 1024}]},
-     (r"chains\[0\] \(c\): stages\[0\].g: g = 2 does not fit target tiny-L1-D32 \(stage 1\): depth growth needs "
-      r"n_layer = 1 divisible by g; valid g: none \(the product of the stages' g, 8, must divide")),
-    ({"stages": [{"g": 2, "tokens": 1000}]},
-     r"chains\[0\] \(c\): stages\[0\].tokens = 1000 must be a positive multiple of global_batch_tokens = 256"),
-    ({"stages": [{"g": 2, "tokens": 1024}], "tokens": 1000},
-     r"chains\[0\] \(c\): tokens = 1000 must be a positive multiple of global_batch_tokens = 256"),
-    ({"stages": [{"g": 2, "tokens": 1024}], "tokens": None, "total_flops": 1e6},
-     r"chains\[0\] \(c\): its stages use \S+ FLOPs, leaving no budget in total_flops = 1e\+06 for run grown-"),
-    ({"op": "G_learn", "options": {"learn_steps": 0, "data": "/nonexistent"}, "tokens": None, "total_flops": 1e6},
-     r"its stages use"),
+    (
+        {"stages": [{"g": 3, "tokens": 1024}]},
+        r"chains\[0\] \(c\): stages\[0\].g: g = 3 does not fit target tiny-L4-D32: .*valid g: \[2, 4\] \(the product",
+    ),
+    (
+        {"stages": [{"g": 2, "tokens": 1024}, {"g": 4, "tokens": 1024}]},
+        (
+            r"chains\[0\] \(c\): stages\[0\].g: g = 2 does not fit target tiny-L1-D32 \(stage 1\): depth growth needs "
+            r"n_layer = 1 divisible by g; valid g: none \(the product of the stages' g, 8, must divide"
+        ),
+    ),
+    (
+        {"stages": [{"g": 2, "tokens": 1000}]},
+        r"chains\[0\] \(c\): stages\[0\].tokens = 1000 must be a positive multiple of global_batch_tokens = 256",
+    ),
+    (
+        {"stages": [{"g": 2, "tokens": 1024}], "tokens": 1000},
+        r"chains\[0\] \(c\): tokens = 1000 must be a positive multiple of global_batch_tokens = 256",
+    ),
+    (
+        {"stages": [{"g": 2, "tokens": 1024}], "tokens": None, "total_flops": 1e6},
+        r"chains\[0\] \(c\): its stages use \S+ FLOPs, leaving no budget in total_flops = 1e\+06 for run grown-",
+    ),
+    (
+        {"op": "G_learn", "options": {"learn_steps": 0, "data": "/nonexistent"}, "tokens": None, "total_flops": 1e6},
+        r"its stages use",
+    ),
     ({"op": "G_stak"}, r"chains\[0\].op: unknown operator 'G_stak' \(did you mean 'G_stack'\?\)"),
     ({"op": ["G_stack", "G_foo"]}, r"chains\[0\].op\[1\]: unknown operator 'G_foo'"),
     ({"op": ["G_stack", "midas", "G_stack"]}, r"chains\[0\].op lists 3 operators for 2 stages"),
@@ -175,18 +230,27 @@ BAD_CHAINS = [
     ({"label": "a b"}, r"chains\[0\].label must be a non-empty name"),
     ({"tokens": 512, "total_flops": 1e9}, r"chains\[0\]: give at most one of tokens"),
     ({"tokens": None}, r"chains\[0\]: give tokens"),
-    ({"op": "midas", "options": {"block": 2}},
-     r"run stage1-tiny-L4-D32-c-depth-s0: block must divide n_layer=1 for midas \(got 2\); valid: \[1\]"),
+    (
+        {"op": "midas", "options": {"block": 2}},
+        r"run stage1-tiny-L4-D32-c-depth-s0: block must divide n_layer=1 for midas \(got 2\); valid: \[1\]",
+    ),
     ({"options": {"m": 1}}, r"run stage1-.*: option\(s\) \['m'\] are not used by G_stack"),
-    ({"stages": [{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 1024, "options": {"block": 3}}], "op": "gradual"},
-     r"run grown-.*: block must divide n_layer=2 for gradual \(got 3\)"),
+    (
+        {"stages": [{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 1024, "options": {"block": 3}}], "op": "gradual"},
+        r"run grown-.*: block must divide n_layer=2 for gradual \(got 3\)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("change,match", BAD_CHAINS)
 def test_chain_errors_are_one_line(tmp_path, tiny_data, change, match):
-    chain = {"label": "c", "op": "G_stack", "stages": [{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 512}],
-             "tokens": 512, **change}
+    chain = {
+        "label": "c",
+        "op": "G_stack",
+        "stages": [{"g": 2, "tokens": 1024}, {"g": 2, "tokens": 512}],
+        "tokens": 512,
+        **change,
+    }
     grid = dict(name="bad", targets=["tiny-L4-D32"], chains=[chain])
     if chain.get("tokens") is not None:  # beside an ops axis (labels must differ)
         grid.update(ops=["G_stack"], d=[256], grown={"tokens": 512})
@@ -202,8 +266,11 @@ def test_chain_beyond_the_corpus_and_stream_settings(tmp_path, tiny_data):
     with pytest.raises(GridError, match=r"run grown-tiny-L4-D32-grad3-.* reads [\d.]+ epochs .*allow_epochs: true"):
         _plan(tmp_path, tiny_data, grid)
     grid = dict(CHAIN_GRID, grown={"set": {"micro_batch_size": 4}})
-    with pytest.raises(GridError, match=r"run stage1-.* continues the data stream of stage0-.*, so its "
-                                        r"micro_batch_size must be 8 \(got 4\)"):
+    with pytest.raises(
+        GridError,
+        match=r"run stage1-.* continues the data stream of stage0-.*, so its "
+        r"micro_batch_size must be 8 \(got 4\)",
+    ):
         _plan(tmp_path, tiny_data, grid)
 
 

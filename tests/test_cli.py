@@ -35,8 +35,14 @@ def test_a_bad_flag_is_one_line(cmd, capsys):
 
 
 def test_help_from_the_console_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "stacking", "fit-law", "--help"], capture_output=True, text=True,
-                          cwd=REPO, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stacking", "fit-law", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: stacking fit-law "), proc.stderr[-2000:]
 
 
@@ -70,10 +76,19 @@ def test_config_file_drives_a_command(tmp_path, capsys):
 
 def test_output_piped_into_head_ends_without_a_traceback():
     # `stacking … | head -1`: the reader closes the pipe early; the command stops quietly with 141 (128 + SIGPIPE)
-    body = ("import sys; from stacking.cli import run_command\n"
-            "def body(argv):\n    for i in range(100000): print('row', i)\n    return 0\n"
-            "sys.exit(run_command('stacking x', body, []))")
-    proc = subprocess.run(f"{sys.executable} -c \"{body}\" | head -1; echo \"rc=${{PIPESTATUS[0]}}\"",
-                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60, check=False)
+    body = (
+        "import sys; from stacking.cli import run_command\n"
+        "def body(argv):\n    for i in range(100000): print('row', i)\n    return 0\n"
+        "sys.exit(run_command('stacking x', body, []))"
+    )
+    proc = subprocess.run(
+        f'{sys.executable} -c "{body}" | head -1; echo "rc=${{PIPESTATUS[0]}}"',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.stdout == "row 0\nrc=141\n"
     assert proc.stderr == ""

@@ -33,8 +33,9 @@ def first_batch(cfg, stream, start):
 @pytest.fixture(scope="module")
 def base_run(tiny_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("base")
-    cfg = tiny_run_config(tmp, tiny_data, out_dir=str(tmp / "base"), max_tokens=2048, save_at_tokens=[1024],
-                          schedule="constant")
+    cfg = tiny_run_config(
+        tmp, tiny_data, out_dir=str(tmp / "base"), max_tokens=2048, save_at_tokens=[1024], schedule="constant"
+    )
     run(cfg)
     return cfg, tmp / "base" / "checkpoints" / "tokens-000000001024"
 
@@ -54,21 +55,36 @@ def test_grown_run_continues_the_base_stream(base_run, tmp_path):
     assert torch.equal(grown_first, base_at_d)
     assert not torch.equal(grown_first, base_first)
 
-    replay = tiny_run_config(tmp_path, base_cfg.data_dir, model="tiny-L4-D64", init_from=str(grown_dir),
-                             data_stream="replay")
+    replay = tiny_run_config(
+        tmp_path, base_cfg.data_dir, model="tiny-L4-D64", init_from=str(grown_dir), data_stream="replay"
+    )
     rs = data_stream(replay, meta)
     assert torch.equal(first_batch(replay, rs, stream_start(rs, replay, 1)), base_first)
 
-    bad = tiny_run_config(tmp_path, base_cfg.data_dir, model="tiny-L4-D64", init_from=str(grown_dir),
-                          micro_batch_size=8, global_batch_tokens=256)
+    bad = tiny_run_config(
+        tmp_path,
+        base_cfg.data_dir,
+        model="tiny-L4-D64",
+        init_from=str(grown_dir),
+        micro_batch_size=8,
+        global_batch_tokens=256,
+    )
     with pytest.raises(RunError, match="data_stream: continue needs the parent's micro_batch_size = 4"):
         data_stream(bad, meta)
     with pytest.raises(RunError, match="not divisible by world size 3"):
         stream_start(stream, grown_cfg, 3)
 
     # the grown run trains, records its validation windows, and its checkpoints record the continued position
-    summary = run(tiny_run_config(tmp_path, base_cfg.data_dir, model="tiny-L4-D64", init_from=str(grown_dir),
-                                  out_dir=str(tmp_path / "grown_run"), max_tokens=1024))
+    summary = run(
+        tiny_run_config(
+            tmp_path,
+            base_cfg.data_dir,
+            model="tiny-L4-D64",
+            init_from=str(grown_dir),
+            out_dir=str(tmp_path / "grown_run"),
+            max_tokens=1024,
+        )
+    )
     assert summary["status"] == "done"
     windows = json.loads((tmp_path / "grown_run" / "val_windows.json").read_text())
     assert windows["n_windows"] == 2048 // 32 == len(windows["offsets"])
@@ -78,17 +94,31 @@ def test_grown_run_continues_the_base_stream(base_run, tmp_path):
 
 
 def test_cooldown_branch_equals_a_standalone_wsd_run(tiny_data, tmp_path):
-    main = tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "main"), schedule="constant",
-                           max_tokens=4096, save_state_at_tokens=[2560])
+    main = tiny_run_config(
+        tmp_path,
+        tiny_data,
+        out_dir=str(tmp_path / "main"),
+        schedule="constant",
+        max_tokens=4096,
+        save_state_at_tokens=[2560],
+    )
     run(main)
     state = tmp_path / "main" / "states" / "tokens-000000002560.ckpt"
     assert state.is_file()
-    branch = tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "branch"), schedule="wsd",
-                             max_tokens=3584, decay_tokens=1024, branch_from=str(state))
+    branch = tiny_run_config(
+        tmp_path,
+        tiny_data,
+        out_dir=str(tmp_path / "branch"),
+        schedule="wsd",
+        max_tokens=3584,
+        decay_tokens=1024,
+        branch_from=str(state),
+    )
     s = run(branch)
     assert s["status"] == "done" and s["tokens"] == 3584
-    alone = tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "alone"), schedule="wsd",
-                            max_tokens=3584, decay_tokens=1024)
+    alone = tiny_run_config(
+        tmp_path, tiny_data, out_dir=str(tmp_path / "alone"), schedule="wsd", max_tokens=3584, decay_tokens=1024
+    )
     a = run(alone)
     b_rows, a_rows = rows(tmp_path / "branch" / "metrics.csv"), rows(tmp_path / "alone" / "metrics.csv")
     assert int(b_rows[0]["tokens"]) == 2560 + 256  # the branch's own rows start after the branch point
@@ -104,13 +134,23 @@ def test_cooldown_branch_equals_a_standalone_wsd_run(tiny_data, tmp_path):
     assert s["start_tokens"] == 2560 and a["start_tokens"] == 0
     assert s["tokens_per_s"] == pytest.approx((3584 - 2560) / s["wall_time_s"], rel=1e-6)
 
-    missing = tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "b2"), schedule="wsd", max_tokens=3584,
-                              decay_tokens=1024, branch_from=str(tmp_path / "nope.ckpt"))
+    missing = tiny_run_config(
+        tmp_path,
+        tiny_data,
+        out_dir=str(tmp_path / "b2"),
+        schedule="wsd",
+        max_tokens=3584,
+        decay_tokens=1024,
+        branch_from=str(tmp_path / "nope.ckpt"),
+    )
     with pytest.raises(RunError, match="branch_from .* does not exist"):
         run(missing)
     with pytest.raises(RunError, match="save_state_at_tokens entry 8192 must be"):
-        run(tiny_run_config(tmp_path, tiny_data, out_dir=str(tmp_path / "b3"), save_state_at_tokens=[8192],
-                            max_tokens=4096))
+        run(
+            tiny_run_config(
+                tmp_path, tiny_data, out_dir=str(tmp_path / "b3"), save_state_at_tokens=[8192], max_tokens=4096
+            )
+        )
 
 
 def test_width_growth_runs_through_train_with_the_checkpoint_config(base_run, tmp_path):
@@ -118,15 +158,26 @@ def test_width_growth_runs_through_train_with_the_checkpoint_config(base_run, tm
     grown = grow_checkpoint(ckpt, tmp_path / "gz", "G_zero", direction="width", g=2)
     _, gcfg, _, _ = load_litgpt_checkpoint(grown)
     base_loss = next(r for r in rows(base_cfg.out_dir + "/metrics.csv") if int(r["tokens"]) == 1024)["val_loss"]
-    s = run(tiny_run_config(tmp_path, base_cfg.data_dir, model="tiny-L2-D128", init_from=str(grown),
-                            out_dir=str(tmp_path / "gzrun"), max_tokens=512))
+    s = run(
+        tiny_run_config(
+            tmp_path,
+            base_cfg.data_dir,
+            model="tiny-L2-D128",
+            init_from=str(grown),
+            out_dir=str(tmp_path / "gzrun"),
+            max_tokens=512,
+        )
+    )
     assert s["status"] == "done"
     first = rows(tmp_path / "gzrun" / "metrics.csv")[0]
     assert float(first["val_loss"]) == pytest.approx(float(base_loss), abs=1e-4)  # exact growth, exact config
     assert json.loads((tmp_path / "gzrun" / "model.json").read_text())["params_total"] > 0
     with pytest.raises(RunError, match="different shape than model 'tiny-L4-D64' in n_layer"):
-        run(tiny_run_config(tmp_path, base_cfg.data_dir, model="tiny-L4-D64", init_from=str(grown),
-                            out_dir=str(tmp_path / "bad")))
+        run(
+            tiny_run_config(
+                tmp_path, base_cfg.data_dir, model="tiny-L4-D64", init_from=str(grown), out_dir=str(tmp_path / "bad")
+            )
+        )
     assert gcfg.n_embd == 128
 
 

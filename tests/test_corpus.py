@@ -33,8 +33,10 @@ from stacking.tokenizer import load_dataset_tokenizer
 def split_tokens(d: Path, split: str) -> np.ndarray:
     """A split read from meta.json's shard list by hand (independent of stacking.data's reader)."""
     meta = json.loads((d / "meta.json").read_text())
-    parts = [np.fromfile(d / e["path"], dtype=meta["dtype"], count=e["tokens"], offset=e.get("byte_offset", 0))
-             for e in meta["shards"][split]]
+    parts = [
+        np.fromfile(d / e["path"], dtype=meta["dtype"], count=e["tokens"], offset=e.get("byte_offset", 0))
+        for e in meta["shards"][split]
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, meta["dtype"])
 
 
@@ -71,7 +73,7 @@ def zstd(data: bytes, frames: int = 2) -> bytes:
     import zstandard
 
     step = len(data) // frames + 1
-    return b"".join(zstandard.ZstdCompressor().compress(data[i: i + step]) for i in range(0, len(data), step))
+    return b"".join(zstandard.ZstdCompressor().compress(data[i : i + step]) for i in range(0, len(data), step))
 
 
 def write_parquet(path: Path, docs: list[str], row_group_size: int = 7) -> Path:
@@ -112,12 +114,24 @@ def hf_dir(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(make_docs(200, seed=1), trainer=trainer)
     tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token":
-                                                         True, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "add_bos_token": True,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
     return d
 
 
@@ -128,8 +142,17 @@ def sp_model(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("sp")
     (d / "train.txt").write_text("\n".join(LOCAL_TEXT))
-    spm.SentencePieceTrainer.train(input=str(d / "train.txt"), model_prefix=str(d / "sp"), vocab_size=400,
-                                   model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(d / "train.txt"),
+        model_prefix=str(d / "sp"),
+        vocab_size=400,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
     (d / "sp.model").rename(d / "tokenizer.model")
     return d / "tokenizer.model"
 
@@ -145,25 +168,46 @@ def expected_docs(src: Path, val_fraction: float) -> dict[str, list[str]]:
 
 # ---- the old builder's outputs -----------------------------------------------------------------------------------
 
+
 def test_default_builds_equal_the_single_process_builder(tiny_data, tmp_path):
     """Pinned from the builder before this pipeline: same tokens, same data_id (so existing runs keep their ids)."""
     assert data_id(tiny_data) == "data:9c6ed1b601da995d"
     train, val = split_tokens(tiny_data, "train"), split_tokens(tiny_data, "val")
-    assert hashlib.sha256(train.tobytes()).hexdigest() == \
-        "d93f022bb8b74c4e404ced3db3fcbe4cab112cb4f4e7e90b5af656323b9aab93"
-    assert hashlib.sha256(val.tobytes()).hexdigest() == \
-        "d76169535a6df5f4ca4e58a11de4923f7aefb0ba2945aeaba40a5e39e88e44f0"
+    assert (
+        hashlib.sha256(train.tobytes()).hexdigest()
+        == "d93f022bb8b74c4e404ced3db3fcbe4cab112cb4f4e7e90b5af656323b9aab93"
+    )
+    assert (
+        hashlib.sha256(val.tobytes()).hexdigest() == "d76169535a6df5f4ca4e58a11de4923f7aefb0ba2945aeaba40a5e39e88e44f0"
+    )
     meta = read_meta(tiny_data)
-    assert set(meta) == {"vocab_size", "unigram_val_loss", "dtype", "tokenizer", "tokenizer_sha256", "eot_id",
-                         "train_tokens", "val_tokens", "val_fraction", "sources", "named_sources", "n_files",
-                         "n_docs", "chars", "sha256", "shards"}  # nothing new unless an option asks for it
+    assert set(meta) == {
+        "vocab_size",
+        "unigram_val_loss",
+        "dtype",
+        "tokenizer",
+        "tokenizer_sha256",
+        "eot_id",
+        "train_tokens",
+        "val_tokens",
+        "val_fraction",
+        "sources",
+        "named_sources",
+        "n_files",
+        "n_docs",
+        "chars",
+        "sha256",
+        "shards",
+    }  # nothing new unless an option asks for it
     counts = np.bincount(train, minlength=meta["vocab_size"]).astype(np.float64) + 1.0
     assert meta["unigram_val_loss"] == float(-np.log(counts / counts.sum())[val].mean())  # bit for bit
     out = build_dataset(DataConfig(out=str(tmp_path / "b"), tokenizer="bytes", shard_bytes=1 << 20, workers=1))
     assert data_id(out) == "data:5a58345c296f6feb"  # the full stdlib, raw bytes, in 13 shards
     assert len(read_meta(out)["shards"]["train"]) > 10
-    assert hashlib.sha256(split_tokens(out, "train").tobytes()).hexdigest() == \
-        "40622571b8870d04faf777e3ca0f91b9700bbb66ca15eac9fcbb44c9b8c7aede"
+    assert (
+        hashlib.sha256(split_tokens(out, "train").tobytes()).hexdigest()
+        == "40622571b8870d04faf777e3ca0f91b9700bbb66ca15eac9fcbb44c9b8c7aede"
+    )
     assert np.array_equal(np.asarray(load_tokens(out, "train")), split_tokens(out, "train"))  # the reader agrees
 
 
@@ -171,10 +215,11 @@ def test_unigram_loss_follows_numpys_pairwise_sum():
     rng = np.random.default_rng(0)
     for n in (1, 129, 5000, 100_003):
         x = rng.standard_normal(n)
-        assert shards._pairwise_sum(lambda a, k, x=x: x[a: a + k], 0, n, leaf=256) == np.add.reduce(x)
+        assert shards._pairwise_sum(lambda a, k, x=x: x[a : a + k], 0, n, leaf=256) == np.add.reduce(x)
 
 
 # ---- tokenizers --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["bytes", "bpe", "hf", "sp"])
 def test_tokens_are_each_documents_independent_encoding(kind, corpus_dir, hf_dir, sp_model, tmp_path):
@@ -183,8 +228,17 @@ def test_tokens_are_each_documents_independent_encoding(kind, corpus_dir, hf_dir
     from litgpt.tokenizer import Tokenizer
 
     tokenizer = {"hf": str(hf_dir), "sp": str(sp_model)}.get(kind, kind)
-    out = build_dataset(DataConfig(out=str(tmp_path / "ds"), sources=[str(corpus_dir)], tokenizer=tokenizer,
-                                   vocab_size=300, val_fraction=0.3, shard_bytes=4000, workers=1))
+    out = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "ds"),
+            sources=[str(corpus_dir)],
+            tokenizer=tokenizer,
+            vocab_size=300,
+            val_fraction=0.3,
+            shard_bytes=4000,
+            workers=1,
+        )
+    )
     meta = read_meta(out)
     if kind == "bytes":
         encode = lambda t: [*t.encode(), 256]
@@ -212,13 +266,23 @@ def test_tokens_are_each_documents_independent_encoding(kind, corpus_dir, hf_dir
 
 
 def test_pretrained_tokenizer_files_travel_with_the_dataset(hf_dir, corpus_dir, tmp_path):
-    a = build_dataset(DataConfig(out=str(tmp_path / "a"), sources=[str(corpus_dir)],
-                                 tokenizer=str(hf_dir / "tokenizer.json"), val_fraction=0.3, workers=1))
+    a = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "a"),
+            sources=[str(corpus_dir)],
+            tokenizer=str(hf_dir / "tokenizer.json"),
+            val_fraction=0.3,
+            workers=1,
+        )
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (a / name).read_bytes() == (hf_dir / name).read_bytes()
     assert read_meta(a)["tokenizer_sha256"] == hashlib.sha256((hf_dir / "tokenizer.json").read_bytes()).hexdigest()
-    b = build_dataset(DataConfig(out=str(tmp_path / "b"), sources=[str(corpus_dir)], tokenizer_from=str(a),
-                                 val_fraction=0.3, workers=1))  # a dataset dir lends its pretrained tokenizer
+    b = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "b"), sources=[str(corpus_dir)], tokenizer_from=str(a), val_fraction=0.3, workers=1
+        )
+    )  # a dataset dir lends its pretrained tokenizer
     assert np.array_equal(split_tokens(a, "train"), split_tokens(b, "train"))
     assert read_meta(b)["tokenizer_from"] == str(a.resolve()) and read_meta(b)["add_bos"] is True
 
@@ -226,8 +290,15 @@ def test_pretrained_tokenizer_files_travel_with_the_dataset(hf_dir, corpus_dir, 
 def test_a_document_ending_in_eos_text_still_ends_with_one_eos(hf_dir, tmp_path):
     """litgpt's encode(eos=True) drops a trailing EOS the text itself produced; a stored document always ends in one."""
     write_jsonl(tmp_path / "src" / "d.jsonl", ["hello </s>", "plain"] * 20)
-    out = build_dataset(DataConfig(out=str(tmp_path / "ds"), sources=[str(tmp_path / "src")], tokenizer=str(hf_dir),
-                                   val_fraction=0.5, workers=1))
+    out = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "ds"),
+            sources=[str(tmp_path / "src")],
+            tokenizer=str(hf_dir),
+            val_fraction=0.5,
+            workers=1,
+        )
+    )
     eos = read_meta(out)["eot_id"]
     docs = documents(np.concatenate([split_tokens(out, "train"), split_tokens(out, "val")]), eos)
     assert len(docs) == 40 and all(d[-1] == eos and eos not in d[:-1] for d in docs)
@@ -235,11 +306,16 @@ def test_a_document_ending_in_eos_text_still_ends_with_one_eos(hf_dir, tmp_path)
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
 
+
 def test_compressed_jsonl_and_parquet_read_like_plain_jsonl(tmp_path):
     docs = make_docs(50, seed=3)
     plain = write_jsonl(tmp_path / "f.jsonl", docs)
-    files = {"plain": plain, "gz": tmp_path / "f.jsonl.gz", "zst": tmp_path / "f.jsonl.zst",
-             "parquet": write_parquet(tmp_path / "f.parquet", docs)}
+    files = {
+        "plain": plain,
+        "gz": tmp_path / "f.jsonl.gz",
+        "zst": tmp_path / "f.jsonl.zst",
+        "parquet": write_parquet(tmp_path / "f.parquet", docs),
+    }
     files["gz"].write_bytes(gzip.compress(plain.read_bytes()))
     files["zst"].write_bytes(zstd(plain.read_bytes(), frames=3))
     want = list(file_documents(plain, "k", "text"))
@@ -249,8 +325,16 @@ def test_compressed_jsonl_and_parquet_read_like_plain_jsonl(tmp_path):
     for name, f in files.items():
         assert list(file_documents(f, "k", "text")) == want
         # val_sources: every document of the source is train, in order, so different file names compare
-        built[name] = build_dataset(DataConfig(out=str(tmp_path / name), sources=[str(f)], val_sources=[str(val)],
-                                               tokenizer="bytes", shard_bytes=2000, workers=1))
+        built[name] = build_dataset(
+            DataConfig(
+                out=str(tmp_path / name),
+                sources=[str(f)],
+                val_sources=[str(val)],
+                tokenizer="bytes",
+                shard_bytes=2000,
+                workers=1,
+            )
+        )
         assert np.array_equal(split_tokens(built[name], "train"), split_tokens(built["plain"], "train"))
     assert len(read_meta(built["parquet"])["shards"]["train"]) > 3  # split by row groups into several units
     assert read_meta(built["zst"])["n_docs"] == {"train": 50, "val": 1}
@@ -266,9 +350,21 @@ def test_one_document_files_keep_the_file_key(tmp_path):
 
 # ---- workers, resume ---------------------------------------------------------------------------------------------
 
+
 def test_one_and_two_workers_write_identical_datasets(corpus_dir, tmp_path):
-    outs = [build_dataset(DataConfig(out=str(tmp_path / f"w{w}"), sources=[str(corpus_dir)], vocab_size=300,
-                                     val_fraction=0.3, shard_bytes=3000, workers=w)) for w in (1, 2)]
+    outs = [
+        build_dataset(
+            DataConfig(
+                out=str(tmp_path / f"w{w}"),
+                sources=[str(corpus_dir)],
+                vocab_size=300,
+                val_fraction=0.3,
+                shard_bytes=3000,
+                workers=w,
+            )
+        )
+        for w in (1, 2)
+    ]
     names = sorted(p.name for p in outs[0].iterdir())
     assert len(read_meta(outs[0])["shards"]["train"]) >= 4 and names == sorted(p.name for p in outs[1].iterdir())
     assert all((outs[0] / n).read_bytes() == (outs[1] / n).read_bytes() for n in names)
@@ -282,8 +378,10 @@ def test_a_killed_build_resumes_from_its_finished_units(corpus_dir, tmp_path, mo
     with pytest.raises(RuntimeError, match="stopped after 2 units"):
         build_dataset(DataConfig(out=str(tmp_path / "ds"), **cfg))
     partial = tmp_path / ".ds.partial"
-    assert not (tmp_path / "ds").exists() and sorted(p.name for p in partial.glob("unit-*")) == \
-        ["unit-00000.json", "unit-00001.json"]
+    assert not (tmp_path / "ds").exists() and sorted(p.name for p in partial.glob("unit-*")) == [
+        "unit-00000.json",
+        "unit-00001.json",
+    ]
     first = (partial / "train-00000.bin").stat()
     (partial / "train-00002.bin.tmp").write_bytes(b"half")  # a unit killed mid-write, twice over
     (partial / "train-00002.bin").write_bytes(b"no sidecar: not finished")
@@ -301,8 +399,14 @@ def test_a_resumed_bpe_build_checks_the_files_its_tokenizer_was_trained_on(corpu
     src.mkdir()
     for f in corpus_dir.iterdir():
         (src / f.name).write_bytes(f.read_bytes())
-    cfg = {"sources": [str(src)], "vocab_size": 300, "val_fraction": 0.3, "shard_bytes": 3000, "workers": 1,
-           "tokenizer_sample_bytes": 5000}  # the BPE reads a.jsonl only
+    cfg = {
+        "sources": [str(src)],
+        "vocab_size": 300,
+        "val_fraction": 0.3,
+        "shard_bytes": 3000,
+        "workers": 1,
+        "tokenizer_sample_bytes": 5000,
+    }  # the BPE reads a.jsonl only
     monkeypatch.setenv(shards.STOP_ENV, "1")
     with pytest.raises(RuntimeError):
         build_dataset(DataConfig(out=str(tmp_path / "ds"), **cfg))
@@ -315,14 +419,27 @@ def test_a_resumed_bpe_build_checks_the_files_its_tokenizer_was_trained_on(corpu
         build_dataset(DataConfig(out=str(tmp_path / "ds2"), **cfg))
     monkeypatch.delenv(shards.STOP_ENV)
     (src / "a.jsonl").write_text(json.dumps({"text": "changed"}) + "\n")  # in the sample: the BPE is stale
-    with pytest.raises(DataError, match=r"\.ds2\.partial/tokenizer.json \(an interrupted build's BPE\) was trained "
-                                        "on a.jsonl, which has changed"):
+    with pytest.raises(
+        DataError,
+        match=r"\.ds2\.partial/tokenizer.json \(an interrupted build's BPE\) was trained "
+        "on a.jsonl, which has changed",
+    ):
         build_dataset(DataConfig(out=str(tmp_path / "ds2"), **cfg))
 
 
 def test_resuming_with_another_tokenizer_is_an_error(corpus_dir, tmp_path, monkeypatch, capsys):
-    argv = ["--out", str(tmp_path / "ds"), "--sources", str(corpus_dir), "--shard_bytes", "3000", "--workers", "1",
-            "--val_fraction", "0.3"]
+    argv = [
+        "--out",
+        str(tmp_path / "ds"),
+        "--sources",
+        str(corpus_dir),
+        "--shard_bytes",
+        "3000",
+        "--workers",
+        "1",
+        "--val_fraction",
+        "0.3",
+    ]
     monkeypatch.setenv(shards.STOP_ENV, "1")
     with pytest.raises(RuntimeError):
         cli_main(["data", *argv, "--tokenizer", "bytes"])
@@ -334,6 +451,7 @@ def test_resuming_with_another_tokenizer_is_an_error(corpus_dir, tmp_path, monke
 
 # ---- validation split --------------------------------------------------------------------------------------------
 
+
 def test_val_cap_moves_the_overflow_to_train(corpus_dir, tmp_path):
     cfg = {"sources": [str(corpus_dir)], "tokenizer": "bytes", "val_fraction": 0.5, "shard_bytes": 3000, "workers": 1}
     full = build_dataset(DataConfig(out=str(tmp_path / "full"), **cfg))
@@ -344,8 +462,10 @@ def test_val_cap_moves_the_overflow_to_train(corpus_dir, tmp_path):
     assert b["val_tokens"] == sum(len(d) for d in val_docs[:kept]) <= 5000 < a["val_tokens"]
     assert b["val_tokens_max"] == 5000 and "val_tokens_max" not in a
     assert np.array_equal(split_tokens(capped, "val"), split_tokens(full, "val")[: b["val_tokens"]])
-    assert np.array_equal(split_tokens(capped, "train"), np.concatenate(
-        [split_tokens(full, "train"), split_tokens(full, "val")[b["val_tokens"]:]]))  # nothing dropped
+    assert np.array_equal(
+        split_tokens(capped, "train"),
+        np.concatenate([split_tokens(full, "train"), split_tokens(full, "val")[b["val_tokens"] :]]),
+    )  # nothing dropped
     assert any(e.get("byte_offset") for e in b["shards"]["train"])  # the tail of one val shard
     for key in ("n_docs", "chars"):
         assert sum(a[key].values()) == sum(b[key].values()) and b[key]["val"] < a[key]["val"]
@@ -355,27 +475,60 @@ def test_val_cap_moves_the_overflow_to_train(corpus_dir, tmp_path):
 
 def test_val_sources_are_the_validation_split(corpus_dir, tmp_path):
     val_src = write_jsonl(tmp_path / "val" / "v.jsonl", make_docs(10, seed=9))
-    out = build_dataset(DataConfig(out=str(tmp_path / "ds"), sources=[str(corpus_dir)], val_sources=[str(val_src)],
-                                   tokenizer="bytes", workers=1))
+    out = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "ds"),
+            sources=[str(corpus_dir)],
+            val_sources=[str(val_src)],
+            tokenizer="bytes",
+            workers=1,
+        )
+    )
     meta = read_meta(out)
     train_texts = [t for f in sorted(corpus_dir.iterdir()) for _, t in file_documents(f, f.name, "text")]
     assert documents(split_tokens(out, "train"), 256) == [[*t.encode(), 256] for t in train_texts]
     assert documents(split_tokens(out, "val"), 256) == [[*t.encode(), 256] for t in make_docs(10, seed=9)]
     assert meta["val_sources"] == [str(val_src.resolve())] and meta["n_docs"]["val"] == 10
-    capped = build_dataset(DataConfig(out=str(tmp_path / "c"), sources=[str(corpus_dir)], val_sources=[str(val_src)],
-                                      tokenizer="bytes", val_tokens=meta["val_tokens"] // 2, workers=1))
+    capped = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "c"),
+            sources=[str(corpus_dir)],
+            val_sources=[str(val_src)],
+            tokenizer="bytes",
+            val_tokens=meta["val_tokens"] // 2,
+            workers=1,
+        )
+    )
     assert 0 < read_meta(capped)["val_tokens"] <= meta["val_tokens"] // 2
     # a corpus's own validation text past the cap is not used: train is exactly --sources
     assert read_meta(capped)["train_tokens"] == meta["train_tokens"]
     assert read_meta(capped)["n_docs"]["train"] == meta["n_docs"]["train"]
     assert read_meta(capped)["n_docs"]["val"] < meta["n_docs"]["val"]
     second = write_jsonl(tmp_path / "val2" / "w.jsonl", ["more validation text"])
-    assert cli_main(["data", "--out", str(tmp_path / "cli"), "--sources", str(corpus_dir), "--val-sources",
-                     str(val_src), str(second), "--tokenizer", "bytes", "--workers", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "--out",
+                str(tmp_path / "cli"),
+                "--sources",
+                str(corpus_dir),
+                "--val-sources",
+                str(val_src),
+                str(second),
+                "--tokenizer",
+                "bytes",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert read_meta(tmp_path / "cli")["val_sources"] == [str(val_src.resolve()), str(second.resolve())]
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
+
 
 def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, capsys):
     good = "\n".join(json.dumps({"text": f"doc {i} " * 50}) for i in range(400)).encode() + b"\n"
@@ -394,8 +547,9 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, capsys):
         src.mkdir()
         (src / name).write_bytes(data)
         for tok in ("bytes", "bpe"):  # bpe: the error comes from the tokenizer's training sample
-            err = cli_error(capsys, "--out", str(tmp_path / "out"), "--sources", str(src), "--tokenizer", tok,
-                            "--vocab_size", "300")
+            err = cli_error(
+                capsys, "--out", str(tmp_path / "out"), "--sources", str(src), "--tokenizer", tok, "--vocab_size", "300"
+            )
             assert re.search(pattern, err), err
             assert not (tmp_path / "out").exists()
 
@@ -406,8 +560,19 @@ def test_an_error_in_a_worker_reaches_the_user_as_one_line(corpus_dir, tmp_path,
     for f in corpus_dir.iterdir():
         (src / f.name).write_bytes(f.read_bytes())
     (src / "z.jsonl").write_text('{"text": "fine"}\n{"text": 3}\n')  # the last unit's file
-    err = cli_error(capsys, "--out", str(tmp_path / "out"), "--sources", str(src), "--tokenizer", "bytes",
-                    "--workers", "2", "--shard_bytes", "3000")
+    err = cli_error(
+        capsys,
+        "--out",
+        str(tmp_path / "out"),
+        "--sources",
+        str(src),
+        "--tokenizer",
+        "bytes",
+        "--workers",
+        "2",
+        "--shard_bytes",
+        "3000",
+    )
     assert err.endswith("z.jsonl:2: field 'text' is a int, not a string")
     assert not (tmp_path / "out").exists()
 
@@ -417,15 +582,18 @@ def test_tokenizer_and_option_errors(tmp_path, capsys, corpus_dir):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.json").write_text("{not json")
     for tok in ("vocab.txt", "empty", "missing.model"):
-        err = cli_error(capsys, "--out", str(tmp_path / "o"), "--sources", str(corpus_dir), "--tokenizer",
-                        str(tmp_path / tok))
+        err = cli_error(
+            capsys, "--out", str(tmp_path / "o"), "--sources", str(corpus_dir), "--tokenizer", str(tmp_path / tok)
+        )
         assert f"{str(tmp_path / tok)!r} is none of these" in err
-    err = cli_error(capsys, "--out", str(tmp_path / "o"), "--sources", str(corpus_dir), "--tokenizer",
-                    str(tmp_path / "broken.json"))
+    err = cli_error(
+        capsys, "--out", str(tmp_path / "o"), "--sources", str(corpus_dir), "--tokenizer", str(tmp_path / "broken.json")
+    )
     assert "broken.json': litgpt.Tokenizer cannot load it" in err
     for flag, value in (("--workers", "-1"), ("--shard_bytes", "0"), ("--val_tokens", "-5")):
         assert flag[2:] in cli_error(capsys, "--out", str(tmp_path / "o"), flag, value)
     with pytest.raises(DataError, match="in both sources and val_sources"):
-        build_dataset(DataConfig(out=str(tmp_path / "o"), sources=[str(corpus_dir)],
-                                 val_sources=[str(corpus_dir / "a.jsonl")]))
+        build_dataset(
+            DataConfig(out=str(tmp_path / "o"), sources=[str(corpus_dir)], val_sources=[str(corpus_dir / "a.jsonl")])
+        )
     assert not (tmp_path / "o").exists()

@@ -25,7 +25,7 @@ def covered_documents(tokens: np.ndarray, eot_id: int, offsets: np.ndarray, seq_
     """Per document: does some window have one of its tokens among its targets (offset+1 … offset+seq_len)?"""
     target = np.zeros(len(tokens), bool)
     for o in offsets:
-        target[o + 1: o + seq_len + 1] = True
+        target[o + 1 : o + seq_len + 1] = True
     ends = np.flatnonzero(tokens == eot_id) + 1
     return np.array([target[s:e].any() for s, e in zip(np.r_[0, ends[:-1]], ends)])
 
@@ -48,8 +48,9 @@ def fake_dataset(path: Path, doc_lengths, eot_id: int = 0, seed: int = 0) -> np.
     path.mkdir(parents=True)
     val.tofile(path / "val.bin")
     np.arange(1, 20, dtype=np.uint16).tofile(path / "train.bin")
-    (path / "meta.json").write_text(json.dumps({"dtype": "uint16", "eot_id": eot_id, "vocab_size": 100,
-                                                "train_tokens": 19, "val_tokens": len(val)}))
+    (path / "meta.json").write_text(
+        json.dumps({"dtype": "uint16", "eot_id": eot_id, "vocab_size": 100, "train_tokens": 19, "val_tokens": len(val)})
+    )
     return val
 
 
@@ -59,11 +60,13 @@ def docs_data(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("docs")
     for i in range(40):
         (src / f"doc{i:02d}.txt").write_text(f"document {i}: " + "lorem ipsum " * (3 + (i * 37) % 200))
-    return build_dataset(DataConfig(out=str(src.parent / "ds"), sources=[str(src)], tokenizer="bytes",
-                                    val_fraction=0.5))
+    return build_dataset(
+        DataConfig(out=str(src.parent / "ds"), sources=[str(src)], tokenizer="bytes", val_fraction=0.5)
+    )
 
 
 # ---- validation windows ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seq_len", [8, 32])
 def test_every_val_document_gets_a_window(docs_data, seq_len):
@@ -85,7 +88,7 @@ def test_val_windows_are_deterministic_and_read_the_offsets(docs_data, tmp_path)
     w = val_windows(docs_data, 16, 512)
     assert w.shape == (len(offsets), 17) and str(w.dtype) == "torch.int64"
     tokens = np.asarray(load_tokens(docs_data, "val"))
-    assert all((w[i].numpy() == tokens[o: o + 17]).all() for i, o in enumerate(offsets))
+    assert all((w[i].numpy() == tokens[o : o + 17]).all() for i, o in enumerate(offsets))
     # a pure function of the files: the same from a copy of the dir, and on every call
     shutil.copytree(docs_data, tmp_path / "copy")
     assert (val_window_offsets(tmp_path / "copy", 16, 512) == offsets).all()
@@ -119,8 +122,11 @@ def test_short_val_split_gives_fewer_windows(tmp_path):
 def test_window_invariants_on_random_documents(tmp_path, seed):
     rng = np.random.default_rng(seed)
     n_docs = int(rng.integers(1, 60))
-    lengths = [rng.integers(1, 300, n_docs), rng.geometric(0.02, n_docs),
-               np.where(rng.random(n_docs) < 0.7, rng.integers(1, 5, n_docs), rng.integers(100, 3000, n_docs))]
+    lengths = [
+        rng.integers(1, 300, n_docs),
+        rng.geometric(0.02, n_docs),
+        np.where(rng.random(n_docs) < 0.7, rng.integers(1, 5, n_docs), rng.integers(100, 3000, n_docs)),
+    ]
     lengths = lengths[seed % 3]
     val = fake_dataset(tmp_path / "ds", lengths, eot_id=7, seed=seed)
     seq_len = int(rng.integers(1, min(200, len(val) - 1) + 1))
@@ -146,17 +152,25 @@ def test_val_window_errors(docs_data, tmp_path):
 
 # ---- corpus sources ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def fake_roots(tmp_path, monkeypatch) -> dict[str, Path]:
     """Tiny stand-ins for the three named sources' roots."""
     roots = {name: tmp_path / name for name in corpus.NAMED_SOURCES}
-    files = {"stdlib/os.py": "import sys\n" * 40, "stdlib/json/__init__.py": "x = 1\n" * 30,
-             "stdlib/test/test_os.py": "skip\n", "stdlib/test_x.py": "skip\n",
-             "site-packages/pkg/core.py": "def f():\n    pass\n" * 30, "site-packages/pkg/tests/t.py": "skip\n",
-             "site-packages/pkg/README.md": "not python\n", "site-packages/other/_vendor/core.py":
-             "def f():\n    pass\n" * 30, "site-packages/copy_of_os.py": "import sys\n" * 40,
-             "c-headers/stdio.h": "int printf(const char *, ...);\n" * 30, "c-headers/sys/types.h":
-             "typedef long ssize_t;\n" * 30, "c-headers/impl.c": "int main() {}\n"}
+    files = {
+        "stdlib/os.py": "import sys\n" * 40,
+        "stdlib/json/__init__.py": "x = 1\n" * 30,
+        "stdlib/test/test_os.py": "skip\n",
+        "stdlib/test_x.py": "skip\n",
+        "site-packages/pkg/core.py": "def f():\n    pass\n" * 30,
+        "site-packages/pkg/tests/t.py": "skip\n",
+        "site-packages/pkg/README.md": "not python\n",
+        "site-packages/other/_vendor/core.py": "def f():\n    pass\n" * 30,
+        "site-packages/copy_of_os.py": "import sys\n" * 40,
+        "c-headers/stdio.h": "int printf(const char *, ...);\n" * 30,
+        "c-headers/sys/types.h": "typedef long ssize_t;\n" * 30,
+        "c-headers/impl.c": "int main() {}\n",
+    }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
@@ -168,23 +182,35 @@ def test_named_sources_combine_and_mix_with_paths(fake_roots, tmp_path):
     (tmp_path / "extra.txt").write_text("plain text " * 50)
     found, desc = collect_files(["stdlib", "site-packages", "c-headers", str(tmp_path / "extra.txt")])
     assert [(key, src) for _, key, src in found] == [
-        ("json/__init__.py", "stdlib"), ("os.py", "stdlib"),  # stdlib keys as before sources had names
-        ("site-packages/copy_of_os.py", "site-packages"), ("site-packages/other/_vendor/core.py", "site-packages"),
+        ("json/__init__.py", "stdlib"),
+        ("os.py", "stdlib"),  # stdlib keys as before sources had names
+        ("site-packages/copy_of_os.py", "site-packages"),
+        ("site-packages/other/_vendor/core.py", "site-packages"),
         ("site-packages/pkg/core.py", "site-packages"),
         ("c-headers" + str(fake_roots["c-headers"] / "stdio.h"), "c-headers"),
         ("c-headers" + str(fake_roots["c-headers"] / "sys/types.h"), "c-headers"),
-        (str(tmp_path / "extra.txt"), str(tmp_path / "extra.txt"))]
+        (str(tmp_path / "extra.txt"), str(tmp_path / "extra.txt")),
+    ]
     assert desc[0].startswith("python-stdlib:") and desc[1:3] == [
-        f"python-site-packages:{fake_roots['site-packages']}", f"c-headers:{fake_roots['c-headers']}"]
+        f"python-site-packages:{fake_roots['site-packages']}",
+        f"c-headers:{fake_roots['c-headers']}",
+    ]
     assert collect_files([])[0] == collect_files(["stdlib"])[0]
-    out = build_dataset(DataConfig(out=str(tmp_path / "ds"), tokenizer="bytes", val_fraction=0.3,
-                                   sources=["stdlib", "site-packages", "c-headers", str(tmp_path / "extra.txt")]))
+    out = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "ds"),
+            tokenizer="bytes",
+            val_fraction=0.3,
+            sources=["stdlib", "site-packages", "c-headers", str(tmp_path / "extra.txt")],
+        )
+    )
     meta = read_meta(out)
     # the vendored copy and the copy of a stdlib file are skipped: identical text cannot land in both splits
     assert meta["named_sources"] == {
         "stdlib": {"roots": [str(fake_roots["stdlib"])], "n_files": 2, "n_duplicates_skipped": 0},
         "site-packages": {"roots": [str(fake_roots["site-packages"])], "n_files": 1, "n_duplicates_skipped": 2},
-        "c-headers": {"roots": [str(fake_roots["c-headers"])], "n_files": 2, "n_duplicates_skipped": 0}}
+        "c-headers": {"roots": [str(fake_roots["c-headers"])], "n_files": 2, "n_duplicates_skipped": 0},
+    }
     assert meta["n_files"] == 6 and len(meta["sha256"]["files"]) == 6
     assert meta["train_tokens"] + meta["val_tokens"] == sum(meta["chars"].values()) + 6  # ASCII: byte = char
 
@@ -195,8 +221,9 @@ def test_real_named_sources_with_few_files(tmp_path):
             continue
         found, _ = collect_files([name])
         assert found and all(f.suffix == suffix and not {"test", "tests"} & set(f.parts) for f, _, _ in found)
-        out = build_dataset(DataConfig(out=str(tmp_path / name), sources=[name], max_files=6, tokenizer="bytes",
-                                       val_fraction=0.5))
+        out = build_dataset(
+            DataConfig(out=str(tmp_path / name), sources=[name], max_files=6, tokenizer="bytes", val_fraction=0.5)
+        )
         meta = read_meta(out)
         info = meta["named_sources"][name]
         assert info["n_files"] + info["n_duplicates_skipped"] == 6 == meta["n_files"] + info["n_duplicates_skipped"]
@@ -226,16 +253,37 @@ def test_cli_data_takes_several_sources(tmp_path, capsys):
     for i in range(6):
         (tmp_path / f"a{i}.txt").write_text(f"text {i} " * 40)
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i} " * 30}) for i in range(6)))
-    assert cli_main(["data", "--out", str(tmp_path / "ds"), "--sources", *map(str, sorted(tmp_path.glob("a*"))),
-                     str(tmp_path / "b.jsonl"), "--tokenizer", "bytes", "--val_fraction", "0.5"]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "--out",
+                str(tmp_path / "ds"),
+                "--sources",
+                *map(str, sorted(tmp_path.glob("a*"))),
+                str(tmp_path / "b.jsonl"),
+                "--tokenizer",
+                "bytes",
+                "--val_fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert read_meta(tmp_path / "ds")["n_files"] == 7
     # the list forms jsonargparse reads keep working: a YAML list, a JSON list, --sources+
     (tmp_path / "cfg.yaml").write_text(f"sources: [{tmp_path / 'a0.txt'}, {tmp_path / 'b.jsonl'}]\n")
-    for i, argv in enumerate((["--config", str(tmp_path / "cfg.yaml")],
-                              ["--sources", f"[{tmp_path / 'a0.txt'}, {tmp_path / 'b.jsonl'}]"],
-                              ["--sources+", str(tmp_path / "a0.txt"), "--sources+", str(tmp_path / "b.jsonl")])):
-        assert cli_main(["data", "--out", str(tmp_path / f"l{i}"), "--tokenizer", "bytes", "--val_fraction", "0.5",
-                         *argv]) == 0
+    for i, argv in enumerate(
+        (
+            ["--config", str(tmp_path / "cfg.yaml")],
+            ["--sources", f"[{tmp_path / 'a0.txt'}, {tmp_path / 'b.jsonl'}]"],
+            ["--sources+", str(tmp_path / "a0.txt"), "--sources+", str(tmp_path / "b.jsonl")],
+        )
+    ):
+        assert (
+            cli_main(["data", "--out", str(tmp_path / f"l{i}"), "--tokenizer", "bytes", "--val_fraction", "0.5", *argv])
+            == 0
+        )
         assert read_meta(tmp_path / f"l{i}")["n_files"] == 2
     capsys.readouterr()
     assert cli_main(["data", "--out", str(tmp_path / "e"), "--sources", "stdlib", "nope"]) == 2

@@ -26,15 +26,29 @@ def domain_data(tiny_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("domain")
     src = write_docs(root / "src", n=30, seed=1)
     out = root / "ds"
-    assert cli_main(["data", "--out", str(out), "--sources", str(src), "--tokenizer_from", str(tiny_data),
-                     "--val_fraction", "0.3"]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "--out",
+                str(out),
+                "--sources",
+                str(src),
+                "--tokenizer_from",
+                str(tiny_data),
+                "--val_fraction",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def _val_documents(data_dir: Path) -> list[list[int]]:
     tokens, eot = np.asarray(load_tokens(data_dir, "val")), read_meta(data_dir)["eot_id"]
     ends = np.flatnonzero(tokens == eot)
-    return [tokens[a + 1 if i else 0: b].tolist() for i, (a, b) in enumerate(zip(np.r_[-1, ends[:-1]], ends))]
+    return [tokens[a + 1 if i else 0 : b].tolist() for i, (a, b) in enumerate(zip(np.r_[-1, ends[:-1]], ends))]
 
 
 def test_tokenizer_from_reuses_the_source_tokenizer(tiny_data, domain_data):
@@ -53,32 +67,77 @@ def test_tokenizer_from_reuses_the_source_tokenizer(tiny_data, domain_data):
 
 def test_tokenizer_from_a_bytes_dir(tmp_path):
     src = write_docs(tmp_path / "src", n=12)
-    assert cli_main(["data", "--out", str(tmp_path / "a"), "--sources", str(src), "--tokenizer", "bytes",
-                     "--val_fraction", "0.4"]) == 0
-    assert cli_main(["data", "--out", str(tmp_path / "b"), "--sources", str(src), "--tokenizer_from",
-                     str(tmp_path / "a"), "--val_fraction", "0.4"]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "--out",
+                str(tmp_path / "a"),
+                "--sources",
+                str(src),
+                "--tokenizer",
+                "bytes",
+                "--val_fraction",
+                "0.4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "data",
+                "--out",
+                str(tmp_path / "b"),
+                "--sources",
+                str(src),
+                "--tokenizer_from",
+                str(tmp_path / "a"),
+                "--val_fraction",
+                "0.4",
+            ]
+        )
+        == 0
+    )
     meta = read_meta(tmp_path / "b")
-    assert meta["tokenizer"] == "bytes" and meta["vocab_size"] == 257 and not (tmp_path / "b" / "tokenizer.json").exists()
+    assert (
+        meta["tokenizer"] == "bytes" and meta["vocab_size"] == 257 and not (tmp_path / "b" / "tokenizer.json").exists()
+    )
     assert tokenizer_id(tmp_path / "b") == "bytes"
     texts = {p.read_text() for p in src.iterdir()}
     assert all(bytes(ids).decode() in texts for ids in _val_documents(tmp_path / "b"))
-    assert cli_main(["data", "--out", str(tmp_path / "c"), "--sources", str(src), "--tokenizer_from",
-                     str(tmp_path / "nope")]) == 2
+    assert (
+        cli_main(
+            ["data", "--out", str(tmp_path / "c"), "--sources", str(src), "--tokenizer_from", str(tmp_path / "nope")]
+        )
+        == 2
+    )
 
 
 def domain_grid(tiny_data: Path, domain_data: Path) -> dict:
     return dict(
-        name="domain", targets=["tiny-L2-D32"],
+        name="domain",
+        targets=["tiny-L2-D32"],
         ops=[{"op": "llama_pro", "label": "llama_pro_new_only", "options": {"train_new_only": True}}, "continued"],
-        g=[2], d=[1024], grown={"total_flops": 2.5e9},
+        g=[2],
+        d=[1024],
+        grown={"total_flops": 2.5e9},
         base={"set": {"data_dir": str(tiny_data), "eval_data_dirs": {"domain": str(domain_data)}}},
-        defaults={**DEFAULTS, "data_dir": str(domain_data), "eval_data_dirs": {"general": str(tiny_data)},
-                  "val_every_tokens": 512, "schedule": "cosine"})
+        defaults={
+            **DEFAULTS,
+            "data_dir": str(domain_data),
+            "eval_data_dirs": {"general": str(tiny_data)},
+            "val_every_tokens": 512,
+            "schedule": "cosine",
+        },
+    )
 
 
 def test_continued_is_the_base_trained_on_from_its_checkpoint(tiny_data, domain_data):
-    runs = {r.name.split("-")[4] if r.kind == "grown" else r.kind: r
-            for r in expand(parse_grid(domain_grid(tiny_data, domain_data)))}
+    runs = {
+        r.name.split("-")[4] if r.kind == "grown" else r.kind: r
+        for r in expand(parse_grid(domain_grid(tiny_data, domain_data)))
+    }
     base, cont, pro = runs["base"], runs["continued"], runs["llama_pro_new_only"]
     assert cont.kind == "grown" and cont.op == "continued" and cont.grow is None and cont.deps == [base.id]
     assert cont.config.init_from == f"{base.config.out_dir}/checkpoints/tokens-{1024:012d}"

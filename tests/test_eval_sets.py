@@ -33,15 +33,22 @@ def write_docs(root: Path, n: int = 24, seed: int = 0) -> Path:
 def second_data(tiny_data, tmp_path_factory) -> Path:
     """A corpus of other text with tiny_data's BPE tokenizer (tokenizer_from)."""
     root = tmp_path_factory.mktemp("second")
-    return build_dataset(DataConfig(out=str(root / "ds"), sources=[str(write_docs(root / "src"))],
-                                    tokenizer_from=str(tiny_data), val_fraction=0.3))
+    return build_dataset(
+        DataConfig(
+            out=str(root / "ds"),
+            sources=[str(write_docs(root / "src"))],
+            tokenizer_from=str(tiny_data),
+            val_fraction=0.3,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def bytes_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bytes")
-    return build_dataset(DataConfig(out=str(root / "ds"), sources=[str(write_docs(root / "src"))], tokenizer="bytes",
-                                    val_fraction=0.3))
+    return build_dataset(
+        DataConfig(out=str(root / "ds"), sources=[str(write_docs(root / "src"))], tokenizer="bytes", val_fraction=0.3)
+    )
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -136,8 +143,12 @@ def test_cli_tokenizer_from_takes_the_hyphenated_flag_too(tiny_data, tmp_path, c
     src = write_docs(tmp_path / "src", n=8)
     for i, flag in enumerate(("--tokenizer-from", "--tokenizer_from")):
         out = tmp_path / f"ds{i}"
-        assert cli_main(["data", "--out", str(out), "--sources", str(src), flag, str(tiny_data),
-                         "--val-fraction=0.3"]) == 0
+        assert (
+            cli_main(["data", "--out", str(out), "--sources", str(src), flag, str(tiny_data), "--val-fraction=0.3"])
+            == 0
+        )
         meta = json.loads((out / "meta.json").read_text())
-        assert meta["tokenizer_from"] and (out / "tokenizer.json").read_bytes() == \
-            (Path(tiny_data) / "tokenizer.json").read_bytes()
+        assert (
+            meta["tokenizer_from"]
+            and (out / "tokenizer.json").read_bytes() == (Path(tiny_data) / "tokenizer.json").read_bytes()
+        )

@@ -16,8 +16,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 BLOCK = 32
-needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
-                                   reason="lm-eval is not installed (pip install -e '.[eval]')")
+needs_lm_eval = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None, reason="lm-eval is not installed (pip install -e '.[eval]')"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -35,8 +36,9 @@ def bytes_data(tmp_path_factory) -> Path:
     from stacking.corpus import DataConfig, build_dataset
 
     out = tmp_path_factory.mktemp("evdata") / "ds"
-    return build_dataset(DataConfig(out=str(out), sources=["stdlib"], max_files=30, tokenizer="bytes",
-                                    val_fraction=0.3, workers=1))
+    return build_dataset(
+        DataConfig(out=str(out), sources=["stdlib"], max_files=30, tokenizer="bytes", val_fraction=0.3, workers=1)
+    )
 
 
 def _checkpoint(path: Path, vocab_size: int, meta: dict | None = None, seed: int = 0, block: int = BLOCK) -> Path:
@@ -89,13 +91,16 @@ def _reference_loglikelihood(model, tok, context: str, continuation: str, block:
     whole, n_ctx = tok.encode(context + continuation), len(tok.encode(context))
     if len(whole) - n_ctx > block:
         return None
-    seq = ([tok.eot_id] + whole)[-(block + 1):]
-    return float(_logprobs(model, seq)[-(len(whole) - n_ctx):].sum())
+    seq = ([tok.eot_id] + whole)[-(block + 1) :]
+    return float(_logprobs(model, seq)[-(len(whole) - n_ctx) :].sum())
 
 
-PAIRS = [("def area(r):\n", "    return 3.14159 * r * r\n"), ("", "import os\n"),
-         ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n", "        self.y = y\n"),
-         ("x = [1, 2, 3]\nprint(len(x))", "\n")]
+PAIRS = [
+    ("def area(r):\n", "    return 3.14159 * r * r\n"),
+    ("", "import os\n"),
+    ("class Point:\n    def __init__(self, x, y):\n        self.x = x\n", "        self.y = y\n"),
+    ("x = [1, 2, 3]\nprint(len(x))", "\n"),
+]
 
 
 @needs_lm_eval
@@ -113,14 +118,16 @@ def test_loglikelihood_is_the_sum_of_the_models_token_logprobs(kind, bytes_data,
         assert ll == pytest.approx(_reference_loglikelihood(model, tok, context, continuation), rel=1e-5, abs=1e-4)
         assert isinstance(greedy, bool)
     # lm-eval's convention: a context's trailing whitespace belongs to the continuation
-    moved = lm.loglikelihood([Instance("loglikelihood", {}, ("x = 1\ny =", " 2"), 0),
-                              Instance("loglikelihood", {}, ("x = 1\ny = ", "2"), 1)])
+    moved = lm.loglikelihood(
+        [Instance("loglikelihood", {}, ("x = 1\ny =", " 2"), 0), Instance("loglikelihood", {}, ("x = 1\ny = ", "2"), 1)]
+    )
     assert moved[0][0] == pytest.approx(moved[1][0], rel=1e-6)
     # a continuation longer than the block is scored in the rolling windows (each token once)
     text = "".join(p + c for p, c in PAIRS) * 2
     ((long, _),) = lm.loglikelihood([Instance("loglikelihood", {}, ("", text), 0)])
-    assert long == pytest.approx(lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])[0],
-                                 rel=1e-6)
+    assert long == pytest.approx(
+        lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])[0], rel=1e-6
+    )
 
 
 @needs_lm_eval
@@ -141,7 +148,7 @@ def test_rolling_loglikelihood_is_the_validation_loss_on_the_same_tokens(bytes_d
     ids = doc[: 3 * BLOCK].tolist()
     (rolling,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (tok.decode(ids),), 0)])
     stream = torch.tensor([256] + ids)
-    windows = torch.stack([stream[i * BLOCK: (i + 1) * BLOCK + 1] for i in range(3)])
+    windows = torch.stack([stream[i * BLOCK : (i + 1) * BLOCK + 1] for i in range(3)])
     with torch.no_grad():
         loss = float(lm_loss(model, windows[:, :-1], windows[:, 1:]))
     assert -rolling / len(ids) == pytest.approx(loss, rel=1e-5)
@@ -150,7 +157,7 @@ def test_rolling_loglikelihood_is_the_validation_loss_on_the_same_tokens(bytes_d
     (rolling,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (tok.decode(ids),), 0)])
     ref = 0.0
     for context, pred in map(make_disjoint_window, get_rolling_token_windows(ids, 256, BLOCK, 1)):
-        ref += float(_logprobs(model, context + pred)[-len(pred):].sum())
+        ref += float(_logprobs(model, context + pred)[-len(pred) :].sum())
     assert rolling == pytest.approx(ref, rel=1e-5)
 
 
@@ -187,8 +194,23 @@ def test_eval_command_end_to_end(bytes_data, tmp_path, capsys):
     from stacking.fsutil import sha256_file
 
     tasks = tmp_path / "tasks"
-    assert eval_tasks_main(["--data_dir", str(bytes_data), "--out", str(tasks), "--n_mc", "50", "--n_ppl", "30",
-                            "--max_doc_tokens", "200"]) == 0
+    assert (
+        eval_tasks_main(
+            [
+                "--data_dir",
+                str(bytes_data),
+                "--out",
+                str(tasks),
+                "--n_mc",
+                "50",
+                "--n_ppl",
+                "30",
+                "--max_doc_tokens",
+                "200",
+            ]
+        )
+        == 0
+    )
     run = _run_dir(tmp_path, bytes_data, 257)
     rc = eval_main([str(run), "--tasks", "nextline_mc,heldout_ppl", "--include_path", str(tasks), "--limit", "20"])
     assert rc == 0, capsys.readouterr().err
@@ -208,7 +230,7 @@ def test_eval_command_end_to_end(bytes_data, tmp_path, capsys):
     for row in rows:
         ids = list(row["text"].encode())
         for context, pred in map(make_disjoint_window, get_rolling_token_windows(ids, 256, BLOCK, 1)):
-            total += float(_logprobs(model, context + pred)[-len(pred):].sum())
+            total += float(_logprobs(model, context + pred)[-len(pred) :].sum())
     loss = -total / sum(r["n_tokens"] for r in rows)
     assert rec["results"]["heldout_ppl"]["token_loss,none"] == pytest.approx(loss, rel=1e-5)
 
@@ -250,13 +272,17 @@ def test_errors_are_one_line(bytes_data, tmp_path, capsys):
 
     ck = _checkpoint(tmp_path / "ck", 257)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    cases = [([str(tmp_path / "nope"), "--tasks", "t"], "does not exist"),
-             ([str(ck), "--tasks", "t"], "no data dir to read the tokenizer from"),
-             ([str(tmp_path / "run"), "--tasks", "t"], "has no checkpoints/tokens-"),
-             ([str(ck), "--tasks", "t", "--data_dir", str(tmp_path)], "has no meta.json"),
-             ([str(ck), "--tasks", "t", "--data_dir", str(bytes_data), "--include_path", str(tmp_path / "x")],
-              "is not a dir"),
-             ([str(ck), "--tasks", "t", "--limit", "0"], "--limit: must be positive")]
+    cases = [
+        ([str(tmp_path / "nope"), "--tasks", "t"], "does not exist"),
+        ([str(ck), "--tasks", "t"], "no data dir to read the tokenizer from"),
+        ([str(tmp_path / "run"), "--tasks", "t"], "has no checkpoints/tokens-"),
+        ([str(ck), "--tasks", "t", "--data_dir", str(tmp_path)], "has no meta.json"),
+        (
+            [str(ck), "--tasks", "t", "--data_dir", str(bytes_data), "--include_path", str(tmp_path / "x")],
+            "is not a dir",
+        ),
+        ([str(ck), "--tasks", "t", "--limit", "0"], "--limit: must be positive"),
+    ]
     for argv, message in cases:
         assert eval_main(argv) == 2
         err = capsys.readouterr().err

@@ -29,8 +29,15 @@ def synthetic_data(path, vocab=64, n_train=40_000, n_val=8_000, eot=63):
         tokens = (np.cumsum(steps) % (vocab - 1)).astype(np.uint16)
         tokens[rng.integers(0, n, size=n // 500)] = eot
         tokens.tofile(path / f"{split}.bin")
-    meta = {"vocab_size": vocab, "dtype": "uint16", "tokenizer": "synthetic", "eot_id": eot, "train_tokens": n_train,
-            "val_tokens": n_val, "sources": ["tests/test_golden.py"]}
+    meta = {
+        "vocab_size": vocab,
+        "dtype": "uint16",
+        "tokenizer": "synthetic",
+        "eot_id": eot,
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "sources": ["tests/test_golden.py"],
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
@@ -61,10 +68,26 @@ def test_grown_run_losses_are_pinned(tmp_path):
 
     data = synthetic_data(tmp_path / "data")
     run(tiny_run_config(tmp_path / "base", data, max_tokens=1280, val_every_tokens=1024, schedule="constant"))
-    grown = grow_checkpoint(tmp_path / "base/run/checkpoints/tokens-000000001280", tmp_path / "grown", "G_stack",
-                            direction="depth", g=2, seed=0)
-    run(tiny_run_config(tmp_path / "grown_run", data, model="tiny-L4-D64", init_from=str(grown), max_tokens=768,
-                        val_every_tokens=512, schedule="constant", warmup_tokens=256))
+    grown = grow_checkpoint(
+        tmp_path / "base/run/checkpoints/tokens-000000001280",
+        tmp_path / "grown",
+        "G_stack",
+        direction="depth",
+        g=2,
+        seed=0,
+    )
+    run(
+        tiny_run_config(
+            tmp_path / "grown_run",
+            data,
+            model="tiny-L4-D64",
+            init_from=str(grown),
+            max_tokens=768,
+            val_every_tokens=512,
+            schedule="constant",
+            warmup_tokens=256,
+        )
+    )
     with open(tmp_path / "grown_run/run/metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     train = [float(r["train_loss"]) for r in rows if r["train_loss"]]

@@ -9,14 +9,26 @@ from conftest import tiny_run_config
 
 from stacking.train import run
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def test_bf16_compiled_run_on_gpu_logs_mfu(tiny_data, tmp_path):
-    s = run(tiny_run_config(tmp_path, tiny_data, accelerator="gpu", devices=1, precision="bf16-mixed",
-                            compile=True, chunked_loss=True, model="tiny-L4-D128", micro_batch_size=8,
-                            global_batch_tokens=2048, max_tokens=2048 * 20, val_every_tokens=2048 * 10))
+    s = run(
+        tiny_run_config(
+            tmp_path,
+            tiny_data,
+            accelerator="gpu",
+            devices=1,
+            precision="bf16-mixed",
+            compile=True,
+            chunked_loss=True,
+            model="tiny-L4-D128",
+            micro_batch_size=8,
+            global_batch_tokens=2048,
+            max_tokens=2048 * 20,
+            val_every_tokens=2048 * 10,
+        )
+    )
     assert s["status"] == "done"
     with open(tmp_path / "run/metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))

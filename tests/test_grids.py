@@ -13,14 +13,17 @@ GRIDS = sorted((Path(__file__).parent.parent / "experiments" / "grids").rglob("*
 def _cases():
     for path in GRIDS:
         raw = yaml.safe_load(path.read_text())
-        for scale in (raw.get("scales") or {None: None}):
+        for scale in raw.get("scales") or {None: None}:
             yield pytest.param(path, scale, id=f"{path.stem}-{scale or 'default'}")
 
 
 def _with_data_dirs(raw: dict, new) -> dict:
     """Every data dir a grid names (defaults, the kinds' and overrides' ``set``, ``eval_data_dirs`` values) → new(it)."""
-    sets = [raw["defaults"]] + [raw.get(k, {}).get("set", {}) for k in ("base", "grown", "scratch")] + \
-        [o.get("set", {}) for o in raw.get("overrides", [])]
+    sets = (
+        [raw["defaults"]]
+        + [raw.get(k, {}).get("set", {}) for k in ("base", "grown", "scratch")]
+        + [o.get("set", {}) for o in raw.get("overrides", [])]
+    )
     for s in sets:
         if "data_dir" in s:
             s["data_dir"] = new(s["data_dir"])
@@ -43,8 +46,9 @@ def test_shipped_grid_plans(path, scale, tiny_data):
     assert "scratch" in kinds and ("grown" in kinds) == bool(raw.get("ops"))
     for r in runs:
         if r.kind == "grown":  # FLOP-matched: the scratch baseline of a target covers every grown run's FLOPs
-            scratch = [s for s in runs if s.kind == "scratch" and s.target == r.target and
-                       s.config.seed == r.config.seed]
+            scratch = [
+                s for s in runs if s.kind == "scratch" and s.target == r.target and s.config.seed == r.config.seed
+            ]
             assert max(s.flops for s in scratch) >= r.flops
 
 
@@ -53,21 +57,36 @@ def test_shipped_grids_cover_the_paper_experiments():
     assert {"demo", "operators", "timing", "factor", "scaling", "llama_pro"} <= names
     raw = yaml.safe_load((Path(__file__).parent.parent / "experiments/grids/operators.yaml").read_text())
     combos = {(o["op"], o.get("direction", "depth")) for o in raw["ops"]}
-    assert combos == {("G_stack", "depth"), ("G_zero", "depth"), ("G_random", "depth"), ("G_learn", "depth"),
-                      ("G_direct", "width"), ("G_zero", "width"), ("G_random", "width"), ("G_learn", "width")}
+    assert combos == {
+        ("G_stack", "depth"),
+        ("G_zero", "depth"),
+        ("G_random", "depth"),
+        ("G_learn", "depth"),
+        ("G_direct", "width"),
+        ("G_zero", "width"),
+        ("G_random", "width"),
+        ("G_learn", "width"),
+    }
 
 
 def test_unknown_scale_is_one_clear_line(tmp_path):
     with pytest.raises(GridError, match="unknown scale 'huge'; valid: tiny, small, paper"):
-        apply_scale(yaml.safe_load((Path(__file__).parent.parent / "experiments/grids/operators.yaml").read_text()),
-                    "huge", "operators.yaml")
+        apply_scale(
+            yaml.safe_load((Path(__file__).parent.parent / "experiments/grids/operators.yaml").read_text()),
+            "huge",
+            "operators.yaml",
+        )
 
 
 # Training tokens of the corpora the CPU and GPU scales name (docs/formats.md; measured with `stacking data` on
 # Python 3.11.7; code-bpe4096 as a conservative lower bound of the ≈ 79.7M that its three parts hold when built
 # one by one).
-CORPORA = {"data/stdlib-bpe4096": (3_284_652, 4096), "data/stdlib-bytes": (11_445_242, 257),
-           "data/code-bpe4096": (75_000_000, 4096), "data/c-headers-bytes": (54_105_499, 257)}
+CORPORA = {
+    "data/stdlib-bpe4096": (3_284_652, 4096),
+    "data/stdlib-bytes": (11_445_242, 257),
+    "data/code-bpe4096": (75_000_000, 4096),
+    "data/c-headers-bytes": (54_105_499, 257),
+}
 
 
 def fake_corpus(root: Path, name: str) -> Path:
@@ -80,10 +99,19 @@ def fake_corpus(root: Path, name: str) -> Path:
     for split, n in (("train", train), ("val", 100_000)):
         with open(d / f"{split}.bin", "wb") as f:
             f.truncate(2 * n)
-    (d / "meta.json").write_text(json.dumps({"vocab_size": vocab, "dtype": "uint16", "eot_id": 0,
-                                             "train_tokens": train, "val_tokens": 100_000,
-                                             "tokenizer": "bytes" if vocab == 257 else "bpe",
-                                             "tokenizer_sha256": None if vocab == 257 else f"fake-bpe{vocab}"}))
+    (d / "meta.json").write_text(
+        json.dumps(
+            {
+                "vocab_size": vocab,
+                "dtype": "uint16",
+                "eot_id": 0,
+                "train_tokens": train,
+                "val_tokens": 100_000,
+                "tokenizer": "bytes" if vocab == 257 else "bpe",
+                "tokenizer_sha256": None if vocab == 257 else f"fake-bpe{vocab}",
+            }
+        )
+    )
     return d
 
 

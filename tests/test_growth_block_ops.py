@@ -17,13 +17,30 @@ from stacking.growth.cli import main as grow_main
 from stacking.growth.depth import PLANNERS, block_sources
 from stacking.growth.layout import split_layer_key
 
-LLAMA = dict(bias=False, norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", parallel_residual=False,
-             rotary_percentage=1.0, block_size=16, vocab_size=50, padded_vocab_size=64, norm_eps=1e-5)
+LLAMA = dict(
+    bias=False,
+    norm_class_name="RMSNorm",
+    mlp_class_name="LLaMAMLP",
+    parallel_residual=False,
+    rotary_percentage=1.0,
+    block_size=16,
+    vocab_size=50,
+    padded_vocab_size=64,
+    norm_eps=1e-5,
+)
 
 
 def make_config(n_layer: int) -> Config:
-    return Config(name=f"test-L{n_layer}", n_layer=n_layer, n_embd=32, n_head=4, n_query_groups=2, head_size=8,
-                  intermediate_size=40, **LLAMA)
+    return Config(
+        name=f"test-L{n_layer}",
+        n_layer=n_layer,
+        n_embd=32,
+        n_head=4,
+        n_query_groups=2,
+        head_size=8,
+        intermediate_size=40,
+        **LLAMA,
+    )
 
 
 def random_state_dict(config: Config, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -37,8 +54,11 @@ def layer_sources(sd_new, sd_old, n_new: int, n_old: int) -> list[int | None]:
     out = []
     for i in range(n_new):
         keys = [(k, p[1]) for k in sd_new if (p := split_layer_key(k)) and p[0] == i]
-        match = [j for j in range(n_old) if all(torch.equal(sd_new[k], sd_old[f"transformer.h.{j}.{rest}"])
-                                                for k, rest in keys)]
+        match = [
+            j
+            for j in range(n_old)
+            if all(torch.equal(sd_new[k], sd_old[f"transformer.h.{j}.{rest}"]) for k, rest in keys)
+        ]
         out.append(match[0] if len(match) == 1 else None)
     return out
 
@@ -130,21 +150,26 @@ def test_streamed_checkpoint_and_cli_equal_in_memory(tmp_path):
 
 def test_carry_moments_follow_the_map():
     config = make_config(4)
-    state = {k: {"exp_avg": torch.full(v.shape, float(i)), "step": torch.tensor(3.0)}
-             for i, (k, v) in enumerate(GPT(config).state_dict().items())}
+    state = {
+        k: {"exp_avg": torch.full(v.shape, float(i)), "step": torch.tensor(3.0)}
+        for i, (k, v) in enumerate(GPT(config).state_dict().items())
+    }
     grown = carry_moments(state, config, "midas", g=2, block=2)
     for i, src in enumerate([0, 1, 0, 1, 0, 1, 2, 3]):
         key = f"transformer.h.{i}.attn.qkv.weight"
         assert torch.equal(grown[key]["exp_avg"], state[f"transformer.h.{src}.attn.qkv.weight"]["exp_avg"])
 
 
-@pytest.mark.parametrize("op,kw,match", [
-    ("midas", {"block": 3}, r"block must divide n_layer=4 for midas \(got 3\); valid: \[1, 2, 4\]"),
-    ("gradual", {"block": 0}, r"block must divide n_layer=4 for gradual"),
-    ("gradual", {"block": "2"}, r"block must divide n_layer=4 for gradual \(got '2'\)"),
-    ("midas", {"g": 1.5}, r"g"),
-    ("midas", {"m": 1}, r"option\(s\) \['m'\] are not used by midas \(depth\); valid options: block, to"),
-])
+@pytest.mark.parametrize(
+    "op,kw,match",
+    [
+        ("midas", {"block": 3}, r"block must divide n_layer=4 for midas \(got 3\); valid: \[1, 2, 4\]"),
+        ("gradual", {"block": 0}, r"block must divide n_layer=4 for gradual"),
+        ("gradual", {"block": "2"}, r"block must divide n_layer=4 for gradual \(got '2'\)"),
+        ("midas", {"g": 1.5}, r"g"),
+        ("midas", {"m": 1}, r"option\(s\) \['m'\] are not used by midas \(depth\); valid options: block, to"),
+    ],
+)
 def test_errors(op, kw, match):
     config = make_config(4)
     with pytest.raises(GrowthError, match=match):

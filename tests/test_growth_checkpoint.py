@@ -19,13 +19,33 @@ from stacking.growth.cli import main
 from stacking.growth.io import TensorFileWriter, release_pages, save_state_dict
 from stacking.growth.masks import GrowthMask
 
-LLAMA = dict(bias=False, norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", parallel_residual=False,
-             rotary_percentage=1.0, block_size=16, vocab_size=50, padded_vocab_size=64, norm_eps=1e-5)
+LLAMA = dict(
+    bias=False,
+    norm_class_name="RMSNorm",
+    mlp_class_name="LLaMAMLP",
+    parallel_residual=False,
+    rotary_percentage=1.0,
+    block_size=16,
+    vocab_size=50,
+    padded_vocab_size=64,
+    norm_eps=1e-5,
+)
 
 
 def make_config(**overrides) -> Config:
-    return Config(name="test-ckpt", **{**LLAMA, "n_layer": 2, "n_embd": 32, "n_head": 4, "n_query_groups": 2,
-                                       "head_size": 8, "intermediate_size": 40, **overrides})
+    return Config(
+        name="test-ckpt",
+        **{
+            **LLAMA,
+            "n_layer": 2,
+            "n_embd": 32,
+            "n_head": 4,
+            "n_query_groups": 2,
+            "head_size": 8,
+            "intermediate_size": 40,
+            **overrides,
+        },
+    )
 
 
 def write_checkpoint(path, config=None, seed=0, meta=True):
@@ -40,9 +60,18 @@ def write_checkpoint(path, config=None, seed=0, meta=True):
     torch.save(model.state_dict(), path / "lit_model.pth")
     (path / "model_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     if meta:
-        (path / "stacking_meta.json").write_text(json.dumps(
-            {"tokens": 12288, "flops": 3.5e12, "config_hash": "abc123", "run_dir": "runs/base", "model": "t",
-             "seed": seed}))
+        (path / "stacking_meta.json").write_text(
+            json.dumps(
+                {
+                    "tokens": 12288,
+                    "flops": 3.5e12,
+                    "config_hash": "abc123",
+                    "run_dir": "runs/base",
+                    "model": "t",
+                    "seed": seed,
+                }
+            )
+        )
     return path
 
 
@@ -57,9 +86,16 @@ def load_dir(path):
 # ---- writer ----------------------------------------------------------------------------------------------------
 def test_writer_round_trip(tmp_path):
     base = torch.randn(6, 5)
-    tensors = {"f32": torch.randn(3, 4), "bf16": torch.randn(7, dtype=torch.bfloat16), "empty": torch.zeros(0, 3),
-               "transposed": torch.randn(4, 3).t(), "scalar": torch.tensor(2.5), "row_view": base[2:4],
-               "col_view": base[:, 1], "int": torch.arange(5)}
+    tensors = {
+        "f32": torch.randn(3, 4),
+        "bf16": torch.randn(7, dtype=torch.bfloat16),
+        "empty": torch.zeros(0, 3),
+        "transposed": torch.randn(4, 3).t(),
+        "scalar": torch.tensor(2.5),
+        "row_view": base[2:4],
+        "col_view": base[:, 1],
+        "int": torch.arange(5),
+    }
     save_state_dict(tensors, tmp_path / "a.pth")
     for mmap in (True, False):
         loaded = torch.load(tmp_path / "a.pth", weights_only=True, mmap=mmap)
@@ -90,15 +126,25 @@ def test_release_pages_only_forgets_file_backed_pages(tmp_path):
 def test_grow_checkpoint_dir_contents(tmp_path):
     src = write_checkpoint(tmp_path / "base")
     dst = grow_checkpoint(src, tmp_path / "grown", "G_random", g=2, seed=4, ramp_tokens=5000)
-    assert sorted(p.name for p in dst.iterdir()) == ["growth.json", "lit_model.pth", "model_config.yaml",
-                                                     "stacking_meta.json"]
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "growth.json",
+        "lit_model.pth",
+        "model_config.yaml",
+        "stacking_meta.json",
+    ]
     assert (dst / "stacking_meta.json").read_bytes() == (src / "stacking_meta.json").read_bytes()
     record = json.loads((dst / "growth.json").read_text())
     assert record == {
-        "op": "G_random", "direction": "depth", "g": 2, "seed": 4, "options": {"ramp_tokens": 5000},
+        "op": "G_random",
+        "direction": "depth",
+        "g": 2,
+        "seed": 4,
+        "options": {"ramp_tokens": 5000},
         "source_dir": str(src.resolve()),
         "source_sha256": hashlib.sha256((src / "lit_model.pth").read_bytes()).hexdigest(),
-        "mask": {"direction": "depth", "ramp_tokens": 5000, "layers": [2, 3]}, "trainable": None, "extra_flops": 0.0,
+        "mask": {"direction": "depth", "ramp_tokens": 5000, "layers": [2, 3]},
+        "trainable": None,
+        "extra_flops": 0.0,
     }
     _, config, model = load_dir(dst)
     assert config.n_layer == 4
@@ -111,9 +157,16 @@ def test_grow_checkpoint_dir_contents(tmp_path):
     assert not list(tmp_path.glob(".grown.tmp-*"))
 
 
-STREAMED = [("G_stack", {}), ("G_direct", {}), ("interpolate", {}), ("G_zero", {}), ("G_random", {}),
-            ("llama_pro", {"groups": 1, "train_new_only": True}), ("solar_dus", {"m": 1}),
-            ("G_stack", {"layers": [1, 0, 1]})]
+STREAMED = [
+    ("G_stack", {}),
+    ("G_direct", {}),
+    ("interpolate", {}),
+    ("G_zero", {}),
+    ("G_random", {}),
+    ("llama_pro", {"groups": 1, "train_new_only": True}),
+    ("solar_dus", {"m": 1}),
+    ("G_stack", {"layers": [1, 0, 1]}),
+]
 
 
 @pytest.mark.parametrize("op,opts", STREAMED, ids=[f"{o}-{i}" for i, (o, _) in enumerate(STREAMED)])
@@ -135,8 +188,13 @@ def test_width_and_trainable_records(tmp_path):
     dst = grow_checkpoint(src, tmp_path / "wide", "G_random", direction="width", g=2, ramp_tokens=10)
     assert not (dst / "stacking_meta.json").exists()
     record = json.loads((dst / "growth.json").read_text())
-    assert record["mask"] == {"direction": "width", "ramp_tokens": 10, "n_embd": 32, "n_head": 4,
-                              "intermediate_size": 40}
+    assert record["mask"] == {
+        "direction": "width",
+        "ramp_tokens": 10,
+        "n_embd": 32,
+        "n_head": 4,
+        "intermediate_size": 40,
+    }
     assert load_dir(dst)[1].n_embd == 64
     # llama_pro 2 -> 3 layers: one group [0, 1], then a zeroed copy of its top block: [0, 1, 1']
     dst = grow_checkpoint(src, tmp_path / "pro", "llama_pro", g=1.5, groups=1, train_new_only=True)
@@ -215,17 +273,17 @@ def test_checkpoint_errors(tmp_path):
 # ---- CLI -------------------------------------------------------------------------------------------------------
 def test_cli_grow_and_errors(tmp_path, capsys):
     src = write_checkpoint(tmp_path / "base")
-    assert main([str(src), str(tmp_path / "g1"), "--op", "llama_pro", "--g", "2", "--groups", "1",
-                 "--train-new-only"]) == 0
+    assert (
+        main([str(src), str(tmp_path / "g1"), "--op", "llama_pro", "--g", "2", "--groups", "1", "--train-new-only"])
+        == 0
+    )
     record = json.loads((tmp_path / "g1" / "growth.json").read_text())
     assert record["options"] == {"groups": 1, "copies": 2, "train_new_only": True}
     assert "n_layer 2->4" in capsys.readouterr().out
 
     target = tmp_path / "target.yaml"
-    target.write_text(yaml.safe_dump(asdict(make_config(n_embd=64, n_head=8, n_query_groups=4,
-                                                        intermediate_size=80))))
-    assert main([str(src), str(tmp_path / "g2"), "--op", "G_direct", "--direction", "width", "--to",
-                 str(target)]) == 0
+    target.write_text(yaml.safe_dump(asdict(make_config(n_embd=64, n_head=8, n_query_groups=4, intermediate_size=80))))
+    assert main([str(src), str(tmp_path / "g2"), "--op", "G_direct", "--direction", "width", "--to", str(target)]) == 0
     assert load_dir(tmp_path / "g2")[1].n_embd == 64
     assert main([str(src), str(tmp_path / "g3"), "--op", "G_direct", "--direction", "width", "--symmetric"]) == 0
     assert json.loads((tmp_path / "g3" / "growth.json").read_text())["options"] == {"symmetric": True}
@@ -250,10 +308,32 @@ def test_cli_grow_and_errors(tmp_path, capsys):
 def test_cli_help_documents_every_op_and_option(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for word in ("G_stack", "G_direct", "interpolate", "G_zero", "G_random", "G_learn", "llama_pro", "solar_dus",
-                 "--layers", "--order", "--ramp-tokens", "--learn-steps", "--data", "--seq-len", "--batch-size",
-                 "--lr", "--groups", "--copies", "--train-new-only", "--m", "--to", "--seed", "--direction",
-                 "--symmetric"):
+    for word in (
+        "G_stack",
+        "G_direct",
+        "interpolate",
+        "G_zero",
+        "G_random",
+        "G_learn",
+        "llama_pro",
+        "solar_dus",
+        "--layers",
+        "--order",
+        "--ramp-tokens",
+        "--learn-steps",
+        "--data",
+        "--seq-len",
+        "--batch-size",
+        "--lr",
+        "--groups",
+        "--copies",
+        "--train-new-only",
+        "--m",
+        "--to",
+        "--seed",
+        "--direction",
+        "--symmetric",
+    ):
         assert word in text, word
 
 

@@ -22,9 +22,18 @@ pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') le
 def tiny_llama(tmp_path, name="hf", tie=False, shard=None, seed=0):
     """A random GQA Llama saved with save_pretrained (safetensors; sharded when ``shard`` is given)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         rope_theta=50000.0, rms_norm_eps=1e-5, tie_word_embeddings=tie)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=56,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_theta=50000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # non-trivial norms too, or a swapped norm would go unnoticed
         for n, p in model.named_parameters():

@@ -174,23 +174,54 @@ def write_factor_sweep(path: Path) -> Path:
     rows = []
 
     def add(rid, kind, seed, loss, **extra):
-        rows.append({c: None for c in REQUIRED_RESULTS_COLUMNS} | {
-            "run_id": rid, "kind": kind, "target": "tiny", "model": "tiny", "seed": seed, "final_val_loss": loss,
-            "status": "done", "run_dir": f"runs/{rid}", "tokens": 1000, "flops": 1e9, "params_total": 10,
-            "flops_per_token": 1e6, "flops_offset": 0.0, "anneal_fraction": None} | extra)
+        rows.append(
+            {c: None for c in REQUIRED_RESULTS_COLUMNS}
+            | {
+                "run_id": rid,
+                "kind": kind,
+                "target": "tiny",
+                "model": "tiny",
+                "seed": seed,
+                "final_val_loss": loss,
+                "status": "done",
+                "run_dir": f"runs/{rid}",
+                "tokens": 1000,
+                "flops": 1e9,
+                "params_total": 10,
+                "flops_per_token": 1e6,
+                "flops_offset": 0.0,
+                "anneal_fraction": None,
+            }
+            | extra
+        )
 
     grown = {"direction": "depth", "grow_at_tokens": 100}
     for seed in range(3):
         add(f"scratch-s{seed}", "scratch", seed, SCRATCH["final"][seed])
         for f in (0.5, 1.0):
-            add(f"cd-scratch-s{seed}-f{f}", "cooldown", seed, SCRATCH[f][seed], parent_run=f"scratch-s{seed}",
-                anneal_fraction=f)
+            add(
+                f"cd-scratch-s{seed}-f{f}",
+                "cooldown",
+                seed,
+                SCRATCH[f][seed],
+                parent_run=f"scratch-s{seed}",
+                anneal_fraction=f,
+            )
         for (op, g), diffs in DIFFS.items():
             rid = f"{op}-g{g}-s{seed}"
             add(rid, "grown", seed, SCRATCH["final"][seed] + diffs["final"][seed], op=op, g=g, **grown)
             for f in (0.5, 1.0):
-                add(f"cd-{rid}-f{f}", "cooldown", seed, SCRATCH[f][seed] + diffs[f][seed], parent_run=rid,
-                    anneal_fraction=f, op=op, g=g, **grown)
+                add(
+                    f"cd-{rid}-f{f}",
+                    "cooldown",
+                    seed,
+                    SCRATCH[f][seed] + diffs[f][seed],
+                    parent_run=rid,
+                    anneal_fraction=f,
+                    op=op,
+                    g=g,
+                    **grown,
+                )
     add("G_stack-g2-s3", "grown", 3, 1.0, op="G_stack", g=2, **grown)
     add("G_zero-g2-s0", "grown", 0, 2.5, op="G_zero", g=2, **grown)
     path.mkdir(parents=True)

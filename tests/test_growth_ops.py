@@ -21,8 +21,17 @@ from stacking.growth.learn import map_flops_per_step
 from stacking.growth.masks import GrowthMask, apply_trainable, ramp_value
 from stacking.models import flops_per_token
 
-LLAMA = dict(bias=False, norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", parallel_residual=False,
-             rotary_percentage=1.0, block_size=16, vocab_size=50, padded_vocab_size=64, norm_eps=1e-5)
+LLAMA = dict(
+    bias=False,
+    norm_class_name="RMSNorm",
+    mlp_class_name="LLaMAMLP",
+    parallel_residual=False,
+    rotary_percentage=1.0,
+    block_size=16,
+    vocab_size=50,
+    padded_vocab_size=64,
+    norm_eps=1e-5,
+)
 # MHA, GQA, MQA with head_size != n_embd/n_head, a 3-layer GQA model, and one with biases
 CONFIGS = {
     "mha": dict(n_layer=2, n_embd=32, n_head=4, n_query_groups=4, head_size=8, intermediate_size=48),
@@ -68,16 +77,21 @@ def rel_err(a, b) -> float:
 TOKENS = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
 
 # ---- function preservation -------------------------------------------------------------------------------------
-FP_OPS = [("G_direct", "width", {}), ("G_direct", "width", {"symmetric": True}), ("G_zero", "width", {}),
-          ("G_zero", "depth", {}),
-          ("G_zero", "depth", {"order": "stack"}), ("llama_pro", "depth", {}),
-          ("G_random", "depth", {}), ("G_random", "width", {})]
+FP_OPS = [
+    ("G_direct", "width", {}),
+    ("G_direct", "width", {"symmetric": True}),
+    ("G_zero", "width", {}),
+    ("G_zero", "depth", {}),
+    ("G_zero", "depth", {"order": "stack"}),
+    ("llama_pro", "depth", {}),
+    ("G_random", "depth", {}),
+    ("G_random", "width", {}),
+]
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
 @pytest.mark.parametrize("g", [2, 3])
-@pytest.mark.parametrize("op,direction,opts", FP_OPS, ids=lambda v: str(v) if not isinstance(v, dict) else
-                         "-".join(v))
+@pytest.mark.parametrize("op,direction,opts", FP_OPS, ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(v))
 def test_function_preserving(kind, g, op, direction, opts):
     config = make_config(kind)
     sd = random_state_dict(config)
@@ -90,8 +104,12 @@ def test_function_preserving(kind, g, op, direction, opts):
     else:
         c = res.config
         assert (c.n_embd, c.n_head, c.n_query_groups, c.intermediate_size, c.head_size) == (
-            g * config.n_embd, g * config.n_head, g * config.n_query_groups, g * config.intermediate_size,
-            config.head_size)
+            g * config.n_embd,
+            g * config.n_head,
+            g * config.n_query_groups,
+            g * config.intermediate_size,
+            config.head_size,
+        )
         assert c.padded_vocab_size == config.padded_vocab_size
 
 
@@ -196,22 +214,31 @@ def _layer_sources(sd_new, sd_old, config_new, config_old):
     """For each new layer, the old layer whose tensors it equals exactly (all tensors, output proj included)."""
     sources = []
     for i in range(config_new.n_layer):
-        match = [j for j in range(config_old.n_layer)
-                 if all(torch.equal(sd_new[k], sd_old[f"transformer.h.{j}.{p[1]}"])
-                        for k in sd_new if (p := split_layer_key(k)) and p[0] == i)]
+        match = [
+            j
+            for j in range(config_old.n_layer)
+            if all(
+                torch.equal(sd_new[k], sd_old[f"transformer.h.{j}.{p[1]}"])
+                for k in sd_new
+                if (p := split_layer_key(k)) and p[0] == i
+            )
+        ]
         sources.append(match[0] if len(match) == 1 else None)
     return sources
 
 
-@pytest.mark.parametrize("op,opts,g,expected", [
-    ("G_stack", {}, 2, [0, 1, 2, 0, 1, 2]),
-    ("G_direct", {}, 3, [0, 1, 2] * 3),
-    ("interpolate", {}, 2, [0, 0, 1, 1, 2, 2]),
-    ("interpolate", {}, 3, [0, 0, 0, 1, 1, 1, 2, 2, 2]),
-    ("G_stack", {"layers": [0, 1, 1, 2, 2, 0, 1]}, 2, [0, 1, 1, 2, 2, 0, 1]),
-    ("solar_dus", {"m": 1}, 2, [0, 1, 1, 2]),
-    ("solar_dus", {}, 2, [0, 1, 2, 0, 1, 2]),  # m defaults to L//4 = 0 for L=3
-])
+@pytest.mark.parametrize(
+    "op,opts,g,expected",
+    [
+        ("G_stack", {}, 2, [0, 1, 2, 0, 1, 2]),
+        ("G_direct", {}, 3, [0, 1, 2] * 3),
+        ("interpolate", {}, 2, [0, 0, 1, 1, 2, 2]),
+        ("interpolate", {}, 3, [0, 0, 0, 1, 1, 1, 2, 2, 2]),
+        ("G_stack", {"layers": [0, 1, 1, 2, 2, 0, 1]}, 2, [0, 1, 1, 2, 2, 0, 1]),
+        ("solar_dus", {"m": 1}, 2, [0, 1, 1, 2]),
+        ("solar_dus", {}, 2, [0, 1, 2, 0, 1, 2]),  # m defaults to L//4 = 0 for L=3
+    ],
+)
 def test_layer_mapping(op, opts, g, expected):
     config = make_config("gqa3")
     sd = random_state_dict(config)
@@ -230,17 +257,23 @@ def test_solar_dus_paper_shape():
 
 
 def _zeroed_layers(sd, config):
-    return [i for i in range(config.n_layer)
-            if not sd[f"transformer.h.{i}.attn.proj.weight"].any() and not sd[f"transformer.h.{i}.mlp.proj.weight"].any()]
+    return [
+        i
+        for i in range(config.n_layer)
+        if not sd[f"transformer.h.{i}.attn.proj.weight"].any() and not sd[f"transformer.h.{i}.mlp.proj.weight"].any()
+    ]
 
 
-@pytest.mark.parametrize("opts,g,n_layer,zeroed,copied_from", [
-    ({}, 2, 8, [1, 3, 5, 7], [0, 0, 1, 1, 2, 2, 3, 3]),                    # every block its own group
-    ({"groups": 2}, 1.5, 6, [2, 5], [0, 1, 1, 2, 3, 3]),                  # LLaMA Pro: top block of each group
-    ({"groups": 2, "copies": 2}, 2, 8, [2, 3, 6, 7], [0, 1, 0, 1, 2, 3, 2, 3]),  # top 2 blocks, in order
-    ({"groups": 1, "copies": 1}, 2, 5, [4], [0, 1, 2, 3, 3]),
-    ({}, 3, 12, [1, 2, 4, 5, 7, 8, 10, 11], [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]),
-])
+@pytest.mark.parametrize(
+    "opts,g,n_layer,zeroed,copied_from",
+    [
+        ({}, 2, 8, [1, 3, 5, 7], [0, 0, 1, 1, 2, 2, 3, 3]),  # every block its own group
+        ({"groups": 2}, 1.5, 6, [2, 5], [0, 1, 1, 2, 3, 3]),  # LLaMA Pro: top block of each group
+        ({"groups": 2, "copies": 2}, 2, 8, [2, 3, 6, 7], [0, 1, 0, 1, 2, 3, 2, 3]),  # top 2 blocks, in order
+        ({"groups": 1, "copies": 1}, 2, 5, [4], [0, 1, 2, 3, 3]),
+        ({}, 3, 12, [1, 2, 4, 5, 7, 8, 10, 11], [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]),
+    ],
+)
 def test_llama_pro_layout(opts, g, n_layer, zeroed, copied_from):
     config = make_config("gqa", n_layer=4)
     sd = random_state_dict(config)
@@ -284,8 +317,14 @@ def test_pure_and_deterministic(data_dir):
     cfg_copy = copy.deepcopy(asdict(config))
     input_ptrs = {v.untyped_storage().data_ptr() for v in sd.values()}
     # seed drives new random parameters and, for G_learn, the sampled batches
-    random_ops = {("G_random", "depth"), ("G_random", "width"), ("G_zero", "width"), ("G_learn", "width"),
-                  ("G_learn", "depth"), ("G_direct", "width")}
+    random_ops = {
+        ("G_random", "depth"),
+        ("G_random", "width"),
+        ("G_zero", "width"),
+        ("G_learn", "width"),
+        ("G_learn", "depth"),
+        ("G_direct", "width"),
+    }
     for op, direction, opts in _all_ops(data_dir):
         a, cfg_a = grow(sd, config, op, direction=direction, seed=1, **opts)
         b, _ = grow(sd, config, op, direction=direction, seed=1, **opts)
@@ -329,8 +368,11 @@ def test_random_mask_gates_whatever_new_params_hold(kind, direction):
         noise = torch.randn(t.shape, generator=gen) * 3.0
         if direction == "depth":
             p = split_layer_key(k)
-            new = torch.ones(t.shape, dtype=torch.bool) if p and p[0] >= config.n_layer else \
-                torch.zeros(t.shape, dtype=torch.bool)
+            new = (
+                torch.ones(t.shape, dtype=torch.bool)
+                if p and p[0] >= config.n_layer
+                else torch.zeros(t.shape, dtype=torch.bool)
+            )
         else:
             new = ~_old_region(k, t.shape, config, res.config)
         perturbed[k] = torch.where(new, t + noise, t)
@@ -350,7 +392,7 @@ def test_mask_detach_and_gradients():
     mask.set_scale(0.25)
     loss = model(TOKENS).float().logsumexp(-1).mean()
     loss.backward()  # hooks are differentiable; new units get gradient once c > 0
-    assert model.transformer.h[0].mlp.fc_1.weight.grad[config.intermediate_size:].abs().sum() > 0
+    assert model.transformer.h[0].mlp.fc_1.weight.grad[config.intermediate_size :].abs().sum() > 0
     mask.detach()
     assert torch.equal(model(TOKENS).detach(), plain)
 
@@ -362,11 +404,14 @@ def test_ramp_value():
     assert ramp_value(0, 0) == 1.0 and ramp_value(5, 0) == 1.0
 
 
-@pytest.mark.parametrize("spec,match", [
-    ({"direction": "sideways"}, "mask.direction"),
-    ({"direction": "depth", "ramp_tokens": 10}, "missing"),
-    ("G_random", "must be a dict"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"direction": "sideways"}, "mask.direction"),
+        ({"direction": "depth", "ramp_tokens": 10}, "missing"),
+        ("G_random", "must be a dict"),
+    ],
+)
 def test_mask_spec_errors(spec, match):
     with pytest.raises(GrowthError, match=match):
         GrowthMask.from_spec(spec)
@@ -388,8 +433,9 @@ def test_learn_depth_starts_at_stack_and_learns(data_dir):
     stacked, cfg1 = grow(sd, config, "G_stack")
     assert asdict(cfg0) == asdict(cfg1)
     assert all(torch.equal(start[k], stacked[k]) for k in stacked)
-    res = grow(sd, config, "G_learn", data=data_dir, learn_steps=12, lr=3e-2, seq_len=12, batch_size=4,
-               return_info=True)
+    res = grow(
+        sd, config, "G_learn", data=data_dir, learn_steps=12, lr=3e-2, seq_len=12, batch_size=4, return_info=True
+    )
     losses = res.log["learn_losses"]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert any(not torch.equal(res.state_dict[k], stacked[k]) for k in stacked)
@@ -406,8 +452,18 @@ def test_learn_width_maps_keep_old_block_and_learn(data_dir):
     assert torch.allclose(start["transformer.wte.weight"][:, :32], sd["transformer.wte.weight"])
     q_old = sd["transformer.h.1.attn.qkv.weight"][:32]
     assert torch.allclose(start["transformer.h.1.attn.qkv.weight"][:32, :32], q_old)
-    res = grow(sd, config, "G_learn", direction="width", data=data_dir, learn_steps=12, lr=3e-2, seq_len=12,
-               batch_size=4, return_info=True)
+    res = grow(
+        sd,
+        config,
+        "G_learn",
+        direction="width",
+        data=data_dir,
+        learn_steps=12,
+        lr=3e-2,
+        seq_len=12,
+        batch_size=4,
+        return_info=True,
+    )
     losses = res.log["learn_losses"]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     GPT(res.config).load_state_dict(res.state_dict, strict=True)
@@ -434,25 +490,32 @@ def test_learn_flops(data_dir, direction):
     with FlopCounterMode(display=False) as untrained:  # the final materialisation alone
         grow(sd, config, "G_learn", direction=direction, **{**opts, "learn_steps": 0})
     expected = 2 * (3 * 12 * flops_per_token(res.config, 12) + map_flops_per_step(res.config, config, direction))
-    assert res.extra_flops == expected == learn_flops(res.config, config, learn_steps=2, batch_size=3, seq_len=12,
-                                                      direction=direction)
+    assert (
+        res.extra_flops
+        == expected
+        == learn_flops(res.config, config, learn_steps=2, batch_size=3, seq_len=12, direction=direction)
+    )
     assert 1.0 <= expected / (trained.get_total_flops() - untrained.get_total_flops()) <= 1.3
     # defaults: the paper's 100 steps, batch 8, seq_len min(block_size, 256) = 16; no steps, no FLOPs
     assert learn_flops(res.config, config, direction=direction) == 100 * (
-        8 * 16 * flops_per_token(res.config, 16) + map_flops_per_step(res.config, config, direction))
+        8 * 16 * flops_per_token(res.config, 16) + map_flops_per_step(res.config, config, direction)
+    )
     assert learn_flops(res.config, config, learn_steps=0, direction=direction) == 0.0
     assert grow(sd, config, "G_stack", return_info=True).extra_flops == 0.0
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"learn_steps": -1}, "learn_steps must be an integer >= 0"),
-    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-    ({"seq_len": 17}, r"seq_len must be an integer in 1..block_size=16"),
-    ({"direction": "sideways"}, "direction must be 'depth' or 'width'"),
-    ({"direction": "width"}, r"G_learn \(width\) needs grown_config to keep n_layer=2"),
-    ({"base": "gqa-wide"}, r"G_learn \(depth\) needs grown_config"),
-    ({"grown": None}, "grown_config must be a litgpt.Config"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"learn_steps": -1}, "learn_steps must be an integer >= 0"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"seq_len": 17}, r"seq_len must be an integer in 1..block_size=16"),
+        ({"direction": "sideways"}, "direction must be 'depth' or 'width'"),
+        ({"direction": "width"}, r"G_learn \(width\) needs grown_config to keep n_layer=2"),
+        ({"base": "gqa-wide"}, r"G_learn \(depth\) needs grown_config"),
+        ({"grown": None}, "grown_config must be a litgpt.Config"),
+    ],
+)
 def test_learn_flops_errors(kw, match):
     base = make_config("gqa")
     grown = kw.pop("grown", make_config("gqa", n_layer=4))
@@ -477,13 +540,16 @@ def _adamw_state(config: Config) -> dict[str, dict[str, torch.Tensor]]:
     return {name: opt.state[p] for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("op,opts,sources", [
-    ("G_stack", {"g": 2}, [0, 1, 2, 0, 1, 2]),
-    ("G_direct", {"g": 3}, [0, 1, 2] * 3),
-    ("G_stack", {"layers": [0, 2, 2, 1]}, [0, 2, 2, 1]),
-    ("interpolate", {"g": 2}, [0, 0, 1, 1, 2, 2]),
-    ("solar_dus", {"m": 1}, [0, 1, 1, 2]),
-])
+@pytest.mark.parametrize(
+    "op,opts,sources",
+    [
+        ("G_stack", {"g": 2}, [0, 1, 2, 0, 1, 2]),
+        ("G_direct", {"g": 3}, [0, 1, 2] * 3),
+        ("G_stack", {"layers": [0, 2, 2, 1]}, [0, 2, 2, 1]),
+        ("interpolate", {"g": 2}, [0, 0, 1, 1, 2, 2]),
+        ("solar_dus", {"m": 1}, [0, 1, 1, 2]),
+    ],
+)
 def test_carry_moments(op, opts, sources):
     config = make_config("gqa3")
     state = _adamw_state(config)
@@ -511,18 +577,21 @@ def test_carry_moments(op, opts, sources):
     assert int(opt.state[params["lm_head.weight"]]["step"]) == 3
 
 
-@pytest.mark.parametrize("op,direction,opts,match", [
-    ("G_zero", "depth", {}, r"carry is not defined for G_zero \(depth\): layers \[1, 3, 5\] have zeroed"),
-    ("llama_pro", "depth", {}, r"carry is not defined for llama_pro \(depth\): layers .* zeroed"),
-    ("G_random", "depth", {}, r"carry is not defined for G_random \(depth\): new layers \[3, 4, 5\] are fresh"),
-    ("G_learn", "depth", {}, r"carry is not defined for G_learn \(depth\): its layers are learned mixtures"),
-    ("G_direct", "width", {}, r"carry is not defined for G_direct \(width\): grown tensors change shape"),
-    ("G_zero", "width", {}, r"carry is not defined for G_zero \(width\)"),
-    ("G_random", "width", {}, r"carry is not defined for G_random \(width\)"),
-    ("G_learn", "width", {}, r"carry is not defined for G_learn \(width\)"),
-    ("G_stack", "depth", {"order": "stack"}, r"option\(s\) \['order'\] are not used by G_stack"),
-    ("G_stack", "depth", {"g": 1.5}, "g must be an integer"),
-])
+@pytest.mark.parametrize(
+    "op,direction,opts,match",
+    [
+        ("G_zero", "depth", {}, r"carry is not defined for G_zero \(depth\): layers \[1, 3, 5\] have zeroed"),
+        ("llama_pro", "depth", {}, r"carry is not defined for llama_pro \(depth\): layers .* zeroed"),
+        ("G_random", "depth", {}, r"carry is not defined for G_random \(depth\): new layers \[3, 4, 5\] are fresh"),
+        ("G_learn", "depth", {}, r"carry is not defined for G_learn \(depth\): its layers are learned mixtures"),
+        ("G_direct", "width", {}, r"carry is not defined for G_direct \(width\): grown tensors change shape"),
+        ("G_zero", "width", {}, r"carry is not defined for G_zero \(width\)"),
+        ("G_random", "width", {}, r"carry is not defined for G_random \(width\)"),
+        ("G_learn", "width", {}, r"carry is not defined for G_learn \(width\)"),
+        ("G_stack", "depth", {"order": "stack"}, r"option\(s\) \['order'\] are not used by G_stack"),
+        ("G_stack", "depth", {"g": 1.5}, "g must be an integer"),
+    ],
+)
 def test_carry_refused(op, direction, opts, match):
     config = make_config("gqa3")
     state = {k: {"exp_avg": torch.zeros(v.shape)} for k, v in GPT(config).named_parameters()}
@@ -548,25 +617,28 @@ def test_carry_bad_state():
 
 
 # ---- errors ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("op,direction,kw,match", [
-    ("G_sideways", "depth", {}, "unknown op 'G_sideways'; valid depth ops"),
-    ("solar_dus", "width", {}, "no width variant"),
-    ("G_stack", "diagonal", {}, "direction must be one of"),
-    ("G_stack", "depth", {"g": 0.5}, "g must be a number >= 1"),
-    ("G_stack", "depth", {"g": 2.5}, "g must be an integer >= 1 for G_stack"),
-    ("G_direct", "width", {"g": 1.5}, "integer"),
-    ("G_zero", "width", {"g": 1.25}, "n_query_groups × g"),
-    ("solar_dus", "depth", {"m": 4}, "m must be an integer in 0..3"),
-    ("solar_dus", "depth", {"g": 3}, "g must be 2 for solar_dus"),
-    ("llama_pro", "depth", {"groups": 3}, r"groups must divide n_layer=4 .* valid: \[1, 2, 4\]"),
-    ("llama_pro", "depth", {"groups": 4, "g": 1.5}, "must be an integer"),
-    ("G_stack", "depth", {"layers": [0, 9]}, "indices in 0..3"),
-    ("interpolate", "depth", {"layers": [0]}, r"option\(s\) \['layers'\] are not used by interpolate"),
-    ("G_random", "depth", {"ramp_tokens": -1}, "ramp_tokens must be"),
-    ("G_zero", "depth", {"order": "random"}, "order must be"),
-    ("G_direct", "width", {"symmetric": "yes"}, "symmetric must be true or false"),
-    ("G_direct", "depth", {"symmetric": True}, r"option\(s\) \['symmetric'\] are not used by G_direct \(depth\)"),
-])
+@pytest.mark.parametrize(
+    "op,direction,kw,match",
+    [
+        ("G_sideways", "depth", {}, "unknown op 'G_sideways'; valid depth ops"),
+        ("solar_dus", "width", {}, "no width variant"),
+        ("G_stack", "diagonal", {}, "direction must be one of"),
+        ("G_stack", "depth", {"g": 0.5}, "g must be a number >= 1"),
+        ("G_stack", "depth", {"g": 2.5}, "g must be an integer >= 1 for G_stack"),
+        ("G_direct", "width", {"g": 1.5}, "integer"),
+        ("G_zero", "width", {"g": 1.25}, "n_query_groups × g"),
+        ("solar_dus", "depth", {"m": 4}, "m must be an integer in 0..3"),
+        ("solar_dus", "depth", {"g": 3}, "g must be 2 for solar_dus"),
+        ("llama_pro", "depth", {"groups": 3}, r"groups must divide n_layer=4 .* valid: \[1, 2, 4\]"),
+        ("llama_pro", "depth", {"groups": 4, "g": 1.5}, "must be an integer"),
+        ("G_stack", "depth", {"layers": [0, 9]}, "indices in 0..3"),
+        ("interpolate", "depth", {"layers": [0]}, r"option\(s\) \['layers'\] are not used by interpolate"),
+        ("G_random", "depth", {"ramp_tokens": -1}, "ramp_tokens must be"),
+        ("G_zero", "depth", {"order": "random"}, "order must be"),
+        ("G_direct", "width", {"symmetric": "yes"}, "symmetric must be true or false"),
+        ("G_direct", "depth", {"symmetric": True}, r"option\(s\) \['symmetric'\] are not used by G_direct \(depth\)"),
+    ],
+)
 def test_errors(op, direction, kw, match):
     config = make_config("gqa", n_layer=4)
     with pytest.raises(GrowthError, match=match) as e:

@@ -16,8 +16,11 @@ MAX_FUNCTION_LINES = 100
 # Which packages each package may import. stacking is the library at the bottom; experiments (grid → runs →
 # results.csv) and analysis (results → tables, fits, figures) each build on it and meet only through the files a
 # sweep writes.
-MAY_IMPORT = {"stacking": {"stacking"}, "experiments": {"stacking", "experiments"},
-              "analysis": {"stacking", "analysis"}}
+MAY_IMPORT = {
+    "stacking": {"stacking"},
+    "experiments": {"stacking", "experiments"},
+    "analysis": {"stacking", "analysis"},
+}
 # The one way up: `stacking …`'s dispatch table names each package's own CLI module (which imports stacking.cli's
 # parser back: a cycle by design, closed only when a command runs, so not counted as one).
 ENTRY_POINTS = {"stacking.cli": {"experiments.cli", "analysis.cli"}}
@@ -73,8 +76,12 @@ def import_graph(mods: dict[str, Path], *, by_name: bool = False) -> dict[str, s
 
 def layering_violations(graph: dict[str, set[str]]) -> list[str]:
     """The edges ``a -> b`` that go where `MAY_IMPORT` and `ENTRY_POINTS` do not allow."""
-    return [f"{mod} -> {t}" for mod, edges in sorted(graph.items()) for t in sorted(edges)
-            if t.split(".")[0] not in MAY_IMPORT[mod.split(".")[0]] and t not in ENTRY_POINTS.get(mod, ())]
+    return [
+        f"{mod} -> {t}"
+        for mod, edges in sorted(graph.items())
+        for t in sorted(edges)
+        if t.split(".")[0] not in MAY_IMPORT[mod.split(".")[0]] and t not in ENTRY_POINTS.get(mod, ())
+    ]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -87,7 +94,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -106,10 +113,17 @@ def test_find_cycle_reports_one():
 
 
 def test_layering_violations_name_each_edge():
-    graph = {"stacking.cli": {"analysis.cli", "analysis.plan", "stacking.train"}, "stacking.data": {"experiments.cli"},
-             "experiments.planner": {"stacking.config", "analysis.sweep"}, "analysis.report": {"stacking.models"}}
-    assert layering_violations(graph) == ["experiments.planner -> analysis.sweep", "stacking.cli -> analysis.plan",
-                                          "stacking.data -> experiments.cli"]
+    graph = {
+        "stacking.cli": {"analysis.cli", "analysis.plan", "stacking.train"},
+        "stacking.data": {"experiments.cli"},
+        "experiments.planner": {"stacking.config", "analysis.sweep"},
+        "analysis.report": {"stacking.models"},
+    }
+    assert layering_violations(graph) == [
+        "experiments.planner -> analysis.sweep",
+        "stacking.cli -> analysis.plan",
+        "stacking.data -> experiments.cli",
+    ]
 
 
 def test_packages_import_only_downwards():
@@ -118,9 +132,11 @@ def test_packages_import_only_downwards():
     assert {"analysis.cli", "experiments.cli", "stacking.growth.cli"} <= graph["stacking.cli"]
     assert "stacking.train" in graph["experiments.local"]
     bad = layering_violations(graph)
-    assert not bad, ("imports against the layering (stacking imports neither experiments nor analysis; they do not "
-                     "import each other; stacking/cli.py reaches them only through experiments.cli and analysis.cli): "
-                     + "; ".join(bad))
+    assert not bad, (
+        "imports against the layering (stacking imports neither experiments nor analysis; they do not "
+        "import each other; stacking/cli.py reaches them only through experiments.cli and analysis.cli): "
+        + "; ".join(bad)
+    )
 
 
 def test_no_import_cycle():
@@ -161,8 +177,11 @@ def test_long_functions_are_found():
 
 
 def test_functions_are_short():
-    long = {f"{path.relative_to(ROOT)}::{fn}": n for path in modules().values()
-            for fn, n in long_functions(ast.parse(path.read_text(), str(path)), MAX_FUNCTION_LINES).items()}
+    long = {
+        f"{path.relative_to(ROOT)}::{fn}": n
+        for path in modules().values()
+        for fn, n in long_functions(ast.parse(path.read_text(), str(path)), MAX_FUNCTION_LINES).items()
+    }
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {long}"
 
 
@@ -178,6 +197,9 @@ def test_one_import_path_per_name():
 
     own = set(stacking.train.__all__)
     files = [*modules().values(), *sorted((ROOT / "tests").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
-    wrong = {f"{path.relative_to(ROOT)}: {name}" for path in files
-             for name in imported_names(ast.parse(path.read_text(), str(path)), "stacking.train") - own}
+    wrong = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in files
+        for name in imported_names(ast.parse(path.read_text(), str(path)), "stacking.train") - own
+    }
     assert not wrong, f"import these from their defining module, not stacking.train: {sorted(wrong)}"

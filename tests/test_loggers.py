@@ -39,8 +39,9 @@ def test_tensorboard_logger_writes_the_metrics_rows(tiny_data, tmp_path):
     train = acc.Scalars("train_loss")
     assert [e.step for e in train] == list(range(1, 9))
     assert [e.step for e in train] == [int(r["step"]) for r in rows if r["train_loss"]]
-    assert [e.value for e in train] == pytest.approx([float(r["train_loss"]) for r in rows if r["train_loss"]],
-                                                     rel=1e-6)
+    assert [e.value for e in train] == pytest.approx(
+        [float(r["train_loss"]) for r in rows if r["train_loss"]], rel=1e-6
+    )
     val = acc.Scalars("val_loss")
     assert [e.step for e in val] == [0, 4, 8]
     assert val[-1].value == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-6)

@@ -19,17 +19,43 @@ def test_demo_grid_shrunk_runs_end_to_end_and_reports(tiny_data, tmp_path, capsy
     grid["targets"] = ["tiny-L4-D32"]
     grid["d"] = [4096]
     grid["grown"] = {"tokens": 12288}  # (demo.yaml gives total_flops: its base FLOPs would leave nothing here)
-    grid["defaults"].update(data_dir=str(tiny_data), seq_len=32, micro_batch_size=8, global_batch_tokens=256,
-                            warmup_tokens=1024, val_every_tokens=2048, val_tokens=2048)
+    grid["defaults"].update(
+        data_dir=str(tiny_data),
+        seq_len=32,
+        micro_batch_size=8,
+        global_batch_tokens=256,
+        warmup_tokens=1024,
+        val_every_tokens=2048,
+        val_tokens=2048,
+    )
     # the seed spread the report quotes: a seeded sweep's speedups.csv of the same configuration (made up here)
     assert grid["seed_spread"] == "reference/replicate_demo_speedups.csv"
     (tmp_path / "reference").mkdir()
-    pd.DataFrame([dict(target="tiny-L4-D32", op="G_stack", direction="depth", g=2, grow_at_tokens=4096, reading=r,
-                       budget_fraction=1.0, reference="scratch", n_runs=3, n_reached=n, target_loss=1.7, speedup=s,
-                       speedup_lo=lo, speedup_hi=hi, tokens_ratio=1.1, tokens_ratio_lo=1.0, tokens_ratio_hi=1.2,
-                       note="") for r, n, s, lo, hi in (("mid", 3, 0.12, 0.05, 0.19), ("annealed", 2, 0.03, -0.2,
-                                                                                            0.26))]
-                 ).to_csv(tmp_path / "reference" / "replicate_demo_speedups.csv", index=False)
+    pd.DataFrame(
+        [
+            dict(
+                target="tiny-L4-D32",
+                op="G_stack",
+                direction="depth",
+                g=2,
+                grow_at_tokens=4096,
+                reading=r,
+                budget_fraction=1.0,
+                reference="scratch",
+                n_runs=3,
+                n_reached=n,
+                target_loss=1.7,
+                speedup=s,
+                speedup_lo=lo,
+                speedup_hi=hi,
+                tokens_ratio=1.1,
+                tokens_ratio_lo=1.0,
+                tokens_ratio_hi=1.2,
+                note="",
+            )
+            for r, n, s, lo, hi in (("mid", 3, 0.12, 0.05, 0.19), ("annealed", 2, 0.03, -0.2, 0.26))
+        ]
+    ).to_csv(tmp_path / "reference" / "replicate_demo_speedups.csv", index=False)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(grid))
     sweep = tmp_path / "sweep"
@@ -49,8 +75,10 @@ def test_demo_grid_shrunk_runs_end_to_end_and_reports(tiny_data, tmp_path, capsy
     md = (report / "report.md").read_text()
     assert "## Speed-ups" in md and "figures/curves_tiny-L4-D32.png" in md
     spread = next(line for line in md.splitlines() if line.startswith("Seed spread of this configuration"))
-    assert ("G_stack g=2 d=4,096: mid +12.0 %, 95 % CI +5.0 % to +19.0 % (3/3 seeds reach L*); annealed +3.0 %, "
-            "95 % CI -20.0 % to +26.0 % (2/3 seeds reach L*)") in spread and "G_zero" not in spread
+    assert (
+        "G_stack g=2 d=4,096: mid +12.0 %, 95 % CI +5.0 % to +19.0 % (3/3 seeds reach L*); annealed +3.0 %, "
+        "95 % CI -20.0 % to +26.0 % (2/3 seeds reach L*)"
+    ) in spread and "G_zero" not in spread
     assert md.index(spread) < md.index("speed-up = FLOPs_scratch")  # under the headline, before the definition
     for name in ("curves_tiny-L4-D32.png", "speedups.png"):
         assert (report / "figures" / name).stat().st_size > 10_000

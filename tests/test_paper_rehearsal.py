@@ -37,7 +37,13 @@ def test_override_changes_budgets_batch_and_hardware_only(tmp_path):
         assert d[key] == shipped["defaults"][key]
     assert d["seq_len"] == 2048 and d["micro_batch_size"] == 1 and d["global_batch_tokens"] == 2048
     assert (d["accelerator"], d["precision"], d["devices"], d["num_nodes"], d["strategy"], d["compile"]) == (
-        "cpu", "32-true", 1, 1, "auto", False)
+        "cpu",
+        "32-true",
+        1,
+        1,
+        "auto",
+        False,
+    )
     assert derived["d"] == [3 * 2048] and derived["grown"]["tokens"] == 3 * 2048
     assert derived["grown"]["set"] == {"checkpoint_every_tokens": 2048} and derived["anneal"] == {"fractions": []}
     assert json.loads((tmp_path / "override.json").read_text()) == override
@@ -52,8 +58,14 @@ def test_memory_estimate_picks_410m_over_1b():
 
 @pytest.mark.slow
 def test_dry_rehearsal_resumes_with_exact_tokens_and_flop_offset(tmp_path):
-    out = subprocess.run([sys.executable, str(BENCH), "--dry", "--out", str(tmp_path)], check=False,
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--dry", "--out", str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads((tmp_path / "rehearsal.json").read_text())
     assert r["ok"] and all(v for k, v in r["checks"].items() if isinstance(v, bool))
@@ -62,7 +74,7 @@ def test_dry_rehearsal_resumes_with_exact_tokens_and_flop_offset(tmp_path):
     assert base["tokens"] == r["grow_at_tokens"] == 20 * 256 and grown["tokens"] == grown["max_tokens"] == 20 * 256
     assert grown["flops_offset"] == r["checks"]["base_flops_at_d"] == base["flops"]
     assert grown["resumed"] and grown["attempts"] == 2 and r["kill"]["grown_done_at_kill"] is False
-    (ckpt, tokens, step), = r["resume"]["resume_lines"]
+    ((ckpt, tokens, step),) = r["resume"]["resume_lines"]
     assert ckpt.endswith("last.ckpt") and tokens == 256 * step and 1 <= step < 20
     assert grown["steps_in_metrics"] == list(range(21)) and len(grown["sec_per_step"]) == 20
     assert r["peak_rss_gb"]["sweep_tree_sum"] > 0 and r["resume"]["kill_to_resume_log_s"] > 0

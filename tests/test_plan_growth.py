@@ -96,24 +96,37 @@ def test_regime_warnings():
     assert any("1-layer base" in w for w in plan.warnings)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target", "tinyllama-1.1b", "--flops", "1e21"],
-     "--target: unknown model preset 'tinyllama-1.1b'; valid: tiny-d{N}, tiny-L{L}-D{D}, stack-410m"),
-    (["--target", "stack-1.1b"], "give exactly one of --flops C and --tokens T (the budget), got neither"),
-    (["--target", "stack-1.1b", "--flops", "1e21", "--tokens", "1e11"], "got both"),
-    (["--target", "stack-1.1b", "--flops", "0"], "--flops must be a positive number, got 0.0"),
-    (["--target", "stack-1.1b", "--tokens=-5e9"], "--tokens must be a positive number, got -5000000000.0"),
-    (["--target", "stack-1.1b", "--flops", "1e21", "--g", "5"],
-     "--g 5 does not divide stack-1.1b's n_layer = 24; valid: 2, 3, 4, 6, 8, 12, 24"),
-    (["--target", "stack-1.1b", "--flops", "1e21", "--g", "1"], "--g must be an integer ≥ 2"),
-    (["--target", "stack-1.1b", "--flops", "1e21", "--g", "two"], "argument --g: invalid int value: 'two'"),
-    (["--target", "stack-1.1b", "--flops", "1e15"],
-     "the budget C = 1e+15 FLOPs is smaller than one optimizer step of the 6-layer base (2,097,152 tokens ×"),
-    (["--target", "tiny-L8-D32", "--tokens", "100"],
-     "smaller than one optimizer step of the 2-layer base (2,048 tokens ×"),
-    (["--target", "stack-1.1b", "--flops", "1e21", "--fit", "no/such/sweep"],
-     "--fit no/such/sweep: sweep dir no/such/sweep does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--target", "tinyllama-1.1b", "--flops", "1e21"],
+            "--target: unknown model preset 'tinyllama-1.1b'; valid: tiny-d{N}, tiny-L{L}-D{D}, stack-410m",
+        ),
+        (["--target", "stack-1.1b"], "give exactly one of --flops C and --tokens T (the budget), got neither"),
+        (["--target", "stack-1.1b", "--flops", "1e21", "--tokens", "1e11"], "got both"),
+        (["--target", "stack-1.1b", "--flops", "0"], "--flops must be a positive number, got 0.0"),
+        (["--target", "stack-1.1b", "--tokens=-5e9"], "--tokens must be a positive number, got -5000000000.0"),
+        (
+            ["--target", "stack-1.1b", "--flops", "1e21", "--g", "5"],
+            "--g 5 does not divide stack-1.1b's n_layer = 24; valid: 2, 3, 4, 6, 8, 12, 24",
+        ),
+        (["--target", "stack-1.1b", "--flops", "1e21", "--g", "1"], "--g must be an integer ≥ 2"),
+        (["--target", "stack-1.1b", "--flops", "1e21", "--g", "two"], "argument --g: invalid int value: 'two'"),
+        (
+            ["--target", "stack-1.1b", "--flops", "1e15"],
+            "the budget C = 1e+15 FLOPs is smaller than one optimizer step of the 6-layer base (2,097,152 tokens ×",
+        ),
+        (
+            ["--target", "tiny-L8-D32", "--tokens", "100"],
+            "smaller than one optimizer step of the 2-layer base (2,048 tokens ×",
+        ),
+        (
+            ["--target", "stack-1.1b", "--flops", "1e21", "--fit", "no/such/sweep"],
+            "--fit no/such/sweep: sweep dir no/such/sweep does not exist",
+        ),
+    ],
+)
 def test_bad_input_is_one_line(args, message, capsys):
     assert cli_main(["plan-growth", *args]) == 2
     captured = capsys.readouterr()
@@ -140,8 +153,9 @@ def test_fit_on_the_fixture_sweep(capsys):
     assert plan.fitted.d == pytest.approx(10 ** (law.a * math.log10(n) + law.b / math.log10(1e15) + law.c))
     assert plan.paper.d == pytest.approx(eq2_by_hand(n, 1e15))
     assert not plan.fitted.warnings  # N and C inside the sweep's points, g = the sweep's g
-    assert cli_main(["plan-growth", "--target", "tiny-L8-D128", "--flops", "1e15", "--g", "2",
-                     "--fit", str(SWEEP)]) == 0
+    assert (
+        cli_main(["plan-growth", "--target", "tiny-L8-D128", "--flops", "1e15", "--g", "2", "--fit", str(SWEEP)]) == 0
+    )
     out = capsys.readouterr().out
     assert f"Eq. 2 fitted on {SWEEP}" in out and "12 IsoFLOP minima of G_stack g = 2" in out
     assert out.count("  d = ") == 2  # both predictions
@@ -156,8 +170,10 @@ def test_fit_on_a_sweep_with_too_few_timings_is_one_line(tmp_path, capsys):
     results = pd.read_csv(SWEEP / "results.csv")
     results[results["grow_at_tokens"] != 2_500_000].to_csv(tmp_path / "results.csv", index=False)
     shutil.copytree(SWEEP / "runs", tmp_path / "runs")
-    assert cli_main(["plan-growth", "--target", "tiny-L8-D128", "--flops", "1e15", "--g", "2",
-                     "--fit", str(tmp_path)]) == 2
+    assert (
+        cli_main(["plan-growth", "--target", "tiny-L8-D128", "--flops", "1e15", "--g", "2", "--fit", str(tmp_path)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("stacking plan-growth: error: --fit ")
     assert "cannot support an Eq. 2 fit: no (target, op, g) has ≥ 3 finished growth timings d" in err

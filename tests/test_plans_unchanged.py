@@ -25,14 +25,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "plans.json.gz"
-GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml")) + \
-    sorted((REPO / "experiments" / "grids" / "ablations").glob("*.yaml"))
+GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml")) + sorted(
+    (REPO / "experiments" / "grids" / "ablations").glob("*.yaml")
+)
 
 # name → (train tokens, vocab size): tests/test_grids.py's measured corpora, and SlimPajama-627B under the Llama 2
 # tokenizer (docs/paper_scale.md: 627B tokens, ≈ 1.25 TB of uint16) for the paper scales.
-CORPORA = {"stdlib-bpe4096": (3_284_652, 4096), "stdlib-bytes": (11_445_242, 257),
-           "code-bpe4096": (75_000_000, 4096), "c-headers-bytes": (54_105_499, 257),
-           "slimpajama-llama2": (627_000_000_000, 32000)}
+CORPORA = {
+    "stdlib-bpe4096": (3_284_652, 4096),
+    "stdlib-bytes": (11_445_242, 257),
+    "code-bpe4096": (75_000_000, 4096),
+    "c-headers-bytes": (54_105_499, 257),
+    "slimpajama-llama2": (627_000_000_000, 32000),
+}
 
 
 def fake_corpora(root: Path) -> None:
@@ -43,10 +48,19 @@ def fake_corpora(root: Path) -> None:
         for split, n in (("train", train), ("val", 4_194_304)):
             with open(d / f"{split}.bin", "wb") as f:
                 f.truncate(2 * n)
-        (d / "meta.json").write_text(json.dumps({
-            "vocab_size": vocab, "dtype": "uint16", "eot_id": 0, "train_tokens": train, "val_tokens": 4_194_304,
-            "tokenizer": "bytes" if vocab == 257 else "bpe",
-            "tokenizer_sha256": None if vocab == 257 else f"fake-{name}"}))
+        (d / "meta.json").write_text(
+            json.dumps(
+                {
+                    "vocab_size": vocab,
+                    "dtype": "uint16",
+                    "eot_id": 0,
+                    "train_tokens": train,
+                    "val_tokens": 4_194_304,
+                    "tokenizer": "bytes" if vocab == 257 else "bpe",
+                    "tokenizer_sha256": None if vocab == 257 else f"fake-{name}",
+                }
+            )
+        )
 
 
 # Planner paths no shipped grid takes, as small variants of shipped grids (a patch merged over the file):
@@ -54,20 +68,52 @@ def fake_corpora(root: Path) -> None:
 # scratch budgets, G_learn with a total FLOP budget (one step and in a chain), chains with carried moments.
 VARIANTS = {
     "demo+carry": ("demo.yaml", {"grown": {"optimizer": "carry"}, "ops": ["G_stack"]}),
-    "demo+base_lr+replay": ("demo.yaml", {
-        "base": {"schedule": "defaults", "tokens": 393216, "set": {"lr": 6.0e-3, "min_lr": 6.0e-4}},
-        "grown": {"lr": "base", "set": {"data_stream": "replay"}}, "d": [196608, 327680],
-        "scratch": {"tokens": [262144], "flops": [1.0e12]}, "anneal": {"fractions": [0.5, 1.0]}}),
-    "midas+carry": ("midas.yaml", {"grown": {"optimizer": "carry"}, "chains": [
-        {"label": "stacked", "op": "G_stack", "stages": [{"g": 2, "tokens": 196608}, {"g": 2, "tokens": 327680}],
-         "seeds": [0, 1]}]}),
-    "midas+G_learn": ("midas.yaml", {
-        "ops": [{"op": "G_learn", "options": {"learn_steps": 20, "batch_size": 4, "seq_len": 64}}, "G_stack"],
-        "chains": [{"label": "learned", "op": ["G_learn", "G_stack"],
-                    "stages": [{"g": 2, "tokens": 196608, "options": {"learn_steps": 20, "batch_size": 4}},
-                               {"g": 2, "tokens": 327680}]},
-                   {"label": "learned_last", "op": ["G_stack", "G_learn"], "total_flops": 2.0e12,
-                    "stages": [{"g": 2, "tokens": 196608}, {"g": 2, "tokens": 327680, "options": {"seq_len": 64}}]}]}),
+    "demo+base_lr+replay": (
+        "demo.yaml",
+        {
+            "base": {"schedule": "defaults", "tokens": 393216, "set": {"lr": 6.0e-3, "min_lr": 6.0e-4}},
+            "grown": {"lr": "base", "set": {"data_stream": "replay"}},
+            "d": [196608, 327680],
+            "scratch": {"tokens": [262144], "flops": [1.0e12]},
+            "anneal": {"fractions": [0.5, 1.0]},
+        },
+    ),
+    "midas+carry": (
+        "midas.yaml",
+        {
+            "grown": {"optimizer": "carry"},
+            "chains": [
+                {
+                    "label": "stacked",
+                    "op": "G_stack",
+                    "stages": [{"g": 2, "tokens": 196608}, {"g": 2, "tokens": 327680}],
+                    "seeds": [0, 1],
+                }
+            ],
+        },
+    ),
+    "midas+G_learn": (
+        "midas.yaml",
+        {
+            "ops": [{"op": "G_learn", "options": {"learn_steps": 20, "batch_size": 4, "seq_len": 64}}, "G_stack"],
+            "chains": [
+                {
+                    "label": "learned",
+                    "op": ["G_learn", "G_stack"],
+                    "stages": [
+                        {"g": 2, "tokens": 196608, "options": {"learn_steps": 20, "batch_size": 4}},
+                        {"g": 2, "tokens": 327680},
+                    ],
+                },
+                {
+                    "label": "learned_last",
+                    "op": ["G_stack", "G_learn"],
+                    "total_flops": 2.0e12,
+                    "stages": [{"g": 2, "tokens": 196608}, {"g": 2, "tokens": 327680, "options": {"seq_len": 64}}],
+                },
+            ],
+        },
+    ),
     "operators+total_flops": ("operators.yaml", {"grown": {"tokens": None, "total_flops": 1.6e13}}),
 }
 
@@ -89,8 +135,13 @@ def case_key(path: Path, scale: str | None) -> str:
 
 
 def _merge(raw: dict, patch: dict) -> dict:
-    return {**raw, **{k: _merge(raw[k], v) if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
-                      for k, v in patch.items()}}
+    return {
+        **raw,
+        **{
+            k: _merge(raw[k], v) if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+            for k, v in patch.items()
+        },
+    }
 
 
 def load_case(path: Path, scale: str | None):
@@ -136,8 +187,7 @@ def _first_difference(old, new, at: str = "") -> str | None:
         if len(old) != len(new):
             return f"{at}: {len(old)} entries recorded, {len(new)} now"
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            diff = _first_difference(a, b, f"{at}[{i}]" + (f"({a['id']})" if isinstance(a, dict) and "id" in a
-                                                            else ""))
+            diff = _first_difference(a, b, f"{at}[{i}]" + (f"({a['id']})" if isinstance(a, dict) and "id" in a else ""))
             if diff:
                 return diff
         return None

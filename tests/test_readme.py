@@ -116,15 +116,27 @@ MAX_FILES = 120  # ≥ 4 × the tiny operators grid's largest budget / tokens pe
 
 # (commands it applies to: regex, README text: regex, replacement, why) — the table in the module docstring
 SUBSTITUTIONS: list[tuple[str, str, str, str]] = [
-    (r"^stacking data ", r"^(stacking data --out \S+)", rf"\1 --max_files {MAX_FILES}",
-     "a slice of each corpus, not all of it"),
+    (
+        r"^stacking data ",
+        r"^(stacking data --out \S+)",
+        rf"\1 --max_files {MAX_FILES}",
+        "a slice of each corpus, not all of it",
+    ),
     (r"^cat > run\.yaml", r"(?m)^max_tokens: \d+", "max_tokens: 8192", "4 optimizer steps"),
     (r"^cat > run\.yaml", r"(?m)^save_at_tokens: \[\d+\]", "save_at_tokens: [4096]", "a checkpoint inside 8192"),
-    (r"^cat > run\.yaml", r"(?m)^val_every_tokens: \d+", "val_every_tokens: 4096\nval_tokens: 2048",
-     "two small evaluations"),
+    (
+        r"^cat > run\.yaml",
+        r"(?m)^val_every_tokens: \d+",
+        "val_every_tokens: 4096\nval_tokens: 2048",
+        "two small evaluations",
+    ),
     (r"^stacking grow ", r"tokens-\d{12}", "tokens-000000004096", "the checkpoint run.yaml saves now"),
-    (r"--out sweeps/ops\b", r"experiments/grids/operators\.yaml", "experiments/grids/operators_readme.yaml",
-     "the operators grid shrunk to toy budgets"),
+    (
+        r"--out sweeps/ops\b",
+        r"experiments/grids/operators\.yaml",
+        "experiments/grids/operators_readme.yaml",
+        "the operators grid shrunk to toy budgets",
+    ),
     (r"^stacking report ", r"--out /tmp/report\b", "--out report-fixture", "stay in the scratch dir"),
     (r"^stacking fit-law ", r"--bootstrap \d+", "--bootstrap 10", "fewer resamples, same point estimates"),
 ]
@@ -148,10 +160,23 @@ def shrunk_operators_grid(grid: dict) -> dict:
     g = dict(grid)
     depth = next(o for o in g["ops"] if isinstance(o, dict) and o.get("direction", "depth") == "depth")
     width = next(o for o in g["ops"] if isinstance(o, dict) and o.get("direction") == "width")
-    g.update(targets=["tiny-L4-D64"], ops=[depth, width], d=[1024], grown={"tokens": 2048}, seeds=[0],
-             anneal={"fractions": [1.0], "decay_fraction": 0.2})
-    g["defaults"] = {**g["defaults"], "seq_len": 32, "micro_batch_size": 8, "global_batch_tokens": 256,
-                     "warmup_tokens": 256, "val_every_tokens": 512, "val_tokens": 1024}
+    g.update(
+        targets=["tiny-L4-D64"],
+        ops=[depth, width],
+        d=[1024],
+        grown={"tokens": 2048},
+        seeds=[0],
+        anneal={"fractions": [1.0], "decay_fraction": 0.2},
+    )
+    g["defaults"] = {
+        **g["defaults"],
+        "seq_len": 32,
+        "micro_batch_size": 8,
+        "global_batch_tokens": 256,
+        "warmup_tokens": 256,
+        "val_every_tokens": 512,
+        "val_tokens": 1024,
+    }
     if "scales" in g:
         g["scales"] = {g.get("scale", "tiny"): {}}
     return g
@@ -170,7 +195,8 @@ def make_workdir(work: Path) -> None:
     shutil.copytree(ROOT / "experiments" / "grids", work / "experiments" / "grids")
     ops = yaml.safe_load((ROOT / "experiments" / "grids" / "operators.yaml").read_text())
     (work / "experiments" / "grids" / "operators_readme.yaml").write_text(
-        yaml.safe_dump(shrunk_operators_grid(ops), sort_keys=False))
+        yaml.safe_dump(shrunk_operators_grid(ops), sort_keys=False)
+    )
     for name in ("sweep_small", "chinchilla"):
         shutil.copytree(ROOT / "tests" / "fixtures" / name, work / "tests" / "fixtures" / name)
     # `--sources corpus/ notes.jsonl`: a directory of text files and a JSONL file with a "text" field
@@ -178,8 +204,9 @@ def make_workdir(work: Path) -> None:
     for i in range(24):
         words = " ".join(f"w{(i * 7 + j * 13) % 50}" for j in range(400))
         (work / "corpus" / f"doc{i:02d}.txt").write_text(f"document {i}\n{words}\n")
-    (work / "notes.jsonl").write_text("".join(json.dumps({"text": f"note {i}: " + "a few words " * 60}) + "\n"
-                                              for i in range(40)))
+    (work / "notes.jsonl").write_text(
+        "".join(json.dumps({"text": f"note {i}: " + "a few words " * 60}) + "\n" for i in range(40))
+    )
     bin_dir, log = work / "fake-bin", work / "fake-slurm"
     bin_dir.mkdir()
     log.mkdir()
@@ -254,8 +281,11 @@ def _check(cmd: str, work: Path, out: str) -> None:
 # Commands that nothing later in the tour reads (the extra datasets, the committed fixtures' report and fit) run in
 # a side lane beside the main chain, on the second core; the chain (data/stdlib-bpe4096 → train → grow → sweep →
 # report) runs in README order. A new tour command joins the chain unless it is listed here.
-SIDE = [r"^stacking data --out data/(stdlib-bytes|code-bpe4096|mine)\b", r"^stacking report tests/fixtures/",
-        r"^stacking fit-law "]
+SIDE = [
+    r"^stacking data --out data/(stdlib-bytes|code-bpe4096|mine)\b",
+    r"^stacking report tests/fixtures/",
+    r"^stacking fit-law ",
+]
 
 
 class Tour:
@@ -273,10 +303,16 @@ class Tour:
         make_workdir(work)
         # one torch thread per command: two lanes on two cores, no oversubscription (a 4-step run: 6 s, not 28 s,
         # on a loaded 2-core machine)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
-                    "PATH": os.pathsep.join([str(work / "fake-bin"), str(Path(sys.executable).parent),
-                                             os.environ.get("PATH", "")]),
-                    "FAKE_SLURM": str(work / "fake-slurm")}
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONHASHSEED": "0",
+            "OMP_NUM_THREADS": "1",
+            "PATH": os.pathsep.join(
+                [str(work / "fake-bin"), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+            ),
+            "FAKE_SLURM": str(work / "fake-slurm"),
+        }
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.futures = {i: self.pool.submit(self._run, i) for i in self.side}
 
@@ -285,13 +321,20 @@ class Tour:
         for pattern, setup in BEFORE:
             if re.search(pattern, cmd):
                 setup(self.work)
-        return cmd, subprocess.run(["bash", "-c", "set -e\n" + cmd], cwd=self.work, env=self.env, check=False,
-                                   capture_output=True, text=True, timeout=TIMEOUT)
+        return cmd, subprocess.run(
+            ["bash", "-c", "set -e\n" + cmd],
+            cwd=self.work,
+            env=self.env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
 
     def run_through(self, index: int) -> tuple[str, subprocess.CompletedProcess]:
         if index in self.futures:
             return self.futures[index].result()
-        for i in self.chain[:self.chain.index(index) + 1]:
+        for i in self.chain[: self.chain.index(index) + 1]:
             if i in self.results:
                 continue
             if self.failed is not None:
@@ -325,9 +368,11 @@ def _id(entry: tuple[str, str]) -> str:
 def test_tour_command_runs_as_written(tour, index):
     heading, readme_cmd = COMMANDS[index]
     cmd, proc = tour.run_through(index)
-    assert proc.returncode == 0, (f"README tour, {heading}: `{readme_cmd}` (run as `{cmd}`) exited "
-                                  f"{proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n"
-                                  f"{proc.stderr[-3000:]}")
+    assert proc.returncode == 0, (
+        f"README tour, {heading}: `{readme_cmd}` (run as `{cmd}`) exited "
+        f"{proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n"
+        f"{proc.stderr[-3000:]}"
+    )
     try:
         _check(cmd, tour.work, proc.stdout)
     except Exception:
@@ -375,8 +420,11 @@ def test_the_two_commands_are_make_demo_and_make_test_and_ci_runs_make_test():
     text = README.read_text()
     assert [split_commands(b) for _, b in fenced_blocks(section(text, "The main job"))] == [["make demo"]]
     assert next(split_commands(b) for _, b in fenced_blocks(section(text, "The tests"))) == ["make test"]
-    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
-          if ln.strip() and not ln.lstrip().startswith("#")]
+    ci = [
+        ln.strip()
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     assert ci[-1] == "make test"
 
 
@@ -389,8 +437,9 @@ def test_make_runs_the_steps_the_readme_spells_out(tmp_path):
     venv = tmp_path / "venv"
 
     def dry(target: str) -> str:
-        out = subprocess.run(["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"], capture_output=True, text=True, check=True
+        ).stdout
         return out.replace(f"{venv}/bin/", "")
 
     demo, test = dry("demo"), dry("test")
@@ -416,8 +465,9 @@ def test_notebooks_extra_covers_what_the_notebooks_import():
     provided = set(listed)  # what they install, one level down
     for dist in listed:
         try:
-            provided |= {re.split(r"[<>=!~\[; (]", r)[0].lower() for r in md.requires(dist) or []
-                         if "extra ==" not in r}
+            provided |= {
+                re.split(r"[<>=!~\[; (]", r)[0].lower() for r in md.requires(dist) or [] if "extra ==" not in r
+            }
         except md.PackageNotFoundError:
             pass
     modules = set()
@@ -427,6 +477,7 @@ def test_notebooks_extra_covers_what_the_notebooks_import():
                 modules |= set(re.findall(r"^\s*(?:from|import)\s+(\w+)", "".join(cell["source"]), re.MULTILINE))
     dists = md.packages_distributions()
     own = {"stacking", "experiments", "analysis"}
-    missing = {m for m in modules - own - set(sys.stdlib_module_names)
-               if not {d.lower() for d in dists.get(m, [m])} & provided}
+    missing = {
+        m for m in modules - own - set(sys.stdlib_module_names) if not {d.lower() for d in dists.get(m, [m])} & provided
+    }
     assert not missing, f"notebooks import {missing}, which neither the dependencies nor the notebooks extra install"

@@ -25,10 +25,23 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
     raw, _ = apply_scale(yaml.safe_load(REPLICATE.read_text()), "demo", "replicate.yaml")
     # the same study at toy size: G_stack and G↑zero at one d, 2 seeds, the demo scale's cooldowns
     raw.pop("overrides", None)
-    raw.update(targets=["tiny-L4-D32"], d=[2048], seeds=[0, 1], grown={"tokens": 6144, "lr": "target"},
-               ops=["G_stack", {"op": "G_zero", "direction": "depth"}])
-    raw["defaults"].update(data_dir=str(tiny_data), seq_len=32, micro_batch_size=8, global_batch_tokens=256,
-                           warmup_tokens=512, val_every_tokens=256, val_tokens=1024, checkpoint_every_tokens=4096)
+    raw.update(
+        targets=["tiny-L4-D32"],
+        d=[2048],
+        seeds=[0, 1],
+        grown={"tokens": 6144, "lr": "target"},
+        ops=["G_stack", {"op": "G_zero", "direction": "depth"}],
+    )
+    raw["defaults"].update(
+        data_dir=str(tiny_data),
+        seq_len=32,
+        micro_batch_size=8,
+        global_batch_tokens=256,
+        warmup_tokens=512,
+        val_every_tokens=256,
+        val_tokens=1024,
+        checkpoint_every_tokens=4096,
+    )
     path = tmp_path / "replicate.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     sweep = tmp_path / "sweep"
@@ -42,8 +55,9 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
 
     assert cli_main(["report", str(sweep)]) == 0
     speedups = pd.read_csv(sweep / "report" / "speedups.csv")
-    final = speedups[(speedups["reference"] == "scratch") & (speedups["reading"] == "mid") &
-                     (speedups["budget_fraction"] == 1.0)]
+    final = speedups[
+        (speedups["reference"] == "scratch") & (speedups["reading"] == "mid") & (speedups["budget_fraction"] == 1.0)
+    ]
     assert set(final["op"]) == {"G_stack", "G_zero"} and set(final["n_runs"]) == {2}
     # two seeds: a Student-t 95 % CI around the mean wherever both seeds reach L* (some L*_p always is)
     both = speedups[(speedups["reference"] == "scratch") & (speedups["n_reached"] == 2)]
@@ -71,15 +85,18 @@ def test_replicate_demo_shrunk_reports_seed_cis_and_reads_in_a_notebook(tiny_dat
 
     seeds = per_seed_table(sweep)
     one = seeds[(seeds["run_id"] == stack["run_id"].iloc[0])].iloc[0]
-    assert one["final_val_loss_vs_scratch"] == pytest.approx(stack["final_val_loss"].iloc[0]
-                                                             - scratch[stack["seed"].iloc[0]])
+    assert one["final_val_loss_vs_scratch"] == pytest.approx(
+        stack["final_val_loss"].iloc[0] - scratch[stack["seed"].iloc[0]]
+    )
     assert loss_main([str(sweep), "--per-seed"]) == 0 and loss_main([str(sweep / "nope")]) == 2
     assert "error: sweep dir" in capsys.readouterr().err
 
     monkeypatch.setenv("STACKING_SWEEP_DIR", str(sweep))
     nb_path = ROOT / "notebooks" / "01_operator_speedups.ipynb"
     nb = nbformat.read(nb_path, as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)

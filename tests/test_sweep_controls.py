@@ -19,16 +19,25 @@ def plan(tmp_path, data, **grid):
 
 
 def test_lr_policies(tmp_path, tiny_data):
-    runs = plan(tmp_path, tiny_data, defaults={"schedule": "cosine"}, scratch={"set": {"lr": 1.0e-3}},
-                base={"set": {"lr": 5.0e-3}})
+    runs = plan(
+        tmp_path,
+        tiny_data,
+        defaults={"schedule": "cosine"},
+        scratch={"set": {"lr": 1.0e-3}},
+        base={"set": {"lr": 5.0e-3}},
+    )
     by_kind = {r.kind: r for r in runs}
     assert by_kind["base"].config.schedule == "constant"  # every d at the same, un-annealed LR
     assert by_kind["base"].config.lr == 5.0e-3
     assert by_kind["grown"].config.lr == 1.0e-3  # the target's LR, as scratch runs use it
     assert by_kind["scratch"].config.lr == 1.0e-3
-    old = plan(tmp_path, tiny_data, defaults={"schedule": "cosine"}, base={"schedule": "defaults",
-                                                                          "set": {"lr": 5.0e-3}},
-               grown={"tokens": 3072, "lr": "base"})
+    old = plan(
+        tmp_path,
+        tiny_data,
+        defaults={"schedule": "cosine"},
+        base={"schedule": "defaults", "set": {"lr": 5.0e-3}},
+        grown={"tokens": 3072, "lr": "base"},
+    )
     assert {r.kind: r.config.schedule for r in old}["base"] == "cosine"
     assert {r.kind: r.config.lr for r in old}["grown"] == 5.0e-3
     with pytest.raises(GridError, match="grown.lr must be one of target, base, got 'scratch'"):
@@ -43,8 +52,9 @@ def test_anneal_plan_errors(tmp_path, tiny_data):
     with pytest.raises(GridError, match=r"anneal.fractions must be distinct numbers in \(0, 1\]"):
         plan(tmp_path, tiny_data, anneal={"fractions": [0.5, 1.5]})
     with pytest.raises(GridError, match="inside the warmup"):
-        plan(tmp_path, tiny_data, defaults={"schedule": "constant", "warmup_tokens": 2048},
-             anneal={"fractions": [0.25]})
+        plan(
+            tmp_path, tiny_data, defaults={"schedule": "constant", "warmup_tokens": 2048}, anneal={"fractions": [0.25]}
+        )
 
 
 def test_epochs_warn_and_refuse(tmp_path, tiny_data):
@@ -71,9 +81,12 @@ def test_run_ids_do_not_depend_on_where_the_data_lives(tmp_path, tiny_data):
 
 
 def test_cooldown_branches_end_to_end(tmp_path, tiny_data):
-    grid = write_grid(tmp_path / "anneal.yaml", tiny_data,
-                      {**E2E_GRID, "d": [1024], "anneal": {"fractions": [0.5, 1.0], "decay_fraction": 0.25}},
-                      schedule="constant")
+    grid = write_grid(
+        tmp_path / "anneal.yaml",
+        tiny_data,
+        {**E2E_GRID, "d": [1024], "anneal": {"fractions": [0.5, 1.0], "decay_fraction": 0.25}},
+        schedule="constant",
+    )
     runs = expand(load_grid(grid), where="anneal.yaml")
     cool = [r for r in runs if r.kind == "cooldown"]
     assert len(cool) == 6  # 2 grown + 1 scratch main runs × 2 fractions
@@ -108,12 +121,22 @@ def test_grid_schema_rejects_owned_fields(tmp_path, tiny_data):
 def test_carry_moments_end_to_end(tmp_path, tiny_data):
     with pytest.raises(GridError, match="carry is not defined for G_zero .depth.: layers .* zeroed output"):
         plan(tmp_path, tiny_data, grown={"tokens": 3072, "optimizer": "carry"})
-    grid = write_grid(tmp_path / "carry.yaml", tiny_data,
-                      {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "grown": {"tokens": 1024, "optimizer": "carry"}})
+    grid = write_grid(
+        tmp_path / "carry.yaml",
+        tiny_data,
+        {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "grown": {"tokens": 1024, "optimizer": "carry"}},
+    )
     runs = expand(load_grid(grid), where="carry.yaml")
-    fresh = expand(load_grid(write_grid(tmp_path / "fresh.yaml", tiny_data,
-                                        {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "grown": {"tokens": 1024}})),
-                   where="fresh.yaml")
+    fresh = expand(
+        load_grid(
+            write_grid(
+                tmp_path / "fresh.yaml",
+                tiny_data,
+                {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "grown": {"tokens": 1024}},
+            )
+        ),
+        where="fresh.yaml",
+    )
     g_carry = next(r for r in runs if r.kind == "grown")
     g_fresh = next(r for r in fresh if r.kind == "grown")
     assert g_carry.id != g_fresh.id and g_carry.config.optimizer_init == "carry"
@@ -122,16 +145,22 @@ def test_carry_moments_end_to_end(tmp_path, tiny_data):
     import torch
 
     state = torch.load(tmp_path / "sweep" / g_carry.grow.dst / "optimizer_state.pt", weights_only=True)
-    assert torch.equal(state["transformer.h.3.attn.qkv.weight"]["exp_avg"],
-                       state["transformer.h.1.attn.qkv.weight"]["exp_avg"])  # layer 3 of G_stack copies layer 1
+    assert torch.equal(
+        state["transformer.h.3.attn.qkv.weight"]["exp_avg"], state["transformer.h.1.attn.qkv.weight"]["exp_avg"]
+    )  # layer 3 of G_stack copies layer 1
     assert state["transformer.h.0.attn.qkv.weight"]["exp_avg"].abs().sum() > 0
     log = (tmp_path / "sweep" / g_carry.config.out_dir / "train.log").read_text()
     assert "AdamW moments carried from" in log
 
 
 def test_per_op_d_and_seeds(tmp_path, tiny_data):
-    runs = plan(tmp_path, tiny_data, d=[1024], seeds=[0, 1],
-                ops=["G_stack", {"op": "G_zero", "direction": "depth", "d": [512, 2048], "seeds": [0]}])
+    runs = plan(
+        tmp_path,
+        tiny_data,
+        d=[1024],
+        seeds=[0, 1],
+        ops=["G_stack", {"op": "G_zero", "direction": "depth", "d": [512, 2048], "seeds": [0]}],
+    )
     grown = {(r.op, r.grow_at_tokens, r.config.seed) for r in runs if r.kind == "grown"}
     assert grown == {("G_stack", 1024, 0), ("G_stack", 1024, 1), ("G_zero", 512, 0), ("G_zero", 2048, 0)}
     bases = {r.config.seed: r for r in runs if r.kind == "base"}

@@ -20,8 +20,9 @@ from test_plans_unchanged import REPO, _recorded, case_key, fake_corpora, plan_o
 
 from experiments.grid import EvalSpec, GridError, expand, parse_grid
 
-needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
-                                   reason="lm-eval is not installed (pip install -e '.[eval]')")
+needs_lm_eval = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None, reason="lm-eval is not installed (pip install -e '.[eval]')"
+)
 EVAL = {"tasks": ["nextline_mc", "heldout_ppl"], "include_path": "eval_tasks/x", "limit": 10}
 
 
@@ -31,23 +32,27 @@ def _grid(**extra) -> dict:
 
 def test_eval_field_parses_with_its_defaults():
     grid = parse_grid(_grid(eval=EVAL), "g.yaml")
-    assert grid.eval == EvalSpec(tasks=["nextline_mc", "heldout_ppl"], include_path=["eval_tasks/x"], limit=10,
-                                 num_fewshot=None, batch_size=16)
+    assert grid.eval == EvalSpec(
+        tasks=["nextline_mc", "heldout_ppl"], include_path=["eval_tasks/x"], limit=10, num_fewshot=None, batch_size=16
+    )
     assert parse_grid(_grid(), "g.yaml").eval is None
     assert parse_grid(_grid(eval={"tasks": "hellaswag"}), "g.yaml").eval.tasks == ["hellaswag"]
 
 
-@pytest.mark.parametrize("spec,message", [
-    ({}, "g.yaml.eval: missing field 'tasks'"),
-    ({"tasks": []}, r"g.yaml: eval.tasks must list at least one lm-eval task name"),
-    ({"tasks": [""]}, r"g.yaml: eval.tasks must list at least one lm-eval task name"),
-    ({"tasks": ["a"], "limt": 5}, r"g.yaml.eval: unknown field 'limt' \(did you mean 'limit'\?\)"),
-    ({"tasks": ["a"], "limit": 0}, "g.yaml: eval.limit must be an integer >= 1, got 0"),
-    ({"tasks": ["a"], "limit": 0.5}, r"g.yaml.eval.limit: expected an integer, got 0.5"),
-    ({"tasks": ["a"], "num_fewshot": -1}, "g.yaml: eval.num_fewshot must be an integer >= 0, got -1"),
-    ({"tasks": ["a"], "batch_size": 0}, "g.yaml: eval.batch_size must be an integer >= 1, got 0"),
-    ("nextline_mc", "g.yaml.eval: expected a mapping of EvalSpec fields"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({}, "g.yaml.eval: missing field 'tasks'"),
+        ({"tasks": []}, r"g.yaml: eval.tasks must list at least one lm-eval task name"),
+        ({"tasks": [""]}, r"g.yaml: eval.tasks must list at least one lm-eval task name"),
+        ({"tasks": ["a"], "limt": 5}, r"g.yaml.eval: unknown field 'limt' \(did you mean 'limit'\?\)"),
+        ({"tasks": ["a"], "limit": 0}, "g.yaml: eval.limit must be an integer >= 1, got 0"),
+        ({"tasks": ["a"], "limit": 0.5}, r"g.yaml.eval.limit: expected an integer, got 0.5"),
+        ({"tasks": ["a"], "num_fewshot": -1}, "g.yaml: eval.num_fewshot must be an integer >= 0, got -1"),
+        ({"tasks": ["a"], "batch_size": 0}, "g.yaml: eval.batch_size must be an integer >= 1, got 0"),
+        ("nextline_mc", "g.yaml.eval: expected a mapping of EvalSpec fields"),
+    ],
+)
 def test_eval_field_errors_are_one_line_before_any_compute(spec, message):
     with pytest.raises(GridError, match=message) as err:
         expand(parse_grid(_grid(eval=spec), "g.yaml"), where="g.yaml")  # the data dir is never read
@@ -57,8 +62,11 @@ def test_eval_field_errors_are_one_line_before_any_compute(spec, message):
 def test_eval_tasks_are_checked_at_sweep_start(tmp_path, monkeypatch):
     from experiments.evaluation import check_tasks
 
-    with pytest.raises(GridError, match=r"g.yaml: eval.include_path '.*nope' is not a dir; build the offline tasks "
-                                        r"with `stacking eval-tasks --data_dir DATA --out .*nope`"):
+    with pytest.raises(
+        GridError,
+        match=r"g.yaml: eval.include_path '.*nope' is not a dir; build the offline tasks "
+        r"with `stacking eval-tasks --data_dir DATA --out .*nope`",
+    ):
         check_tasks(EvalSpec(tasks=["a"], include_path=[str(tmp_path / "nope")]), "g.yaml")
     import stacking.evaluate as ev
 
@@ -68,8 +76,11 @@ def test_eval_tasks_are_checked_at_sweep_start(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(ev, "require_lm_eval", lambda: None)
         m.setattr(ev, "task_manager", unknown)
-        with pytest.raises(GridError, match=r"^g.yaml: eval: unknown task\(s\) nextline_mx; see `lm-eval ls tasks` or "
-                                            r"pass eval.include_path$"):
+        with pytest.raises(
+            GridError,
+            match=r"^g.yaml: eval: unknown task\(s\) nextline_mx; see `lm-eval ls tasks` or "
+            r"pass eval.include_path$",
+        ):
             check_tasks(EvalSpec(tasks=["nextline_mx"], include_path=[str(tmp_path)]), "g.yaml")
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
     with pytest.raises(GridError, match=r"g.yaml: eval: lm-eval is not installed; pip install -e '.\[eval\]'"):
@@ -92,8 +103,13 @@ def test_eval_leaves_every_run_id_and_plan_unchanged(tmp_path):
 
 
 # ---- end to end: needs lm-eval ----------------------------------------------------------------------------------
-GRID = {**E2E_GRID, "ops": ["G_stack"], "d": [1024], "seeds": [0, 1],
-        "anneal": {"fractions": [0.5, 1.0], "decay_fraction": 0.25}}
+GRID = {
+    **E2E_GRID,
+    "ops": ["G_stack"],
+    "d": [1024],
+    "seeds": [0, 1],
+    "anneal": {"fractions": [0.5, 1.0], "decay_fraction": 0.25},
+}
 """Per seed: a base, a grown and a scratch run, and a cooldown at 0.5 and 1.0 of each main run (14 runs)."""
 
 
@@ -105,8 +121,15 @@ def tasks_dir(tmp_path_factory, tiny_data) -> Path:
 
 
 def _eval_grid(path: Path, data: Path, tasks: Path, grid: dict, **eval_extra) -> Path:
-    return write_grid(path, data, {**grid, "eval": {"tasks": ["nextline_mc", "heldout_ppl"], "include_path":
-                                                    str(tasks), "limit": 8, **eval_extra}}, schedule="constant")
+    return write_grid(
+        path,
+        data,
+        {
+            **grid,
+            "eval": {"tasks": ["nextline_mc", "heldout_ppl"], "include_path": str(tasks), "limit": 8, **eval_extra},
+        },
+        schedule="constant",
+    )
 
 
 @pytest.mark.slow
@@ -120,8 +143,13 @@ def test_sweep_evaluates_the_loss_tables_checkpoints(tmp_path, tiny_data, tasks_
     evaluated = df["kind"].isin(["grown", "scratch"]) | (df["anneal_fraction"] == 1.0)
     assert evaluated.sum() == 8 and (df["status"] == "done").all()
     assert (df.loc[evaluated, "eval_status"] == "done").all() and df.loc[~evaluated, "eval_status"].isna().all()
-    for col in ("eval_nextline_mc_acc", "eval_nextline_mc_acc_norm", "eval_heldout_ppl_token_loss",
-                "eval_heldout_ppl_token_perplexity", "eval_heldout_ppl_bits_per_byte"):
+    for col in (
+        "eval_nextline_mc_acc",
+        "eval_nextline_mc_acc_norm",
+        "eval_heldout_ppl_token_loss",
+        "eval_heldout_ppl_token_perplexity",
+        "eval_heldout_ppl_bits_per_byte",
+    ):
         assert df.loc[evaluated, col].notna().all() and df.loc[~evaluated, col].isna().all(), col
     assert list(df.columns[-8:-6]) == ["variant", "eval_status"]  # after every existing column
     for _, r in df.iterrows():
@@ -163,8 +191,9 @@ def test_eval_added_to_a_finished_sweep_evaluates_without_retraining(tmp_path, t
     broken = tmp_path / "broken_tasks"
     shutil.copytree(tasks_dir, broken)
     os.remove(broken / "heldout_ppl.jsonl")  # the tasks index, but the evaluation fails
-    proc = run_sweep(_eval_grid(tmp_path / "broken.yaml", tiny_data, broken, scratch_only), "--out", sweep,
-                     "--threads", "1")
+    proc = run_sweep(
+        _eval_grid(tmp_path / "broken.yaml", tiny_data, broken, scratch_only), "--out", sweep, "--threads", "1"
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"evaluation failed {run_dir.name} on nextline_mc,heldout_ppl: " in proc.stdout
     assert "1 evaluation(s) failed" in proc.stdout and "evaluating " in proc.stdout
@@ -172,8 +201,9 @@ def test_eval_added_to_a_finished_sweep_evaluates_without_retraining(tmp_path, t
     assert df["status"].tolist() == ["done"] and df["eval_status"].iloc[0].startswith("failed: ")
     assert (run_dir / "eval_error.txt").is_file()
 
-    proc = run_sweep(_eval_grid(tmp_path / "good.yaml", tiny_data, tasks_dir, scratch_only), "--out", sweep,
-                     "--threads", "1")
+    proc = run_sweep(
+        _eval_grid(tmp_path / "good.yaml", tiny_data, tasks_dir, scratch_only), "--out", sweep, "--threads", "1"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"evaluating {run_dir.name}" in proc.stdout and f"evaluated {run_dir.name}: nextline_mc acc" in proc.stdout
     assert "started " not in proc.stdout and "done (val loss" not in proc.stdout
@@ -183,8 +213,9 @@ def test_eval_added_to_a_finished_sweep_evaluates_without_retraining(tmp_path, t
     assert not (run_dir / "eval_error.txt").exists()
     df = pd.read_csv(sweep / "results.csv")
     assert df["eval_status"].tolist() == ["done"] and df["eval_heldout_ppl_token_loss"].notna().all()
-    again = run_sweep(_eval_grid(tmp_path / "good.yaml", tiny_data, tasks_dir, scratch_only), "--out", sweep,
-                      "--threads", "1")
+    again = run_sweep(
+        _eval_grid(tmp_path / "good.yaml", tiny_data, tasks_dir, scratch_only), "--out", sweep, "--threads", "1"
+    )
     assert again.returncode == 0 and "evaluating" not in again.stdout and "already done" in again.stdout
 
 
@@ -206,8 +237,9 @@ def test_slurm_jobs_evaluate_and_a_finished_sweep_gets_evaluation_only_jobs(tmp_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert all(rec["job"].result()["status"] == "done" for rec in submit_slurm(sweep, runs, grid.slurm,
-                                                                                   cluster="debug"))
+        assert all(
+            rec["job"].result()["status"] == "done" for rec in submit_slurm(sweep, runs, grid.slurm, cluster="debug")
+        )
         write_plan(sweep, path, grid, runs, spec)  # eval: added
         records = submit_slurm(sweep, runs, grid.slurm, cluster="debug", evaluation=spec)
         assert sorted(r.kind for r in runs if r.id in {rec["run_id"] for rec in records}) == ["grown", "scratch"]
@@ -216,6 +248,9 @@ def test_slurm_jobs_evaluate_and_a_finished_sweep_gets_evaluation_only_jobs(tmp_
         torch.set_num_threads(threads)
     assert [(s["status"], s["attempts"], s["eval"]["state"]) for s in statuses] == [("done", 1, "done")] * 2
     df = pd.read_csv(sweep / "results.csv")
-    assert df.set_index("kind")["eval_status"].fillna("-").to_dict() == {"base": "-", "grown": "done",
-                                                                          "scratch": "done"}
+    assert df.set_index("kind")["eval_status"].fillna("-").to_dict() == {
+        "base": "-",
+        "grown": "done",
+        "scratch": "done",
+    }
     assert submit_slurm(sweep, runs, grid.slurm, cluster="debug", evaluation=spec) == []

@@ -53,11 +53,21 @@ def test_total_flops_budget_and_width_bases(tmp_path, tiny_data):
     for r in runs[1:3]:
         expect = math.floor((float(f"{total:.6e}") - r.grow_at_tokens * fb) / ft / 256) * 256
         assert r.tokens == expect and r.flops <= float(f"{total:.6e}")
-    width = dict(E2E_GRID, targets=["tiny-L2-D64"], ops=[{"op": "G_direct", "direction": "width"}], d=[512],
-                 grown={"tokens": 512})
+    width = dict(
+        E2E_GRID,
+        targets=["tiny-L2-D64"],
+        ops=[{"op": "G_direct", "direction": "width"}],
+        d=[512],
+        grown={"tokens": 512},
+    )
     base = _plan(tmp_path, tiny_data, width)[0]
-    assert base.config.model_overrides == {"n_embd": 32, "n_head": 1, "n_query_groups": 1, "intermediate_size": 96,
-                                           "head_size": 32}
+    assert base.config.model_overrides == {
+        "n_embd": 32,
+        "n_head": 1,
+        "n_query_groups": 1,
+        "intermediate_size": 96,
+        "head_size": 32,
+    }
     assert base.model == "tiny-L2-D32"
 
 
@@ -72,8 +82,7 @@ def test_g_learn_map_flops_come_out_of_the_total_flops_budget(tmp_path, tiny_dat
     maps = learn_flops(target_mc, base_mc, learn_steps=8, batch_size=4, seq_len=32)  # > 4 optimizer steps' FLOPs
     total = 2048 * fb + 5000 * ft + maps
     options = {"learn_steps": 8, "batch_size": 4, "seq_len": 32}
-    grid = dict(E2E_GRID, ops=[{"op": "G_learn", "options": options}, "G_stack"],
-                grown={"total_flops": f"{total:.6e}"})
+    grid = dict(E2E_GRID, ops=[{"op": "G_learn", "options": options}, "G_stack"], grown={"total_flops": f"{total:.6e}"})
     runs = _plan(tmp_path, tiny_data, grid)
     total = float(f"{total:.6e}")
     learned = [r for r in runs if r.op == "G_learn"]
@@ -105,17 +114,29 @@ def test_ids_are_deterministic_and_only_an_override_changes_them(tmp_path, tiny_
 def test_one_op_with_two_option_sets_gets_a_variant_per_label(tmp_path, tiny_data):
     # llama_pro.yaml's case: the same op twice with different options must stay two methods in the analyses, while a
     # label that only moves the d (same options) stays the op's method.
-    grid = dict(E2E_GRID, ops=[
-        {"op": "G_random", "direction": "depth", "label": "G_random_slow", "options": {"ramp_tokens": 512}},
-        {"op": "G_random", "direction": "depth", "label": "G_random_fast", "options": {"ramp_tokens": 256}},
-        "G_stack", {"op": "G_stack", "label": "G_stack_dsweep", "d": [512]},
-    ], anneal={"fractions": [1.0]}, defaults={"schedule": "constant"})
+    grid = dict(
+        E2E_GRID,
+        ops=[
+            {"op": "G_random", "direction": "depth", "label": "G_random_slow", "options": {"ramp_tokens": 512}},
+            {"op": "G_random", "direction": "depth", "label": "G_random_fast", "options": {"ramp_tokens": 256}},
+            "G_stack",
+            {"op": "G_stack", "label": "G_stack_dsweep", "d": [512]},
+        ],
+        anneal={"fractions": [1.0]},
+        defaults={"schedule": "constant"},
+    )
     runs = [r for r in _plan(tmp_path, tiny_data, grid) if r.op is not None]
     variants = {(r.name.split("-")[4], r.kind, r.variant) for r in runs}
-    assert variants == {("G_random_slow", "grown", "G_random_slow"), ("G_random_slow", "cooldown", "G_random_slow"),
-                        ("G_random_fast", "grown", "G_random_fast"), ("G_random_fast", "cooldown", "G_random_fast"),
-                        ("G_stack", "grown", None), ("G_stack", "cooldown", None),
-                        ("G_stack_dsweep", "grown", None), ("G_stack_dsweep", "cooldown", None)}
+    assert variants == {
+        ("G_random_slow", "grown", "G_random_slow"),
+        ("G_random_slow", "cooldown", "G_random_slow"),
+        ("G_random_fast", "grown", "G_random_fast"),
+        ("G_random_fast", "cooldown", "G_random_fast"),
+        ("G_stack", "grown", None),
+        ("G_stack", "cooldown", None),
+        ("G_stack_dsweep", "grown", None),
+        ("G_stack_dsweep", "cooldown", None),
+    }
     assert {r.op for r in runs} == {"G_random", "G_stack"}
     table = results_frame(tmp_path / "sweep", runs)  # the results table carries it (runs still pending)
     assert table["op"].tolist() == [r.op for r in runs]
@@ -123,8 +144,9 @@ def test_one_op_with_two_option_sets_gets_a_variant_per_label(tmp_path, tiny_dat
 
 
 def test_scratch_lr_sweep_plans_one_run_per_lr(tmp_path, tiny_data):
-    grid = dict(name="lr", targets=["tiny-L4-D32"], scratch={"flop_matched": False, "tokens": [2048],
-                                                              "lrs": [1e-3, 3e-3, 1e-2]})
+    grid = dict(
+        name="lr", targets=["tiny-L4-D32"], scratch={"flop_matched": False, "tokens": [2048], "lrs": [1e-3, 3e-3, 1e-2]}
+    )
     runs = _plan(tmp_path, tiny_data, grid)
     assert [r.name for r in runs] == [f"scratch-tiny-L4-D32-t2048-lr{x}-s0" for x in ("0.001", "0.003", "0.01")]
     assert [r.config.lr for r in runs] == [1e-3, 3e-3, 1e-2]
@@ -154,18 +176,24 @@ BAD_GRIDS = {
     "d not a batch multiple": (_bad(d=[1000]), "d = 1000 must be a positive multiple of the base's global_batch"),
     "no budget left": (_bad(grown={"total_flops": 1e6}), "leaving no budget in grown.total_flops"),
     "g does not fit depth": (_bad(g=[3]), "g = 3 does not fit target tiny-L4-D32: depth growth needs n_layer = 4"),
-    "g does not fit width": (_bad(targets=["tiny-L2-D64"], ops=[{"op": "G_zero", "direction": "width"}], g=[4]),
-                             "g = 4 does not fit target tiny-L2-D64: width growth"),
+    "g does not fit width": (
+        _bad(targets=["tiny-L2-D64"], ops=[{"op": "G_zero", "direction": "width"}], g=[4]),
+        "g = 4 does not fit target tiny-L2-D64: width growth",
+    ),
     "duplicate d": (_bad(d=[1024, 1024]), "d lists 1024 twice (duplicate run ids)"),
     "duplicate op": (_bad(ops=["G_stack", "G_stack"]), "repeats an earlier entry (duplicate run ids)"),
     "bad op option": (_bad(ops=[{"op": "G_random", "options": {"ramp": 5}}]), "option(s) ['ramp'] are not used"),
     "both budgets": (_bad(grown={"tokens": 1024, "total_flops": 1e12}), "exactly one of tokens"),
-    "override matches nothing": (_bad(overrides=[{"match": "grown-*-G_typo-*", "set": {"lr": 1}}]),
-                                 "overrides[0].match 'grown-*-G_typo-*' matches no run"),
+    "override matches nothing": (
+        _bad(overrides=[{"match": "grown-*-G_typo-*", "set": {"lr": 1}}]),
+        "overrides[0].match 'grown-*-G_typo-*' matches no run",
+    ),
     "wrong type": (_bad(d="many"), "d[0]: expected an integer, got 'many'"),
     "LR sweep beside growth runs": (_bad(scratch={"lrs": [1e-3, 3e-3]}), "scratch.lrs is an LR sweep on scratch alone"),
-    "LR sweep with a bad LR": (_bad(ops=[], d=[], scratch={"tokens": [1024], "lrs": [1e-3, 0.0]}),
-                               "scratch.lrs must be distinct positive learning rates"),
+    "LR sweep with a bad LR": (
+        _bad(ops=[], d=[], scratch={"tokens": [1024], "lrs": [1e-3, 0.0]}),
+        "scratch.lrs must be distinct positive learning rates",
+    ),
 }
 
 
@@ -203,8 +231,14 @@ def test_docs_describe_every_grid_field():
     from experiments.grid import BaseSpec, EvalSpec, Grid, GrownSpec, OpSpec, OverrideSpec, ScratchSpec, SlurmSpec
 
     doc = (REPO / "docs" / "sweeps.md").read_text()
-    prefixes = {Grid: "", BaseSpec: "base.", GrownSpec: "grown.", ScratchSpec: "scratch.", SlurmSpec: "slurm.",
-                EvalSpec: "eval."}
+    prefixes = {
+        Grid: "",
+        BaseSpec: "base.",
+        GrownSpec: "grown.",
+        ScratchSpec: "scratch.",
+        SlurmSpec: "slurm.",
+        EvalSpec: "eval.",
+    }
     for cls, prefix in prefixes.items():
         for f in fields(cls):
             assert f"`{prefix}{f.name}`" in doc or f"`{f.name}." in doc, f"{prefix}{f.name}"

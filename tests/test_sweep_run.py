@@ -86,8 +86,10 @@ def test_status_reads_the_sweep_without_torch_or_litgpt(e2e):
     """`stacking sweep status` only reads plan.json and the run dirs: it must not pay litgpt's/Lightning's
     import (≈ 5–10 s), so a researcher can poll it."""
     _, sweep, _ = e2e
-    code = ("import sys; from stacking.cli import main; rc = main(['sweep', 'status', sys.argv[1]]); "
-            "print('HEAVY', sorted(m for m in ('torch', 'litgpt', 'lightning') if m in sys.modules)); sys.exit(rc)")
+    code = (
+        "import sys; from stacking.cli import main; rc = main(['sweep', 'status', sys.argv[1]]); "
+        "print('HEAVY', sorted(m for m in ('torch', 'litgpt', 'lightning') if m in sys.modules)); sys.exit(rc)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "6 runs: 6 done, 0 failed, 0 pending" in proc.stdout and "HEAVY []" in proc.stdout
@@ -101,8 +103,11 @@ def test_dry_run_prints_the_plan(e2e, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 runs (1 base, 4 grown, 1 scratch)" in out and "throughput: measured here: 3 timed optimizer steps" in out
     # id, kind, model, tokens, FLOPs, tokens/param, epochs, evaluations, est. time, parent @ d
-    assert re.search(r"grown-tiny-L4-D32-G_zero-depth-g2-d2048-s0-\w{8}\s+grown\s+tiny-L4-D32\s+3,072\s+\S+\s+0.0439\s+"
-                     r"0.02\s+4\s+\S+s\s+base-tiny-L4-D32-depth-g2-s0-\w{8} @ d=2,048", out), out
+    assert re.search(
+        r"grown-tiny-L4-D32-G_zero-depth-g2-d2048-s0-\w{8}\s+grown\s+tiny-L4-D32\s+3,072\s+\S+\s+0.0439\s+"
+        r"0.02\s+4\s+\S+s\s+base-tiny-L4-D32-depth-g2-s0-\w{8} @ d=2,048",
+        out,
+    ), out
     assert not (tmp_path / "fresh").exists()
     assert sweep_main([str(grid), "--out", str(sweep), "--dry-run"]) == 0  # a finished sweep: its own tokens/s
     out = capsys.readouterr().out
@@ -117,8 +122,12 @@ def _last_ckpt_tokens(run_dir: Path) -> int | None:
 def test_sigkill_mid_sweep_then_restart_gives_the_same_table(e2e, tmp_path):
     grid, reference, _ = e2e
     sweep = tmp_path / "sweep"
-    proc = subprocess.Popen(sweep_cmd(grid, "--out", sweep, "--jobs", "1", "--threads", "1"), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        sweep_cmd(grid, "--out", sweep, "--jobs", "1", "--threads", "1"),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     victim = None
     deadline = time.time() + 180
     try:
@@ -167,8 +176,15 @@ def test_sigkill_mid_sweep_then_restart_gives_the_same_table(e2e, tmp_path):
         pd.testing.assert_frame_equal(a, b)
 
 
-FAIL_GRID = dict(name="fail", targets=["tiny-L2-D32"], ops=["G_stack", "G_zero"], g=[2], d=[512], seeds=[0, 1],
-                 grown={"tokens": 1024})
+FAIL_GRID = dict(
+    name="fail",
+    targets=["tiny-L2-D32"],
+    ops=["G_stack", "G_zero"],
+    g=[2],
+    d=[512],
+    seeds=[0, 1],
+    grown={"tokens": 1024},
+)
 
 
 def test_failures_are_isolated_recorded_and_retried_on_rerun(tmp_path, tiny_data):
@@ -176,10 +192,13 @@ def test_failures_are_isolated_recorded_and_retried_on_rerun(tmp_path, tiny_data
     bad_init.mkdir()
     (bad_init / "lit_model.pth").write_bytes(b"not a checkpoint")
     (bad_init / "model_config.yaml").write_text("n_layer: 1\n")
-    grid = dict(FAIL_GRID, overrides=[
-        {"match": "grown-*-G_zero-*-s0", "set": {"lr": "1e30"}},  # NaN at the first evaluation
-        {"match": "base-*-s1", "set": {"init_from": str(bad_init)}},  # raises CheckpointError: an exception
-    ])
+    grid = dict(
+        FAIL_GRID,
+        overrides=[
+            {"match": "grown-*-G_zero-*-s0", "set": {"lr": "1e30"}},  # NaN at the first evaluation
+            {"match": "base-*-s1", "set": {"init_from": str(bad_init)}},  # raises CheckpointError: an exception
+        ],
+    )
     path = write_grid(tmp_path / "fail.yaml", tiny_data, grid, val_every_tokens=512)
     sweep = tmp_path / "sweep"
     proc = run_sweep(path, "--out", sweep, "--threads", "1")
@@ -197,8 +216,10 @@ def test_failures_are_isolated_recorded_and_retried_on_rerun(tmp_path, tiny_data
         row = by_name[f"grown-tiny-L2-D32-{op}-depth-g2-d512-s1"]
         assert row["state"] == "skipped" and base1.name in row["status"]
     done = [n for n, r in by_name.items() if r["state"] == "done"]
-    assert sorted(done) == sorted(["base-tiny-L2-D32-depth-g2-s0", "grown-tiny-L2-D32-G_stack-depth-g2-d512-s0"]
-                                  + [n for n in by_name if n.startswith("scratch-")])
+    assert sorted(done) == sorted(
+        ["base-tiny-L2-D32-depth-g2-s0", "grown-tiny-L2-D32-G_stack-depth-g2-d512-s0"]
+        + [n for n in by_name if n.startswith("scratch-")]
+    )
     assert len(re.findall(rf"started {base1.name}", proc.stdout)) == 2  # the exception was retried once …
     assert len(re.findall(rf"started {nan.name}", proc.stdout)) == 1  # … the NaN never
     status = format_status(sweep)
@@ -251,9 +272,11 @@ def test_dry_run_throughput_counts_only_each_runs_own_tokens(tmp_path):
         (tmp_path / name / "summary.json").write_text(json.dumps({"status": "done", **summary}))
         return SimpleNamespace(config=SimpleNamespace(out_dir=name), kind=kind, model="m", flops_per_token=10.0)
 
-    runs = [planned("scratch", "scratch", {"tokens_per_s": 100.0, "start_tokens": 0}),
-            planned("old-cooldown", "cooldown", {"tokens_per_s": 500.0}),  # before start_tokens: inflated
-            planned("cooldown", "cooldown", {"tokens_per_s": 120.0, "start_tokens": 800})]
+    runs = [
+        planned("scratch", "scratch", {"tokens_per_s": 100.0, "start_tokens": 0}),
+        planned("old-cooldown", "cooldown", {"tokens_per_s": 500.0}),  # before start_tokens: inflated
+        planned("cooldown", "cooldown", {"tokens_per_s": 120.0, "start_tokens": 800}),
+    ]
     rates, flop_rate, source = measure_throughput(runs, tmp_path, threads=1)
     assert rates == {"m": 120.0} and flop_rate == 1200.0
     assert "tokens_per_s of 2 finished run(s)" in source

@@ -16,9 +16,16 @@ from experiments.grid import expand, load_grid
 from experiments.provenance import write_plan
 from experiments.slurm import SlurmRun, submit_slurm
 
-SLURM_GRID = dict(name="slurmtest", targets=["tiny-L2-D32"], ops=["G_stack"], g=[2], d=[256, 512], seeds=[3],
-                  grown={"tokens": 512}, slurm={"partition": "debugq", "timeout_min": 30, "array_parallelism": 4,
-                                                "additional": {"account": "proj"}})
+SLURM_GRID = dict(
+    name="slurmtest",
+    targets=["tiny-L2-D32"],
+    ops=["G_stack"],
+    g=[2],
+    d=[256, 512],
+    seeds=[3],
+    grown={"tokens": 512},
+    slurm={"partition": "debugq", "timeout_min": 30, "array_parallelism": 4, "additional": {"account": "proj"}},
+)
 
 
 def _setup(tmp_path, tiny_data):
@@ -33,8 +40,9 @@ def _setup(tmp_path, tiny_data):
 def _check_graph(records, runs):
     base = next(r for r in runs if r.kind == "base")
     job = {rec["run_id"]: rec for rec in records}
-    assert [rec["run_id"] for rec in records] == [r.id for r in runs if r.kind != "grown"] + \
-        [r.id for r in runs if r.kind == "grown"]  # level 0 first (one array), then the grown runs
+    assert [rec["run_id"] for rec in records] == [r.id for r in runs if r.kind != "grown"] + [
+        r.id for r in runs if r.kind == "grown"
+    ]  # level 0 first (one array), then the grown runs
     for r in runs:
         dep = job[r.id]["dependency"]
         if r.kind == "grown":
@@ -76,7 +84,8 @@ def fake_slurm(tmp_path, monkeypatch):
     log.mkdir()
     (bin_dir / "sbatch").write_text(
         '#!/bin/sh\nn=$(( $(cat "$FAKE_SLURM/counter" 2>/dev/null || echo 1000) + 1 ))\n'
-        'echo $n > "$FAKE_SLURM/counter"\ncp "$1" "$FAKE_SLURM/job-$n.sh"\necho "Submitted batch job $n"\n')
+        'echo $n > "$FAKE_SLURM/counter"\ncp "$1" "$FAKE_SLURM/job-$n.sh"\necho "Submitted batch job $n"\n'
+    )
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)

@@ -90,20 +90,32 @@ def test_compiled_run_writes_litgpt_checkpoints_with_plain_keys(tiny_data, tmp_p
 
 def test_ratio_lines_format_and_parse():
     bench = _bench()
-    medians = {"32-true": {"trainer": 990.0, "loop": 1000.0, "litgpt": 900.0},
-               "bf16-mixed": {"trainer": 2000.0, "loop": 2000.0, "litgpt": 1000.0}}
+    medians = {
+        "32-true": {"trainer": 990.0, "loop": 1000.0, "litgpt": 900.0},
+        "bf16-mixed": {"trainer": 2000.0, "loop": 2000.0, "litgpt": 1000.0},
+    }
     lines = bench.format_ratios(medians)
     assert lines[-2:] == ["ratio_vs_loop=0.990", "ratio_vs_litgpt=1.100"]  # the first precision's pair, last
     parsed = bench.parse_ratios("table …\n" + "\n".join(lines) + "\n")
-    assert parsed == {"32-true ratio_vs_loop": 0.99, "32-true ratio_vs_litgpt": 1.1,
-                      "bf16-mixed ratio_vs_loop": 1.0, "bf16-mixed ratio_vs_litgpt": 2.0,
-                      "ratio_vs_loop": 0.99, "ratio_vs_litgpt": 1.1}
+    assert parsed == {
+        "32-true ratio_vs_loop": 0.99,
+        "32-true ratio_vs_litgpt": 1.1,
+        "bf16-mixed ratio_vs_loop": 1.0,
+        "bf16-mixed ratio_vs_litgpt": 2.0,
+        "ratio_vs_loop": 0.99,
+        "ratio_vs_litgpt": 1.1,
+    }
 
 
 def test_benchmark_smoke_runs_all_three_modes(tmp_path):
     _skip_without_compile()  # litgpt's pretrain compiles unconditionally
-    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--work-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--work-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert lines[-2].startswith("ratio_vs_loop=") and lines[-1].startswith("ratio_vs_litgpt=")

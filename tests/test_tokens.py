@@ -102,13 +102,19 @@ def _edit_meta(d, fn):
     (d / "meta.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda d: (d / "train-00002.bin").unlink(), r"train-00002\.bin \(shards\.train\[2\].* is missing"),
-    (lambda d: (d / "val-00001.bin").write_bytes(b"x" * 10), r"val-00001\.bin has 10 bytes, fewer than shards\.val"),
-    (lambda d: _edit_meta(d, lambda m: m.update(train_tokens=1)), r"meta\.json: shards\.train add up to 40000"),
-    (lambda d: _edit_meta(d, lambda m: m["shards"]["val"][0].update(tokens=-1)), r"meta\.json: shards\.val\[0\]"),
-    (lambda d: _edit_meta(d, lambda m: m["shards"].pop("val")), r"meta\.json: shards\.val must be a non-empty"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: (d / "train-00002.bin").unlink(), r"train-00002\.bin \(shards\.train\[2\].* is missing"),
+        (
+            lambda d: (d / "val-00001.bin").write_bytes(b"x" * 10),
+            r"val-00001\.bin has 10 bytes, fewer than shards\.val",
+        ),
+        (lambda d: _edit_meta(d, lambda m: m.update(train_tokens=1)), r"meta\.json: shards\.train add up to 40000"),
+        (lambda d: _edit_meta(d, lambda m: m["shards"]["val"][0].update(tokens=-1)), r"meta\.json: shards\.val\[0\]"),
+        (lambda d: _edit_meta(d, lambda m: m["shards"].pop("val")), r"meta\.json: shards\.val must be a non-empty"),
+    ],
+)
 def test_shard_errors(layouts, tmp_path, edit, match):
     import shutil
 
@@ -158,8 +164,9 @@ def doc_starts(docs):
 def test_megatron_import_round_trip(tmp_path):
     docs_a, docs_b = random_docs(200, seed=1), random_docs(150, seed=2)
     a, b = write_megatron(tmp_path / "a_text_document", docs_a), write_megatron(tmp_path / "b_text_document", docs_b)
-    out = import_dataset(ImportConfig(paths=[str(a), f"{b}.bin"], out=str(tmp_path / "ds"), vocab_size=64,
-                                      eot_id=63, val_tokens=3000))
+    out = import_dataset(
+        ImportConfig(paths=[str(a), f"{b}.bin"], out=str(tmp_path / "ds"), vocab_size=64, eot_id=63, val_tokens=3000)
+    )
     meta = read_meta(out)
     assert not (out / "train.bin").exists() and sorted(p.name for p in out.iterdir()) == ["meta.json"]
     train, val = np.asarray(load_tokens(out, "train")), np.asarray(load_tokens(out, "val"))
@@ -172,7 +179,11 @@ def test_megatron_import_round_trip(tmp_path):
     assert [s["byte_offset"] for s in meta["shards"]["val"]] == [2 * cut]
     assert meta["dtype"] == "uint16" and meta["import"]["format"] == "megatron" and meta["tokenizer"] == "imported"
     assert [f["path"] for f in meta["import"]["files"]] == [
-        "a_text_document.idx", "a_text_document.bin", "b_text_document.idx", "b_text_document.bin"]
+        "a_text_document.idx",
+        "a_text_document.bin",
+        "b_text_document.idx",
+        "b_text_document.bin",
+    ]
     counts = np.bincount(train, minlength=64) + 1.0
     assert meta["unigram_val_loss"] == pytest.approx(-np.log(counts / counts.sum())[val].mean(), rel=1e-12)
     x, y = next(iter(TokenDataModule(str(out), 32, 4, 0, 1024).train_dataloader()))
@@ -185,16 +196,26 @@ def test_megatron_val_import_and_identity(tmp_path):
     docs = random_docs(60, seed=3)
     write_megatron(tmp_path / "tr", docs)
     write_megatron(tmp_path / "va", random_docs(20, seed=4))
-    cfg = ImportConfig(paths=[str(tmp_path / "tr")], val_import=[str(tmp_path / "va")], out=str(tmp_path / "ds"),
-                       vocab_size=64, eot_id=63)
+    cfg = ImportConfig(
+        paths=[str(tmp_path / "tr")],
+        val_import=[str(tmp_path / "va")],
+        out=str(tmp_path / "ds"),
+        vocab_size=64,
+        eot_id=63,
+    )
     meta = read_meta(import_dataset(cfg))
     assert meta["train_tokens"] == len(flat_tokens(docs)) and meta["n_docs"] == {"train": 60, "val": 20}
     moved = tmp_path / "moved"
     moved.mkdir()
     for f in ("tr.bin", "tr.idx", "va.bin", "va.idx"):
         (tmp_path / f).rename(moved / f)
-    cfg2 = ImportConfig(paths=[str(moved / "tr")], val_import=[str(moved / "va.idx")], out=str(tmp_path / "ds2"),
-                        vocab_size=64, eot_id=63)
+    cfg2 = ImportConfig(
+        paths=[str(moved / "tr")],
+        val_import=[str(moved / "va.idx")],
+        out=str(tmp_path / "ds2"),
+        vocab_size=64,
+        eot_id=63,
+    )
     assert data_id(import_dataset(cfg2)) == data_id(tmp_path / "ds")
 
 
@@ -217,8 +238,13 @@ def test_megatron_core_builder_files_import(tmp_path):
     for ext in ("bin", "idx"):
         assert (tmp_path / f"mc.{ext}").read_bytes() == (tmp_path / f"spec.{ext}").read_bytes()
     ref = IndexedDataset(str(tmp_path / "mc"))
-    meta = read_meta(import_dataset(ImportConfig(paths=[str(tmp_path / "mc")], out=str(tmp_path / "ds"),
-                                                 vocab_size=64, eot_id=63, val_tokens=500)))
+    meta = read_meta(
+        import_dataset(
+            ImportConfig(
+                paths=[str(tmp_path / "mc")], out=str(tmp_path / "ds"), vocab_size=64, eot_id=63, val_tokens=500
+            )
+        )
+    )
     assert sum(meta["n_docs"].values()) == len(ref.document_indices) - 1 == 80
     tokens = np.concatenate([load_tokens(tmp_path / "ds", s)[:] for s in ("train", "val")])
     assert np.array_equal(tokens, np.concatenate([ref[i] for i in range(len(ref))]))
@@ -234,8 +260,13 @@ def test_flat_raw_and_npy_import(tmp_path):
     raw.mkdir()
     for i, p in enumerate(parts):
         p.tofile(raw / f"part-{i}-00000.npy")  # OLMo: raw memmaps named .npy
-    meta = read_meta(import_dataset(ImportConfig(paths=[str(raw)], out=str(tmp_path / "ds"), dtype="uint32",
-                                                 vocab_size=1000, eot_id=999, val_tokens=2000)))
+    meta = read_meta(
+        import_dataset(
+            ImportConfig(
+                paths=[str(raw)], out=str(tmp_path / "ds"), dtype="uint32", vocab_size=1000, eot_id=999, val_tokens=2000
+            )
+        )
+    )
     train, val = (np.asarray(load_tokens(tmp_path / "ds", s)) for s in ("train", "val"))
     assert np.array_equal(np.concatenate([train, val]), np.concatenate(parts))
     start = 6000 - len(val)  # in the last file: just after its last EOT at or before 6000 - 2000
@@ -245,8 +276,16 @@ def test_flat_raw_and_npy_import(tmp_path):
     npy.mkdir()
     for i, p in enumerate(parts):
         np.save(npy / f"p{i}.npy", p.astype(np.uint16))
-    meta2 = read_meta(import_dataset(ImportConfig(paths=[str(npy / f"p{i}.npy") for i in range(3)],
-                                                  out=str(tmp_path / "ds2"), vocab_size=1000, val_tokens=2000)))
+    meta2 = read_meta(
+        import_dataset(
+            ImportConfig(
+                paths=[str(npy / f"p{i}.npy") for i in range(3)],
+                out=str(tmp_path / "ds2"),
+                vocab_size=1000,
+                val_tokens=2000,
+            )
+        )
+    )
     assert meta2["dtype"] == "uint16" and meta2["val_tokens"] == 2000 and meta2["eot_id"] is None
     assert meta2["shards"]["train"][0]["byte_offset"] == 128  # the .npy header
     train2, val2 = (np.asarray(load_tokens(tmp_path / "ds2", s)) for s in ("train", "val"))
@@ -258,14 +297,25 @@ def test_import_with_a_tokenizer(tmp_path):
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["def f(x): return x"] * 20, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ["def f(x): return x"] * 20,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok.save(str(tmp_path / "tokenizer.json"))
     config = {"eos_token": "<|endoftext|>", "tokenizer_class": "GPTNeoXTokenizer"}  # where litgpt reads EOS
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     np.tile(np.array(tok.encode("def f(x): return x").ids + [0], np.uint16), 400).tofile(tmp_path / "t.bin")
-    out = import_dataset(ImportConfig(paths=[str(tmp_path / "t.bin")], out=str(tmp_path / "ds"), dtype="uint16",
-                                      tokenizer=str(tmp_path), val_tokens=100))
+    out = import_dataset(
+        ImportConfig(
+            paths=[str(tmp_path / "t.bin")],
+            out=str(tmp_path / "ds"),
+            dtype="uint16",
+            tokenizer=str(tmp_path),
+            val_tokens=100,
+        )
+    )
     meta = read_meta(out)
     assert (meta["vocab_size"], meta["eot_id"], meta["tokenizer"]) == (tok.get_vocab_size(), 0, "huggingface")
     assert (out / "tokenizer.json").read_bytes() == (tmp_path / "tokenizer.json").read_bytes()
@@ -288,7 +338,7 @@ def _patched(t, suffix: str, fn):
 def _bad_pointer(b: bytes) -> bytes:
     (n_seq,) = struct.unpack("<Q", b[18:26])
     at = 34 + 4 * n_seq + 8 * 3  # pointers[3]
-    return b[:at] + struct.pack("<q", 2) + b[at + 8:]
+    return b[:at] + struct.pack("<q", 2) + b[at + 8 :]
 
 
 def _gone(t, name: str):
@@ -311,15 +361,24 @@ BAD = {  # case: (make the input, ImportConfig fields, the message)
     "float code": (lambda t: _megatron(t, code=7, dtype=np.float32), {}, r"byte 17: dtype float32 is not a token"),
     "--dtype": (lambda t: _megatron(t), {"dtype": "uint32"}, r"m\.idx at byte 17: the index holds uint16"),
     "short .idx": (lambda t: _patched(t, ".idx", lambda b: b[:-3]), {}, r"m\.idx has \d+ bytes; its header"),
-    "short .bin": (lambda t: _patched(t, ".bin", lambda b: b[:-10]), {},
-                   r"m\.idx: sequence \d+ \(byte \d+ \+ \d+ tokens\) ends past the end of \S*m\.bin"),
-    "long .bin": (lambda t: _patched(t, ".bin", lambda b: b + b"\0\0"), {},
-                  r"m\.idx: its sequences hold \d+ tokens .* but \S*m\.bin has"),
+    "short .bin": (
+        lambda t: _patched(t, ".bin", lambda b: b[:-10]),
+        {},
+        r"m\.idx: sequence \d+ \(byte \d+ \+ \d+ tokens\) ends past the end of \S*m\.bin",
+    ),
+    "long .bin": (
+        lambda t: _patched(t, ".bin", lambda b: b + b"\0\0"),
+        {},
+        r"m\.idx: its sequences hold \d+ tokens .* but \S*m\.bin has",
+    ),
     "pointer": (lambda t: _patched(t, ".idx", _bad_pointer), {}, r"m\.idx: sequence 3 starts at byte 2 of \S*m\.bin"),
     "raw size": (lambda t: _raw(t, 4001), {"dtype": "uint16"}, r"r\.raw has 4001 bytes, not a multiple of uint16"),
     "raw dtype": (lambda t: _raw(t, 4000), {}, r"r\.raw is a raw token file .* give --dtype"),
-    "token id": (lambda t: _raw(t, 4000), {"dtype": "uint8", "vocab_size": 200},
-                 r"r\.raw at byte 200: token id 200 is outside \[0, vocab_size=200\)"),
+    "token id": (
+        lambda t: _raw(t, 4000),
+        {"dtype": "uint8", "vocab_size": 200},
+        r"r\.raw at byte 200: token id 200 is outside \[0, vocab_size=200\)",
+    ),
     "too small": (lambda t: _raw(t, 100), {"dtype": "uint8", "val_tokens": 100}, r"r\.raw has 100 tokens: too few"),
     "missing path": (lambda t: t / "nothing", {}, r"nothing does not exist"),
 }
@@ -344,8 +403,11 @@ def test_training_run_on_an_imported_dataset(tmp_path):
     ends = np.flatnonzero(tokens == 63) + 1
     docs = [[d] for d in np.split(tokens, ends) if len(d)]
     write_megatron(tmp_path / "walk", docs)
-    data = import_dataset(ImportConfig(paths=[str(tmp_path / "walk")], out=str(tmp_path / "ds"), vocab_size=64,
-                                       eot_id=63, val_tokens=8000))
+    data = import_dataset(
+        ImportConfig(
+            paths=[str(tmp_path / "walk")], out=str(tmp_path / "ds"), vocab_size=64, eot_id=63, val_tokens=8000
+        )
+    )
     run(tiny_run_config(tmp_path, data, max_tokens=1280, val_every_tokens=1024))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "done" and summary["final_val_loss"] < read_meta(data)["unigram_val_loss"] + 1

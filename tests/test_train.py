@@ -36,6 +36,7 @@ def read_metrics(path):
 
 # ---- models ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name,T", [("tiny-L2-D64", 32), ("tiny-d3", 64), ("stack-410m-base", 16)])
 def test_flops_per_token_matches_lightning_measure_flops(name, T):
     cfg = models.model_config(name, vocab_size=512, block_size=T)
@@ -80,6 +81,7 @@ def test_lr_schedule_in_tokens():
 
 # ---- data ------------------------------------------------------------------------------------------------------
 
+
 def test_stdlib_dataset_is_deterministic_and_split_by_file(tiny_data, tmp_path):
     meta = read_meta(tiny_data)
     assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == 512 and meta["n_files"] == 40
@@ -98,8 +100,14 @@ def test_dataset_from_jsonl_parquet_and_bytes(tmp_path):
     docs = [f"def f{i}(x):\n    return x * {i}\n" * 20 for i in range(30)]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs[:15]))
     pd.DataFrame({"text": docs[15:]}).to_parquet(tmp_path / "b.parquet")
-    out = build_dataset(DataConfig(out=str(tmp_path / "ds"), sources=[str(tmp_path / "a.jsonl"),
-                                   str(tmp_path / "b.parquet")], tokenizer="bytes", val_fraction=0.5))
+    out = build_dataset(
+        DataConfig(
+            out=str(tmp_path / "ds"),
+            sources=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.parquet")],
+            tokenizer="bytes",
+            val_fraction=0.5,
+        )
+    )
     meta = read_meta(out)
     assert meta["vocab_size"] == 257 and meta["train_tokens"] + meta["val_tokens"] == sum(len(d) + 1 for d in docs)
 
@@ -114,6 +122,7 @@ def test_data_errors(tmp_path):
 
 
 # ---- runs ------------------------------------------------------------------------------------------------------
+
 
 def test_run_is_bitwise_reproducible_and_checkpoints_land_exactly(tiny_data, tmp_path):
     a = run(tiny_run_config(tmp_path / "a", tiny_data, save_at_tokens=[1024, 2560]))
@@ -147,7 +156,9 @@ def test_init_from_checkpoint_offsets_flops_and_is_not_a_resume(tiny_data, tmp_p
     assert float(rows[0]["flops"]) == pytest.approx(parent_flops) and s["flops_offset"] == parent_flops
     # the child's first val loss is the parent's at 1024 tokens (same weights, same fixed val set)
     base_rows = read_metrics(tmp_path / "base/run/metrics.csv")
-    assert float(rows[0]["val_loss"]) == pytest.approx(float(next(r for r in base_rows if r["tokens"] == "1024")["val_loss"]))
+    assert float(rows[0]["val_loss"]) == pytest.approx(
+        float(next(r for r in base_rows if r["tokens"] == "1024")["val_loss"])
+    )
     log = (tmp_path / "child/run/train.log").read_text()
     assert "initialised from" in log and "resuming" not in log
 
@@ -181,13 +192,20 @@ def test_sigkill_then_same_command_resumes_exactly(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_count_tokens_globally(tiny_data, tmp_path):
-    cfg = tiny_run_config(tmp_path, tiny_data, devices=2, strategy="ddp", accelerator="cpu", max_tokens=2048,
-                          micro_batch_size=2)
+    cfg = tiny_run_config(
+        tmp_path, tiny_data, devices=2, strategy="ddp", accelerator="cpu", max_tokens=2048, micro_batch_size=2
+    )
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.__dict__))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "stacking", "train", str(cfg_path)], env=env, check=False, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "stacking", "train", str(cfg_path)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     s = json.loads((tmp_path / "run/summary.json").read_text())
     assert s["world_size"] == 2 and s["tokens"] == 2048
@@ -203,13 +221,16 @@ def test_nan_loss_stops_the_run_with_status(tiny_data, tmp_path):
     assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == s["status"]
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(model="tiny-huge-9"), "unknown model preset 'tiny-huge-9'"),
-    (dict(save_at_tokens=[99999999]), "save_at_tokens entry 99999999 is beyond max_tokens"),
-    (dict(global_batch_tokens=300), "global_batch_tokens 300 is not divisible by micro_batch_size"),
-    (dict(max_tokens=1000), "max_tokens = 1000 must be a non-negative multiple of global_batch_tokens"),
-    (dict(data_dir="/nonexistent/ds"), "data_dir '/nonexistent/ds' does not exist"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(model="tiny-huge-9"), "unknown model preset 'tiny-huge-9'"),
+        (dict(save_at_tokens=[99999999]), "save_at_tokens entry 99999999 is beyond max_tokens"),
+        (dict(global_batch_tokens=300), "global_batch_tokens 300 is not divisible by micro_batch_size"),
+        (dict(max_tokens=1000), "max_tokens = 1000 must be a non-negative multiple of global_batch_tokens"),
+        (dict(data_dir="/nonexistent/ds"), "data_dir '/nonexistent/ds' does not exist"),
+    ],
+)
 def test_user_errors_are_one_line_before_compute(tiny_data, tmp_path, capsys, kw, msg):
     cfg = tiny_run_config(tmp_path, tiny_data, **kw)
     cfg_path = tmp_path / "cfg.yaml"

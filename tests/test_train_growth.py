@@ -27,12 +27,10 @@ def first_rows(path, n=3):
 
 
 def test_g_random_starts_at_the_base_function_and_ramps(tiny_data, base_ckpt, tmp_path):
-    grown = grow_checkpoint(base_ckpt, tmp_path / "grown", "G_random", direction="depth", g=2, seed=0,
-                            ramp_tokens=1024)
+    grown = grow_checkpoint(base_ckpt, tmp_path / "grown", "G_random", direction="depth", g=2, seed=0, ramp_tokens=1024)
     base_val = json.loads((base_ckpt.parent.parent / "summary.json").read_text())["final_val_loss"]
     # compile=True: the ramp runs eager (a changing mask would recompile every step), the compiled loss after it
-    run(tiny_run_config(tmp_path, tiny_data, model="tiny-L4-D64", init_from=str(grown), max_tokens=2048,
-                        compile=True))
+    run(tiny_run_config(tmp_path, tiny_data, model="tiny-L4-D64", init_from=str(grown), max_tokens=2048, compile=True))
     rows = first_rows(tmp_path / "run/metrics.csv")
     # the mask is 0 at the start: the grown model computes exactly the base model's function
     assert float(rows[0]["val_loss"]) == pytest.approx(base_val, rel=1e-5)
@@ -50,12 +48,16 @@ def test_g_random_starts_at_the_base_function_and_ramps(tiny_data, base_ckpt, tm
 
 
 def test_llama_pro_train_new_only_freezes_the_old_blocks(tiny_data, base_ckpt, tmp_path):
-    grown = grow_checkpoint(base_ckpt, tmp_path / "grown", "llama_pro", direction="depth", g=2, seed=0,
-                            train_new_only=True)
+    grown = grow_checkpoint(
+        base_ckpt, tmp_path / "grown", "llama_pro", direction="depth", g=2, seed=0, train_new_only=True
+    )
     growth = json.loads((grown / "growth.json").read_text())
     assert growth["trainable"]
-    run(tiny_run_config(tmp_path, tiny_data, model="tiny-L4-D64", init_from=str(grown), max_tokens=512,
-                        val_every_tokens=512))
+    run(
+        tiny_run_config(
+            tmp_path, tiny_data, model="tiny-L4-D64", init_from=str(grown), max_tokens=512, val_every_tokens=512
+        )
+    )
     before, _, _, _ = load_litgpt_checkpoint(grown)
     after, _, _, _ = load_litgpt_checkpoint(tmp_path / "run/checkpoints/tokens-000000000512")
     trainable = set(growth["trainable"])

@@ -15,8 +15,9 @@ def load(file: str, **_metadata):
 
     path = Path(__file__).with_name(file)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: build the tasks with `stacking eval-tasks --data_dir DIR --out "
-                                f"{path.parent}`")
+        raise FileNotFoundError(
+            f"{path} is missing: build the tasks with `stacking eval-tasks --data_dir DIR --out {path.parent}`"
+        )
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
@@ -24,8 +25,12 @@ def load(file: str, **_metadata):
 def rolling_results(doc: dict, results) -> dict:
     """Per document: (log-likelihood, count) pairs for the token, byte and bits-per-byte aggregations."""
     (loglikelihood,) = results
-    return {"token_loss": (loglikelihood, doc["n_tokens"]), "token_perplexity": (loglikelihood, doc["n_tokens"]),
-            "byte_perplexity": (loglikelihood, doc["n_bytes"]), "bits_per_byte": (loglikelihood, doc["n_bytes"])}
+    return {
+        "token_loss": (loglikelihood, doc["n_tokens"]),
+        "token_perplexity": (loglikelihood, doc["n_tokens"]),
+        "byte_perplexity": (loglikelihood, doc["n_bytes"]),
+        "bits_per_byte": (loglikelihood, doc["n_bytes"]),
+    }
 
 
 def token_loss(items) -> float:

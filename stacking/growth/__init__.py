@@ -45,8 +45,17 @@ from stacking.growth.learn import learn_flops
 from stacking.growth.operator import GrowthResult
 from stacking.growth.tensorfile import TensorFileWriter, save_state_dict
 
-__all__ = ["OPERATORS", "GrowthError", "GrowthResult", "carry_moments", "carry_plan", "grow", "grow_checkpoint", "learn_flops",
-           "operator_options"]
+__all__ = [
+    "OPERATORS",
+    "GrowthError",
+    "GrowthResult",
+    "carry_moments",
+    "carry_plan",
+    "grow",
+    "grow_checkpoint",
+    "learn_flops",
+    "operator_options",
+]
 
 _stack = depth.as_operator(depth.plan_stack)
 OPERATORS = {
@@ -73,8 +82,11 @@ DIRECTIONS = ("depth", "width")
 def operator_options(fn) -> list[str]:
     """The options an operator accepts: its keyword-only parameters besides g and seed."""
     target = getattr(fn, "planner", fn)
-    return [p.name for p in inspect.signature(target).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("g", "seed")]
+    return [
+        p.name
+        for p in inspect.signature(target).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("g", "seed")
+    ]
 
 
 def resolve(op: str, direction: str, options: dict) -> Any:
@@ -86,18 +98,31 @@ def resolve(op: str, direction: str, options: dict) -> Any:
         valid = sorted(o for o, d in OPERATORS if d == direction)
         other = sorted(d for o, d in OPERATORS if o == op)
         if other:
-            raise GrowthError(f"op {op!r} has no {direction} variant (it is {'/'.join(other)} only); "
-                              f"valid {direction} ops: {', '.join(valid)}")
+            raise GrowthError(
+                f"op {op!r} has no {direction} variant (it is {'/'.join(other)} only); "
+                f"valid {direction} ops: {', '.join(valid)}"
+            )
         raise GrowthError(f"unknown op {op!r}; valid {direction} ops: {', '.join(valid)}")
     unknown = sorted(set(options) - set(operator_options(fn)))
     if unknown:
-        raise GrowthError(f"option(s) {unknown} are not used by {op} ({direction}); valid options: "
-                          f"{', '.join(operator_options(fn)) or 'none'}")
+        raise GrowthError(
+            f"option(s) {unknown} are not used by {op} ({direction}); valid options: "
+            f"{', '.join(operator_options(fn)) or 'none'}"
+        )
     return fn
 
 
-def grow(state_dict, config: Config, op: str, *, direction: str = "depth", g=2, seed: int = 0,
-         return_info: bool = False, **options):
+def grow(
+    state_dict,
+    config: Config,
+    op: str,
+    *,
+    direction: str = "depth",
+    g=2,
+    seed: int = 0,
+    return_info: bool = False,
+    **options,
+):
     """Grow a litgpt state dict. Pure: the inputs are never modified and the output never aliases them;
     deterministic given ``seed``.
 
@@ -120,19 +145,31 @@ def carry_plan(config: Config, op: str, *, direction: str = "depth", g=2, seed: 
     if not isinstance(config, Config):
         raise GrowthError(f"config must be a litgpt.Config (got {type(config).__name__})")
     if direction != "depth":
-        raise GrowthError(f"carry is not defined for {op} (width): grown tensors change shape, so their moments have "
-                          f"no source tensor to copy; use the fresh optimizer")
+        raise GrowthError(
+            f"carry is not defined for {op} (width): grown tensors change shape, so their moments have "
+            f"no source tensor to copy; use the fresh optimizer"
+        )
     planner = getattr(fn, "planner", None)
     if planner is None:
-        raise GrowthError(f"carry is not defined for {op} (depth): its layers are learned mixtures of source layers, "
-                          f"not copies; use the fresh optimizer")
+        raise GrowthError(
+            f"carry is not defined for {op} (depth): its layers are learned mixtures of source layers, "
+            f"not copies; use the fresh optimizer"
+        )
     plan = planner(config, g=g, seed=seed, **options)
     depth.check_carry(plan, op)
     return plan
 
 
-def carry_moments(named_state: dict[str, dict[str, torch.Tensor]], config: Config, op: str, *,
-                  direction: str = "depth", g=2, seed: int = 0, **options) -> dict[str, dict[str, torch.Tensor]]:
+def carry_moments(
+    named_state: dict[str, dict[str, torch.Tensor]],
+    config: Config,
+    op: str,
+    *,
+    direction: str = "depth",
+    g=2,
+    seed: int = 0,
+    **options,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Optimizer state (e.g. AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``) keyed by the base's litgpt parameter
     names, mapped to the grown model's parameter names through the same DepthPlan `grow` uses for the weights.
 
@@ -143,8 +180,7 @@ def carry_moments(named_state: dict[str, dict[str, torch.Tensor]], config: Confi
     return depth.carry_state(plan, named_state, config, op)
 
 
-def grow_checkpoint(src_dir, dst_dir, op: str, *, direction: str = "depth", g=2, seed: int = 0,
-                    **options) -> Path:
+def grow_checkpoint(src_dir, dst_dir, op: str, *, direction: str = "depth", g=2, seed: int = 0, **options) -> Path:
     """Grow a checkpoint dir into a new one (written atomically; see docs/formats.md).
 
     Writes lit_model.pth, model_config.yaml, a copy of stacking_meta.json (tokens/flops unchanged: the grown run
@@ -170,8 +206,7 @@ def grow_checkpoint(src_dir, dst_dir, op: str, *, direction: str = "depth", g=2,
     return dst
 
 
-def _write_side_files(tmp: Path, ckpt, result: GrowthResult, op: str, direction: str, seed: int,
-                      options: dict) -> None:
+def _write_side_files(tmp: Path, ckpt, result: GrowthResult, op: str, direction: str, seed: int, options: dict) -> None:
     save_config(result.config, tmp / CONFIG)
     if (ckpt.path / META).is_file():
         shutil.copyfile(ckpt.path / META, tmp / META)  # byte for byte: tokens and flops carried over unchanged

@@ -62,8 +62,9 @@ def _int_list(value: str | list[int]) -> list[int]:
     try:
         return [int(x) for x in value.replace(" ", "").split(",") if x]
     except ValueError:
-        raise UsageError(f"argument --layers: expected comma-separated layer indices like 0,1,2,3 (got {value!r}) "
-                         "(see --help)") from None
+        raise UsageError(
+            f"argument --layers: expected comma-separated layer indices like 0,1,2,3 (got {value!r}) (see --help)"
+        ) from None
 
 
 def build_parser():
@@ -90,13 +91,31 @@ def build_parser():
     o.add_argument("--train-new-only", action="store_true", default=None, help="llama_pro: train only new blocks")
     o.add_argument("--m", type=int, help="solar_dus: layers dropped from each copy")
     o.add_argument("--block", type=int, help="gradual, midas: layers per copied block (must divide n_layer)")
-    o.add_argument("--symmetric", action="store_true", default=None,
-                   help="G_direct width: split fan-in evenly (HyperCloning) instead of unevenly")
+    o.add_argument(
+        "--symmetric",
+        action="store_true",
+        default=None,
+        help="G_direct width: split fan-in evenly (HyperCloning) instead of unevenly",
+    )
     return p
 
 
-_OPTION_NAMES = ("layers", "order", "ramp_tokens", "learn_steps", "data", "seq_len", "batch_size", "lr", "groups",
-                 "copies", "train_new_only", "m", "symmetric", "block")
+_OPTION_NAMES = (
+    "layers",
+    "order",
+    "ramp_tokens",
+    "learn_steps",
+    "data",
+    "seq_len",
+    "batch_size",
+    "lr",
+    "groups",
+    "copies",
+    "train_new_only",
+    "m",
+    "symmetric",
+    "block",
+)
 
 
 def resolve_target(value: str, source: Config) -> Config:
@@ -111,8 +130,12 @@ def resolve_target(value: str, source: Config) -> Config:
     except ModelConfigError as e:
         raise GrowthError(f"--to {value!r}: {e}") from None
     fields = asdict(preset)
-    fields.update(vocab_size=source.vocab_size, padded_vocab_size=source.padded_vocab_size,
-                  padding_multiple=source.padding_multiple, block_size=source.block_size)
+    fields.update(
+        vocab_size=source.vocab_size,
+        padded_vocab_size=source.padded_vocab_size,
+        padding_multiple=source.padding_multiple,
+        block_size=source.block_size,
+    )
     return Config(**fields)
 
 
@@ -145,14 +168,19 @@ def _grow_main(argv: list[str]) -> int:
         unknown = sorted(set(options) - set(operator_options(fn)))
         if unknown:
             flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-            raise GrowthError(f"{flags} not used by {args.op} ({args.direction}); it accepts: "
-                              f"{', '.join('--' + k.replace('_', '-') for k in operator_options(fn)) or 'no options'}")
-    dst = grow_checkpoint(args.src_dir, args.dst_dir, args.op, direction=args.direction, g=_g(args.g),
-                          seed=args.seed, **options)
+            raise GrowthError(
+                f"{flags} not used by {args.op} ({args.direction}); it accepts: "
+                f"{', '.join('--' + k.replace('_', '-') for k in operator_options(fn)) or 'no options'}"
+            )
+    dst = grow_checkpoint(
+        args.src_dir, args.dst_dir, args.op, direction=args.direction, g=_g(args.g), seed=args.seed, **options
+    )
     new = load_config(dst / CONFIG)
     old = load_config(args.src_dir / CONFIG)
-    print(f"grew {args.src_dir} -> {dst} with {args.op} ({args.direction}): n_layer {old.n_layer}->{new.n_layer}, "
-          f"n_embd {old.n_embd}->{new.n_embd}, n_head {old.n_head}->{new.n_head}")
+    print(
+        f"grew {args.src_dir} -> {dst} with {args.op} ({args.direction}): n_layer {old.n_layer}->{new.n_layer}, "
+        f"n_embd {old.n_embd}->{new.n_embd}, n_head {old.n_head}->{new.n_head}"
+    )
     return 0
 
 
@@ -167,15 +195,19 @@ def export_hf_main(argv: list[str] | None = None) -> int:
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
-    return None if name is None else {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                                      "float16": torch.float16}[name]
+    return (
+        None if name is None else {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    )
 
 
 def _import_main(argv: list[str]) -> int:
     from stacking.growth.hf import import_hf
 
-    p = parser("stacking import-hf", "Convert a Hugging Face Llama dir (config.json + safetensors, sharded or not) "
-               "into a litgpt checkpoint dir that `stacking grow` accepts.")
+    p = parser(
+        "stacking import-hf",
+        "Convert a Hugging Face Llama dir (config.json + safetensors, sharded or not) "
+        "into a litgpt checkpoint dir that `stacking grow` accepts.",
+    )
     p.add_argument("hf_dir", type=Path, help="Hugging Face model dir (config.json + *.safetensors)")
     p.add_argument("lit_dir", type=Path, help="output dir (must not exist or be empty)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: keep)")
@@ -188,12 +220,18 @@ def _import_main(argv: list[str]) -> int:
 def _export_main(argv: list[str]) -> int:
     from stacking.growth.hf import DEFAULT_SHARD_BYTES, export_hf
 
-    p = parser("stacking export-hf", "Convert a Llama-style litgpt checkpoint dir into a Hugging Face dir "
-               "(config.json + model.safetensors) that transformers loads.")
+    p = parser(
+        "stacking export-hf",
+        "Convert a Llama-style litgpt checkpoint dir into a Hugging Face dir "
+        "(config.json + model.safetensors) that transformers loads.",
+    )
     p.add_argument("lit_dir", type=Path, help="litgpt checkpoint dir (lit_model.pth + model_config.yaml)")
     p.add_argument("hf_dir", type=Path, help="output dir (must not exist or be empty)")
-    p.add_argument("--max-shard-size", default=DEFAULT_SHARD_BYTES,
-                   help="split safetensors above this size, e.g. 5GB, 500MB (default 5GB)")
+    p.add_argument(
+        "--max-shard-size",
+        default=DEFAULT_SHARD_BYTES,
+        help="split safetensors above this size, e.g. 5GB, 500MB (default 5GB)",
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast weights (default: keep)")
     args = parse(p, argv)
     out = export_hf(args.lit_dir, args.hf_dir, max_shard_size=args.max_shard_size, dtype=_dtype(args.dtype))

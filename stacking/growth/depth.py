@@ -57,8 +57,10 @@ def grown_config(config: Config, sources: list[int | None], to: Config | None) -
     """n_layer = len(sources); per-layer config lists follow their source layer (fresh blocks: layer i mod L)."""
     L = config.n_layer
     if config.first_k_dense_replace is not None:
-        raise GrowthError("depth growth does not support first_k_dense_replace (MoE models with leading dense "
-                          "layers): copied layers would change MLP type")
+        raise GrowthError(
+            "depth growth does not support first_k_dense_replace (MoE models with leading dense "
+            "layers): copied layers would change MLP type"
+        )
     changes: dict = {"n_layer": len(sources)}
     for name in _PER_LAYER_FIELDS:
         values = getattr(config, name)
@@ -74,19 +76,24 @@ def target_layers(config: Config, g, to: Config | None, op: str) -> int:
         return L * check_g(g, op, integer=True)
     check_target(config, to, _DEPTH_FIELDS, op)
     if to.n_layer % L or to.n_layer < L:
-        raise GrowthError(f"to.n_layer={to.n_layer} must be a multiple of n_layer={L} for {op} "
-                          f"(use G_stack with layers=[...] for partial stacking)")
+        raise GrowthError(
+            f"to.n_layer={to.n_layer} must be a multiple of n_layer={L} for {op} "
+            f"(use G_stack with layers=[...] for partial stacking)"
+        )
     return to.n_layer
 
 
 def _need_dense_blocks(config: Config, op: str) -> None:
     if config.mlp_class_name not in ("LLaMAMLP", "GemmaMLP", "GptNeoxMLP") or config.latent_attention:
-        raise GrowthError(f"{op} zeroes attn.proj/mlp.proj and supports dense MLPs and standard attention "
-                          f"(mlp_class_name={config.mlp_class_name!r})")
+        raise GrowthError(
+            f"{op} zeroes attn.proj/mlp.proj and supports dense MLPs and standard attention "
+            f"(mlp_class_name={config.mlp_class_name!r})"
+        )
 
 
-def plan_stack(config: Config, *, g=2, seed: int = 0, layers: list[int] | None = None,
-               to: Config | None = None) -> DepthPlan:
+def plan_stack(
+    config: Config, *, g=2, seed: int = 0, layers: list[int] | None = None, to: Config | None = None
+) -> DepthPlan:
     """G_stack (= G_direct in depth): the whole model g times, layers 0..L-1, 0..L-1, ...
 
     ``layers``: explicit source layer for every new layer (partial stacking, e.g. ``[0,1,2,3,4,5,2,3,4,5]``);
@@ -94,8 +101,7 @@ def plan_stack(config: Config, *, g=2, seed: int = 0, layers: list[int] | None =
     """
     L = config.n_layer
     if layers is not None:
-        if isinstance(layers, (str, bytes)) or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                       for i in layers):
+        if isinstance(layers, (str, bytes)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
             raise GrowthError(f"layers must be a list of integer layer indices (got {layers!r})")
         sources = list(layers)
         if not sources or any(not 0 <= i < L for i in sources):
@@ -106,8 +112,9 @@ def plan_stack(config: Config, *, g=2, seed: int = 0, layers: list[int] | None =
                 raise GrowthError(f"to.n_layer={to.n_layer} differs from len(layers)={len(sources)}")
     else:
         sources = [i % L for i in range(target_layers(config, g, to, "G_stack"))]
-    return DepthPlan("G_stack", grown_config(config, sources, to), tuple(sources), frozenset(), seed,
-                     {"layers": sources})
+    return DepthPlan(
+        "G_stack", grown_config(config, sources, to), tuple(sources), frozenset(), seed, {"layers": sources}
+    )
 
 
 def plan_interpolate(config: Config, *, g=2, seed: int = 0, to: Config | None = None) -> DepthPlan:
@@ -118,8 +125,7 @@ def plan_interpolate(config: Config, *, g=2, seed: int = 0, to: Config | None = 
     return DepthPlan("interpolate", grown_config(config, sources, to), tuple(sources), frozenset(), seed, {})
 
 
-def plan_zero(config: Config, *, g=2, seed: int = 0, order: str = "interleave",
-              to: Config | None = None) -> DepthPlan:
+def plan_zero(config: Config, *, g=2, seed: int = 0, order: str = "interleave", to: Config | None = None) -> DepthPlan:
     """G_zero: copies whose attn.proj/mlp.proj are zero, so every copy is an identity block (function preserving).
 
     ``order="interleave"`` (default, as the official G_zero_depthwise.py): 0,0',1,1',... with the first copy of each
@@ -137,12 +143,14 @@ def plan_zero(config: Config, *, g=2, seed: int = 0, order: str = "interleave",
         zeroed = set(range(L, L2))
     else:
         raise GrowthError(f"order must be 'interleave' or 'stack' for G_zero (got {order!r})")
-    return DepthPlan("G_zero", grown_config(config, sources, to), tuple(sources), frozenset(zeroed), seed,
-                     {"order": order})
+    return DepthPlan(
+        "G_zero", grown_config(config, sources, to), tuple(sources), frozenset(zeroed), seed, {"order": order}
+    )
 
 
-def plan_random(config: Config, *, g=2, seed: int = 0, ramp_tokens: int = 1_000_000,
-                to: Config | None = None) -> DepthPlan:
+def plan_random(
+    config: Config, *, g=2, seed: int = 0, ramp_tokens: int = 1_000_000, to: Config | None = None
+) -> DepthPlan:
     """G_random: (g-1)·L freshly initialised blocks on top of the L trained ones (as the official msg.py does),
     their branch outputs gated by a mask c ramping 0→1 over ``ramp_tokens`` of training:
     ``Y = X + c·MHA(norm(X))``, ``Y = X + c·MLP(norm(X))``. At c=0 the model is the base model."""
@@ -152,12 +160,27 @@ def plan_random(config: Config, *, g=2, seed: int = 0, ramp_tokens: int = 1_000_
     L2 = target_layers(config, g, to, "G_random")
     sources = list(range(L)) + [None] * (L2 - L)
     mask = {"direction": "depth", "ramp_tokens": ramp_tokens, "layers": list(range(L, L2))}
-    return DepthPlan("G_random", grown_config(config, sources, to), tuple(sources), frozenset(), seed,
-                     {"ramp_tokens": ramp_tokens}, mask=mask)
+    return DepthPlan(
+        "G_random",
+        grown_config(config, sources, to),
+        tuple(sources),
+        frozenset(),
+        seed,
+        {"ramp_tokens": ramp_tokens},
+        mask=mask,
+    )
 
 
-def plan_llama_pro(config: Config, *, g=2, seed: int = 0, groups: int | None = None, copies: int | None = None,
-                   train_new_only: bool = False, to: Config | None = None) -> DepthPlan:
+def plan_llama_pro(
+    config: Config,
+    *,
+    g=2,
+    seed: int = 0,
+    groups: int | None = None,
+    copies: int | None = None,
+    train_new_only: bool = False,
+    to: Config | None = None,
+) -> DepthPlan:
     """LLaMA Pro block expansion: split the L blocks into ``groups`` (N) groups of consecutive blocks; after each
     group insert ``copies`` (P) copies of its top blocks with attn.proj/mlp.proj zeroed (identity blocks).
 
@@ -175,8 +198,7 @@ def plan_llama_pro(config: Config, *, g=2, seed: int = 0, groups: int | None = N
     if to is not None:
         check_target(config, to, _DEPTH_FIELDS, "llama_pro")
         if (to.n_layer - L) % N or to.n_layer < L:
-            raise GrowthError(f"to.n_layer - n_layer = {to.n_layer - L} must be a multiple of groups={N} "
-                              "for llama_pro")
+            raise GrowthError(f"to.n_layer - n_layer = {to.n_layer - L} must be a multiple of groups={N} for llama_pro")
         P = (to.n_layer - L) // N
     elif copies is not None:
         if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
@@ -186,8 +208,10 @@ def plan_llama_pro(config: Config, *, g=2, seed: int = 0, groups: int | None = N
         g = check_g(g, "llama_pro", integer=False)
         P_float = L * (g - 1) / N
         if abs(P_float - round(P_float)) > 1e-9:
-            raise GrowthError(f"g={g} gives n_layer·(g-1)/groups = {P_float:g} copies per group for llama_pro; "
-                              f"it must be an integer (n_layer={L}, groups={N}) — or pass copies")
+            raise GrowthError(
+                f"g={g} gives n_layer·(g-1)/groups = {P_float:g} copies per group for llama_pro; "
+                f"it must be an integer (n_layer={L}, groups={N}) — or pass copies"
+            )
         P = round(P_float)
     size = L // N
     top = min(P, size)
@@ -200,21 +224,27 @@ def plan_llama_pro(config: Config, *, g=2, seed: int = 0, groups: int | None = N
             zeroed.add(len(sources))
             sources.append(block[size - top + k % top])
     trainable = tuple(sorted(zeroed)) if train_new_only else None
-    return DepthPlan("llama_pro", grown_config(config, sources, to), tuple(sources), frozenset(zeroed), seed,
-                     {"groups": N, "copies": P, "train_new_only": bool(train_new_only)},
-                     trainable_layers=trainable)
+    return DepthPlan(
+        "llama_pro",
+        grown_config(config, sources, to),
+        tuple(sources),
+        frozenset(zeroed),
+        seed,
+        {"groups": N, "copies": P, "train_new_only": bool(train_new_only)},
+        trainable_layers=trainable,
+    )
 
 
-def plan_solar(config: Config, *, g=2, seed: int = 0, m: int | None = None,
-               to: Config | None = None) -> DepthPlan:
+def plan_solar(config: Config, *, g=2, seed: int = 0, m: int | None = None, to: Config | None = None) -> DepthPlan:
     """SOLAR depth up-scaling: two copies; drop the last m layers of the first and the first m of the second:
     layers 0..L-m-1 then m..L-1 (2·(L-m) layers). m defaults to L//4 (SOLAR: 32 layers, m=8 → 48)."""
     L = config.n_layer
     if to is not None:
         check_target(config, to, _DEPTH_FIELDS, "solar_dus")
         if to.n_layer % 2 or not L <= to.n_layer <= 2 * L:
-            raise GrowthError(f"to.n_layer={to.n_layer} must be even and in {L}..{2 * L} for solar_dus "
-                              f"(2·(n_layer - m))")
+            raise GrowthError(
+                f"to.n_layer={to.n_layer} must be even and in {L}..{2 * L} for solar_dus (2·(n_layer - m))"
+            )
         m = L - to.n_layer // 2
     else:
         if check_g(g, "solar_dus", integer=True) != 2:
@@ -250,12 +280,14 @@ def _plan_block(op: str, where: str, config: Config, g, seed: int, block: int | 
         divisors = [d for d in range(1, L + 1) if L % d == 0]
         raise GrowthError(f"block must divide n_layer={L} for {op} (got {block!r}); valid: {divisors}")
     sources = block_sources(L, (L2 - L) // b, b, where)
-    return DepthPlan(op, grown_config(config, sources, to), tuple(sources), frozenset(), seed,
-                     {"block": b, "layers": sources})
+    return DepthPlan(
+        op, grown_config(config, sources, to), tuple(sources), frozenset(), seed, {"block": b, "layers": sources}
+    )
 
 
-def plan_gradual(config: Config, *, g=2, seed: int = 0, block: int | None = None,
-                 to: Config | None = None) -> DepthPlan:
+def plan_gradual(
+    config: Config, *, g=2, seed: int = 0, block: int | None = None, to: Config | None = None
+) -> DepthPlan:
     """Gradual stacking (Reddi et al. 2023; the GradStack of Saunshi et al. 2024): the model is cut into blocks of
     ``block`` consecutive layers and grows one block at a time, each new block a copy of the top block, until it
     has g·n_layer layers: L=4, block=2, g=2 → 0,1,2,3,2,3,2,3. ``block`` must divide n_layer; the default
@@ -263,8 +295,7 @@ def plan_gradual(config: Config, *, g=2, seed: int = 0, block: int | None = None
     return _plan_block("gradual", "top", config, g, seed, block, to)
 
 
-def plan_midas(config: Config, *, g=2, seed: int = 0, block: int | None = None,
-               to: Config | None = None) -> DepthPlan:
+def plan_midas(config: Config, *, g=2, seed: int = 0, block: int | None = None, to: Config | None = None) -> DepthPlan:
     """MIDAS (Saunshi et al. 2024): like gradual stacking, one block of ``block`` layers at a time until g·n_layer
     layers, but each new block is a copy of the current *middle* block (block ⌈k/2⌉ of k), inserted right after
     it: L=4, block=2, g=2 → 0,1,0,1,0,1,2,3; L=4, block=1, g=2 → 0,1,1,1,1,1,2,3. ``block`` must divide n_layer;
@@ -300,8 +331,9 @@ def plan_entries(plan: DepthPlan) -> Iterator[tuple[str, str | None, bool]]:
             yield key, layer_key(s, rest), i in plan.zeroed and bool(_ZEROED.match(rest))
 
 
-def _make(plan: DepthPlan, key: str, src_key: str | None, zero: bool,
-          state_dict: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _make(
+    plan: DepthPlan, key: str, src_key: str | None, zero: bool, state_dict: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
     if src_key is None:  # a fresh block: same shape/dtype as the source's layer 0
         template = state_dict[layer_key(0, split_layer_key(key)[1])]
         return init_like(key, tuple(template.shape), template.dtype, plan.config, plan.seed)
@@ -314,8 +346,14 @@ def _result(plan: DepthPlan, state_dict: dict, src_config: Config) -> GrowthResu
     if plan.trainable_layers is not None:
         keep = set(plan.trainable_layers)
         trainable = [k for k in expected_shapes(plan.config) if (p := split_layer_key(k)) and p[0] in keep]
-    return GrowthResult(state_dict, plan.config, plan.config.n_layer / src_config.n_layer, plan.options,
-                        mask=plan.mask, trainable=trainable)
+    return GrowthResult(
+        state_dict,
+        plan.config,
+        plan.config.n_layer / src_config.n_layer,
+        plan.options,
+        mask=plan.mask,
+        trainable=trainable,
+    )
 
 
 def apply_plan(plan: DepthPlan, state_dict: Mapping[str, torch.Tensor], src_config: Config) -> GrowthResult:
@@ -327,8 +365,9 @@ def apply_plan(plan: DepthPlan, state_dict: Mapping[str, torch.Tensor], src_conf
     return _result(plan, out, src_config)
 
 
-def stream_plan(plan: DepthPlan, state_dict: Mapping[str, torch.Tensor], src_config: Config,
-                writer: TensorFileWriter) -> GrowthResult:
+def stream_plan(
+    plan: DepthPlan, state_dict: Mapping[str, torch.Tensor], src_config: Config, writer: TensorFileWriter
+) -> GrowthResult:
     """Tensor by tensor into ``writer``; source tensors are written straight from their mmap and then released.
 
     The returned result's state_dict is empty (the tensors live in the file)."""
@@ -345,15 +384,20 @@ def check_carry(plan: DepthPlan, op: str) -> None:
     """GrowthError unless every tensor of ``plan`` is a copy of a source tensor (what carrying moments needs)."""
     fresh = [i for i, s in enumerate(plan.sources) if s is None]
     if fresh:
-        raise GrowthError(f"carry is not defined for {op} (depth): new layers {fresh} are freshly initialised, so "
-                          f"their moments have no source tensor; use the fresh optimizer")
+        raise GrowthError(
+            f"carry is not defined for {op} (depth): new layers {fresh} are freshly initialised, so "
+            f"their moments have no source tensor; use the fresh optimizer"
+        )
     if plan.zeroed:
-        raise GrowthError(f"carry is not defined for {op} (depth): layers {sorted(plan.zeroed)} have zeroed output "
-                          f"projections, which are not copies of a source tensor; use the fresh optimizer")
+        raise GrowthError(
+            f"carry is not defined for {op} (depth): layers {sorted(plan.zeroed)} have zeroed output "
+            f"projections, which are not copies of a source tensor; use the fresh optimizer"
+        )
 
 
-def carry_state(plan: DepthPlan, named_state: Mapping[str, Mapping[str, torch.Tensor]], src_config: Config,
-                op: str) -> dict[str, dict[str, torch.Tensor]]:
+def carry_state(
+    plan: DepthPlan, named_state: Mapping[str, Mapping[str, torch.Tensor]], src_config: Config, op: str
+) -> dict[str, dict[str, torch.Tensor]]:
     """Per-parameter optimizer state of the source mapped through ``plan``: every grown parameter gets a clone of its
     source parameter's state (layer keys from their source layer, embeddings / final norm / LM head from themselves).
 
@@ -362,25 +406,34 @@ def carry_state(plan: DepthPlan, named_state: Mapping[str, Mapping[str, torch.Te
     """
     check_carry(plan, op)
     if not isinstance(named_state, Mapping):
-        raise GrowthError(f"optimizer state must be a dict of parameter name -> state dict "
-                          f"(got {type(named_state).__name__})")
+        raise GrowthError(
+            f"optimizer state must be a dict of parameter name -> state dict (got {type(named_state).__name__})"
+        )
     want = expected_shapes(src_config)
     missing = [k for k in want if k not in named_state]
     extra = [k for k in named_state if k not in want]
     if missing or extra:
-        parts = [f"{label}: {', '.join(map(str, items[:2]))}{f' (+{len(items) - 2} more)' if len(items) > 2 else ''}"
-                 for label, items in (("missing", missing), ("unexpected", extra)) if items]
+        parts = [
+            f"{label}: {', '.join(map(str, items[:2]))}{f' (+{len(items) - 2} more)' if len(items) > 2 else ''}"
+            for label, items in (("missing", missing), ("unexpected", extra))
+            if items
+        ]
         raise GrowthError(f"optimizer state keys must be the base model's parameter names ({'; '.join(parts)})")
     for key, state in named_state.items():
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise GrowthError(f"optimizer state of {key!r} must be a dict of name -> tensor "
-                              f"(got {type(state).__name__})")
+            raise GrowthError(
+                f"optimizer state of {key!r} must be a dict of name -> tensor (got {type(state).__name__})"
+            )
         for name, t in state.items():
             if t.numel() != 1 and tuple(t.shape) != tuple(want[key]):
-                raise GrowthError(f"optimizer state {key!r}[{name!r}] has shape {tuple(t.shape)}; the parameter's is "
-                                  f"{tuple(want[key])} (only per-element or scalar state can be carried)")
-    return {key: {name: t.detach().clone() for name, t in named_state[src_key].items()}
-            for key, src_key, _ in plan_entries(plan)}
+                raise GrowthError(
+                    f"optimizer state {key!r}[{name!r}] has shape {tuple(t.shape)}; the parameter's is "
+                    f"{tuple(want[key])} (only per-element or scalar state can be carried)"
+                )
+    return {
+        key: {name: t.detach().clone() for name, t in named_state[src_key].items()}
+        for key, src_key, _ in plan_entries(plan)
+    }
 
 
 def as_operator(planner):

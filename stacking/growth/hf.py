@@ -28,8 +28,13 @@ from stacking.fsutil import atomic_dir
 from stacking.growth.io import check_new_dir
 from stacking.growth.tensorfile import TensorFileWriter, release_pages
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 DEFAULT_SHARD_BYTES = 5 * 2**30
 
 
@@ -50,9 +55,12 @@ def config_from_hf(hf: dict, name: str = "hf-llama") -> Config:
     rope_theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
     adjustments = None
     if rope_type == "llama3":
-        adjustments = {"factor": rope["factor"], "low_freq_factor": rope["low_freq_factor"],
-                       "high_freq_factor": rope["high_freq_factor"],
-                       "original_max_seq_len": rope["original_max_position_embeddings"]}
+        adjustments = {
+            "factor": rope["factor"],
+            "low_freq_factor": rope["low_freq_factor"],
+            "high_freq_factor": rope["high_freq_factor"],
+            "original_max_seq_len": rope["original_max_position_embeddings"],
+        }
     elif rope_type != "default":
         problems.append(f"rope_type={rope_type!r} (supported: default, llama3)")
     if problems:
@@ -82,23 +90,29 @@ def config_from_hf(hf: dict, name: str = "hf-llama") -> Config:
 
 def config_to_hf(config: Config, *, tied: bool, dtype: torch.dtype) -> dict:
     """config.json for a Llama-style litgpt Config (refuses configs a LlamaForCausalLM cannot express)."""
-    problems = [f"{k}={getattr(config, k)!r}" for k, ok in (
-        ("norm_class_name", config.norm_class_name == "RMSNorm"),
-        ("mlp_class_name", config.mlp_class_name == "LLaMAMLP"),
-        ("bias", not config.bias and not config.attn_bias and not config.lm_head_bias),
-        ("parallel_residual", not config.parallel_residual),
-        ("rotary_percentage", config.rotary_percentage == 1.0),
-        ("norm_qk", not config.norm_qk),
-        ("post_attention_norm", not config.post_attention_norm and not config.post_mlp_norm),
-        ("scale_embeddings", not config.scale_embeddings),
-        ("sliding_window_size", config.sliding_window_size is None),
-        ("attention_logit_softcapping", config.attention_logit_softcapping is None
-         and config.final_logit_softcapping is None),
-        ("attention_scores_scalar", config.attention_scores_scalar is None),
-        ("rope_interleave", not config.rope_interleave),
-        ("rope_condense_ratio", config.rope_condense_ratio == 1),
-        ("n_expert", config.n_expert == 0),
-    ) if not ok]
+    problems = [
+        f"{k}={getattr(config, k)!r}"
+        for k, ok in (
+            ("norm_class_name", config.norm_class_name == "RMSNorm"),
+            ("mlp_class_name", config.mlp_class_name == "LLaMAMLP"),
+            ("bias", not config.bias and not config.attn_bias and not config.lm_head_bias),
+            ("parallel_residual", not config.parallel_residual),
+            ("rotary_percentage", config.rotary_percentage == 1.0),
+            ("norm_qk", not config.norm_qk),
+            ("post_attention_norm", not config.post_attention_norm and not config.post_mlp_norm),
+            ("scale_embeddings", not config.scale_embeddings),
+            ("sliding_window_size", config.sliding_window_size is None),
+            (
+                "attention_logit_softcapping",
+                config.attention_logit_softcapping is None and config.final_logit_softcapping is None,
+            ),
+            ("attention_scores_scalar", config.attention_scores_scalar is None),
+            ("rope_interleave", not config.rope_interleave),
+            ("rope_condense_ratio", config.rope_condense_ratio == 1),
+            ("n_expert", config.n_expert == 0),
+        )
+        if not ok
+    ]
     adj = config.rope_adjustments
     if adj and set(adj) != {"factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len"}:
         problems.append(f"rope_adjustments={adj!r}")
@@ -106,9 +120,13 @@ def config_to_hf(config: Config, *, tied: bool, dtype: torch.dtype) -> dict:
         raise GrowthError(f"cannot export to HF Llama: unsupported {', '.join(problems)}")
     rope = {"rope_theta": float(config.rope_base), "rope_type": "default"}
     if adj:
-        rope.update(rope_type="llama3", factor=adj["factor"], low_freq_factor=adj["low_freq_factor"],
-                    high_freq_factor=adj["high_freq_factor"],
-                    original_max_position_embeddings=adj["original_max_seq_len"])
+        rope.update(
+            rope_type="llama3",
+            factor=adj["factor"],
+            low_freq_factor=adj["low_freq_factor"],
+            high_freq_factor=adj["high_freq_factor"],
+            original_max_position_embeddings=adj["original_max_seq_len"],
+        )
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -207,8 +225,10 @@ def import_hf(hf_dir, lit_dir, *, dtype: torch.dtype | None = None) -> Path:
                 try:
                     copy_weights_hf_llama(config, {}, state, groups[idx])
                 except KeyError as e:
-                    raise GrowthError(f"HF checkpoint has a tensor litgpt's Llama converter does not map: {e} "
-                                      f"(or lacks model.embed_tokens.weight)") from None
+                    raise GrowthError(
+                        f"HF checkpoint has a tensor litgpt's Llama converter does not map: {e} "
+                        f"(or lacks model.embed_tokens.weight)"
+                    ) from None
             writer.save(dict(state))
         check_state_dict(load_weights(tmp / WEIGHTS), config, where=f"weights converted from {hf_dir}")
         save_config(config, tmp / CONFIG)
@@ -269,7 +289,8 @@ def export_hf(lit_dir, hf_dir, *, max_shard_size=DEFAULT_SHARD_BYTES, dtype: tor
         if n > 1:
             total = sum(hf_sd[k].numel() * out_dtype.itemsize for k in hf_sd)
             (tmp / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+            )
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=1))
         for name in TOKENIZER_FILES:
             if (ckpt.path / name).is_file():

@@ -68,5 +68,13 @@ def init_like(key: str, shape: tuple[int, ...], dtype: torch.dtype, config: Conf
     return out.to(dtype)
 
 
-__all__ = ["check_state_dict", "derive_config", "expected_shapes", "generator_for", "init_like", "init_std",
-           "layer_key", "split_layer_key"]
+__all__ = [
+    "check_state_dict",
+    "derive_config",
+    "expected_shapes",
+    "generator_for",
+    "init_like",
+    "init_std",
+    "layer_key",
+    "split_layer_key",
+]

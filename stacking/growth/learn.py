@@ -87,14 +87,23 @@ def _batches(tokens, seq_len: int, batch_size: int, vocab: int, seed: int):
     rng = np.random.default_rng(seed)
     while True:
         starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)
-        window = torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
+        window = torch.from_numpy(np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts]))
         if int(window.max()) >= vocab:
             raise GrowthError(f"data has token id {int(window.max())} >= the model's padded_vocab_size={vocab}")
         yield window[:, :-1], window[:, 1:]
 
 
-def _train_maps(maps: dict[str, torch.Tensor], materialise, config: Config, data, steps: int, lr: float,
-                seq_len: int, batch_size: int, seed: int) -> list[float]:
+def _train_maps(
+    maps: dict[str, torch.Tensor],
+    materialise,
+    config: Config,
+    data,
+    steps: int,
+    lr: float,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+) -> list[float]:
     """Adam on the maps only; the grown model is evaluated with torch.func.functional_call on materialised weights."""
     if steps == 0:
         return []
@@ -112,8 +121,9 @@ def _train_maps(maps: dict[str, torch.Tensor], materialise, config: Config, data
     return losses
 
 
-def _finish(dtype_of, materialise, config: Config, g: float, options: dict, losses: list[float],
-            extra_flops: float) -> GrowthResult:
+def _finish(
+    dtype_of, materialise, config: Config, g: float, options: dict, losses: list[float], extra_flops: float
+) -> GrowthResult:
     """Materialise the grown weights once more without autograd, in the source's dtypes."""
     with torch.no_grad():
         grown = materialise()
@@ -129,30 +139,40 @@ def _check_pair(grown_config: Config, base_config: Config, direction: str) -> No
             raise GrowthError(f"{name} must be a litgpt.Config (got {type(c).__name__})")
     if direction == "depth":
         if width.Widths.of(grown_config) != width.Widths.of(base_config) or (
-                grown_config.n_layer < base_config.n_layer or grown_config.n_layer % base_config.n_layer):
-            raise GrowthError(f"G_learn (depth) needs grown_config to be base_config with n_layer a multiple of "
-                              f"{base_config.n_layer} and the same widths (got n_layer={grown_config.n_layer}, "
-                              f"n_embd={grown_config.n_embd} from n_embd={base_config.n_embd})")
+            grown_config.n_layer < base_config.n_layer or grown_config.n_layer % base_config.n_layer
+        ):
+            raise GrowthError(
+                f"G_learn (depth) needs grown_config to be base_config with n_layer a multiple of "
+                f"{base_config.n_layer} and the same widths (got n_layer={grown_config.n_layer}, "
+                f"n_embd={grown_config.n_embd} from n_embd={base_config.n_embd})"
+            )
     elif direction == "width":
         old, new = width.Widths.of(base_config), width.Widths.of(grown_config)
         if grown_config.n_layer != base_config.n_layer or any(
-                new.size(s) < old.size(s) for s in ("embd", "q", "kv", "ffn")):
-            raise GrowthError(f"G_learn (width) needs grown_config to keep n_layer={base_config.n_layer} and not "
-                              f"shrink any width (got n_layer={grown_config.n_layer}, {old} -> {new})")
+            new.size(s) < old.size(s) for s in ("embd", "q", "kv", "ffn")
+        ):
+            raise GrowthError(
+                f"G_learn (width) needs grown_config to keep n_layer={base_config.n_layer} and not "
+                f"shrink any width (got n_layer={grown_config.n_layer}, {old} -> {new})"
+            )
     else:
         raise GrowthError(f"direction must be 'depth' or 'width' for G_learn (got {direction!r})")
 
 
-def _map_products(key: str, shape: tuple[int, ...], old: width.Widths, new: width.Widths
-                  ) -> list[tuple[int, int, int, int, bool, bool]]:
+def _map_products(
+    key: str, shape: tuple[int, ...], old: width.Widths, new: width.Widths
+) -> list[tuple[int, int, int, int, bool, bool]]:
     """(r0, c0, r1, c1, row map?, column map?) of each product ``R·W·Cᵀ`` that width materialisation computes for
     one parameter (the fused qkv is three: q, k, v)."""
     spaces = width.layout(key)
     c0 = shape[1] if len(shape) > 1 else 1
     col = spaces[1] if len(spaces) > 1 and spaces[1] != "vocab" else None
     c1 = new.size(col) if col else c0
-    rows = [("q", old.q, new.q), ("kv", old.kv, new.kv), ("kv", old.kv, new.kv)] if spaces[0] == "qkv" else \
-        [(spaces[0], shape[0], shape[0] if spaces[0] == "vocab" else new.size(spaces[0]))]
+    rows = (
+        [("q", old.q, new.q), ("kv", old.kv, new.kv), ("kv", old.kv, new.kv)]
+        if spaces[0] == "qkv"
+        else [(spaces[0], shape[0], shape[0] if spaces[0] == "vocab" else new.size(spaces[0]))]
+    )
     return [(r0, c0, r1, c1, space != "vocab", col is not None) for space, r0, r1 in rows]
 
 
@@ -183,8 +203,15 @@ def map_flops_per_step(grown_config: Config, base_config: Config, direction: str
     return float(total)
 
 
-def learn_flops(grown_config: Config, base_config: Config, *, learn_steps: int = DEFAULT_STEPS,
-                batch_size: int = DEFAULT_BATCH_SIZE, seq_len: int | None = None, direction: str = "depth") -> float:
+def learn_flops(
+    grown_config: Config,
+    base_config: Config,
+    *,
+    learn_steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seq_len: int | None = None,
+    direction: str = "depth",
+) -> float:
     """Training FLOPs G_learn spends learning its maps; from the configs alone (no weights), so a planner can call it.
 
     ``learn_steps · (batch_size · seq_len · flops_per_token(grown_config, seq_len) + map_flops_per_step(...))``:
@@ -207,22 +234,36 @@ def learn_flops(grown_config: Config, base_config: Config, *, learn_steps: int =
     if learn_steps == 0:
         return 0.0
     tokens = batch_size * seq_len
-    per_step = tokens * flops_per_token(grown_config, seq_len) + map_flops_per_step(grown_config, base_config,
-                                                                                   direction)
+    per_step = tokens * flops_per_token(grown_config, seq_len) + map_flops_per_step(
+        grown_config, base_config, direction
+    )
     return float(learn_steps * per_step)
 
 
 # ---- depth -----------------------------------------------------------------------------------------------------
-def grow_depth_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=None, learn_steps: int = DEFAULT_STEPS,
-                     lr: float = DEFAULT_LR, seq_len: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                     to: Config | None = None) -> GrowthResult:
+def grow_depth_learn(
+    state_dict,
+    config: Config,
+    *,
+    g=2,
+    seed: int = 0,
+    data=None,
+    learn_steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    seq_len: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    to: Config | None = None,
+) -> GrowthResult:
     """G_learn (depth): per-parameter-kind layer-mixing matrices, starting at G_stack, trained on ``data``."""
     seq_len = _check_learn_options(learn_steps, lr, seq_len, batch_size, data, config)
     L = config.n_layer
     L2 = depth.target_layers(config, g, to, "G_learn")
     new_cfg = depth.grown_config(config, [i % L for i in range(L2)], to)
-    qkv_split = (config.n_head * config.head_size, config.n_query_groups * config.head_size,
-                 config.n_query_groups * config.head_size)
+    qkv_split = (
+        config.n_head * config.head_size,
+        config.n_query_groups * config.head_size,
+        config.n_query_groups * config.head_size,
+    )
 
     # source weights stacked over layers, per parameter kind (qkv split into q/k/v)
     rests = [p[1] for k in state_dict if (p := split_layer_key(k)) and p[0] == 0]
@@ -259,8 +300,9 @@ def grow_depth_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=Non
         parsed = split_layer_key(key)
         return state_dict[layer_key(0, parsed[1]) if parsed else key].dtype
 
-    flops = learn_flops(new_cfg, config, learn_steps=learn_steps, batch_size=batch_size, seq_len=seq_len,
-                        direction="depth")
+    flops = learn_flops(
+        new_cfg, config, learn_steps=learn_steps, batch_size=batch_size, seq_len=seq_len, direction="depth"
+    )
     return _finish(dtype_of, materialise, new_cfg, L2 / L, options, losses, flops)
 
 
@@ -271,9 +313,19 @@ def _init_map(new: int, old: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.eye(old), extra]).requires_grad_(True)
 
 
-def grow_width_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=None, learn_steps: int = DEFAULT_STEPS,
-                     lr: float = DEFAULT_LR, seq_len: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                     to: Config | None = None) -> GrowthResult:
+def grow_width_learn(
+    state_dict,
+    config: Config,
+    *,
+    g=2,
+    seed: int = 0,
+    data=None,
+    learn_steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    seq_len: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    to: Config | None = None,
+) -> GrowthResult:
     """G_learn (width): LiGO width maps (residual, per-layer heads / KV groups / MLP units), trained on ``data``."""
     seq_len = _check_learn_options(learn_steps, lr, seq_len, batch_size, data, config)
     width.check_supported(config, "G_learn")
@@ -323,6 +375,7 @@ def grow_width_learn(state_dict, config: Config, *, g=2, seed: int = 0, data=Non
 
     losses = _train_maps(maps, materialise, new_cfg, data, learn_steps, lr, seq_len, batch_size, seed)
     options = {"data": data, "learn_steps": learn_steps, "lr": lr, "seq_len": seq_len, "batch_size": batch_size}
-    flops = learn_flops(new_cfg, config, learn_steps=learn_steps, batch_size=batch_size, seq_len=seq_len,
-                        direction="width")
+    flops = learn_flops(
+        new_cfg, config, learn_steps=learn_steps, batch_size=batch_size, seq_len=seq_len, direction="width"
+    )
     return _finish(lambda k: state_dict[k].dtype, materialise, new_cfg, new.embd / old.embd, options, losses, flops)

@@ -44,8 +44,16 @@ class GrowthMask:
     >>> mask.set_scale(ramp_value(tokens, growth["mask"]["ramp_tokens"]))
     """
 
-    def __init__(self, direction: str, ramp_tokens: int, *, layers: list[int] | None = None,
-                 n_embd: int | None = None, n_head: int | None = None, intermediate_size: int | None = None):
+    def __init__(
+        self,
+        direction: str,
+        ramp_tokens: int,
+        *,
+        layers: list[int] | None = None,
+        n_embd: int | None = None,
+        n_head: int | None = None,
+        intermediate_size: int | None = None,
+    ):
         self.direction = direction
         self.ramp_tokens = int(ramp_tokens)
         self.layers = list(layers or [])
@@ -74,8 +82,13 @@ class GrowthMask:
     def spec(self) -> dict:
         if self.direction == "depth":
             return {"direction": "depth", "ramp_tokens": self.ramp_tokens, "layers": self.layers}
-        return {"direction": "width", "ramp_tokens": self.ramp_tokens, "n_embd": self.n_embd,
-                "n_head": self.n_head, "intermediate_size": self.intermediate_size}
+        return {
+            "direction": "width",
+            "ramp_tokens": self.ramp_tokens,
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "intermediate_size": self.intermediate_size,
+        }
 
     def set_scale(self, c: float) -> None:
         """Set the mask value c (0 = base model, 1 = full grown model)."""
@@ -106,17 +119,21 @@ class GrowthMask:
         d, hs = self.n_embd, cfg.head_size
         q_old, ffn_old = self.n_head * hs, self.intermediate_size
         if d > cfg.n_embd or self.n_head > cfg.n_head or ffn_old > cfg.intermediate_size:
-            raise GrowthError(f"width mask base sizes (n_embd={d}, n_head={self.n_head}, intermediate_size="
-                              f"{ffn_old}) exceed the model's ({cfg.n_embd}, {cfg.n_head}, {cfg.intermediate_size})")
+            raise GrowthError(
+                f"width mask base sizes (n_embd={d}, n_head={self.n_head}, intermediate_size="
+                f"{ffn_old}) exceed the model's ({cfg.n_embd}, {cfg.n_head}, {cfg.intermediate_size})"
+            )
 
         def gate_output(n_old):
             def hook(module, args, output):
                 return None if self.scale >= 1.0 else _gate_last_dim(output, n_old, self.scale)
+
             return hook
 
         def gate_input(n_old):
             def hook(module, args):
                 return None if self.scale >= 1.0 else (_gate_last_dim(args[0], n_old, self.scale), *args[1:])
+
             return hook
 
         def masked_rms_norm(module, args, output):
@@ -126,7 +143,8 @@ class GrowthMask:
             c = self.scale
             sq = x * x
             mean_sq = (sq[..., :d].sum(-1, keepdim=True) + c * sq[..., d:].sum(-1, keepdim=True)) / (
-                d + c * (x.shape[-1] - d))
+                d + c * (x.shape[-1] - d)
+            )
             weight = module.weight.float()
             if getattr(module, "add_unit_offset", False):
                 weight = 1 + weight

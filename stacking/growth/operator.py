@@ -57,8 +57,9 @@ def check_target(config: Config, to: Any, grown: set[str], op: str) -> Config:
             continue
         a, b = getattr(config, f.name), getattr(to, f.name)
         if a != b:
-            raise GrowthError(f"to.{f.name}={b!r} differs from the source's {a!r}; {op} only changes "
-                              f"{', '.join(sorted(grown))}")
+            raise GrowthError(
+                f"to.{f.name}={b!r} differs from the source's {a!r}; {op} only changes {', '.join(sorted(grown))}"
+            )
     return to
 
 

@@ -114,25 +114,32 @@ def target_config(config: Config, g, to: Config | None, op: str, *, integer: boo
         for name in ("n_embd", "n_head", "n_query_groups", "intermediate_size"):
             value = getattr(config, name) * g
             if abs(value - round(value)) > 1e-9:
-                raise GrowthError(f"{name} × g = {getattr(config, name)} × {g} = {value:g} is not an integer; "
-                                  f"width growth keeps head_size={config.head_size}, so choose g making every width "
-                                  f"field integral")
+                raise GrowthError(
+                    f"{name} × g = {getattr(config, name)} × {g} = {value:g} is not an integer; "
+                    f"width growth keeps head_size={config.head_size}, so choose g making every width "
+                    f"field integral"
+                )
             sizes[name] = round(value)
         new = derive_config(config, head_size=config.head_size, **sizes)
     if new.head_size != config.head_size:
-        raise GrowthError(f"width growth keeps head_size={config.head_size}; the target has head_size="
-                          f"{new.head_size} (set head_size explicitly or change n_head)")
+        raise GrowthError(
+            f"width growth keeps head_size={config.head_size}; the target has head_size="
+            f"{new.head_size} (set head_size explicitly or change n_head)"
+        )
     if new.n_head * config.n_query_groups != config.n_head * new.n_query_groups:
-        raise GrowthError(f"width growth keeps heads per KV group = n_head/n_query_groups = "
-                          f"{config.n_head}/{config.n_query_groups}; the target has {new.n_head}/{new.n_query_groups}")
+        raise GrowthError(
+            f"width growth keeps heads per KV group = n_head/n_query_groups = "
+            f"{config.n_head}/{config.n_query_groups}; the target has {new.n_head}/{new.n_query_groups}"
+        )
     old_w, new_w = Widths.of(config), Widths.of(new)
     for space in ("embd", "q", "kv", "ffn"):
         a, b = old_w.size(space), new_w.size(space)
         if b < a:
             raise GrowthError(f"width growth cannot shrink: {space} size {a} -> {b}")
         if integer and b % a:
-            raise GrowthError(f"{op} (width) tiles whole copies: every width must grow by an integer factor "
-                              f"({space}: {a} -> {b})")
+            raise GrowthError(
+                f"{op} (width) tiles whole copies: every width must grow by an integer factor ({space}: {a} -> {b})"
+            )
     return new
 
 
@@ -174,8 +181,9 @@ def _direct_matrix(t: torch.Tensor, r1: int, c1: int, key: str, symmetric: bool,
     return torch.cat([share * tiled for share in shares], dim=1)
 
 
-def _grow_piece(t, row_space, col_space, old: Widths, new: Widths, op: str, key: str, std: float, gen,
-                symmetric: bool = False):
+def _grow_piece(
+    t, row_space, col_space, old: Widths, new: Widths, op: str, key: str, std: float, gen, symmetric: bool = False
+):
     """Grow one matrix or vector (in fp32) according to `op`; see the module docstring for the three rules."""
     t = t.float()
     r0 = t.shape[0]
@@ -202,15 +210,18 @@ def _grow_piece(t, row_space, col_space, old: Widths, new: Widths, op: str, key:
     return out
 
 
-def grow_tensor(key: str, t: torch.Tensor, old_cfg: Config, new_cfg: Config, op: str, seed: int,
-                symmetric: bool = False) -> torch.Tensor:
+def grow_tensor(
+    key: str, t: torch.Tensor, old_cfg: Config, new_cfg: Config, op: str, seed: int, symmetric: bool = False
+) -> torch.Tensor:
     """One parameter grown by `op` (random draws from a generator seeded by (seed, key)), in the source dtype."""
     spaces = layout(key)
     old, new = Widths.of(old_cfg), Widths.of(new_cfg)
     gen = generator_for(seed, key)
     std = init_std(key, new_cfg)
-    parts = [_grow_piece(p, space, spaces[1] if len(spaces) > 1 else None, old, new, op, key, std, gen, symmetric)
-             for p, space in _pieces(t, spaces[0], old)]
+    parts = [
+        _grow_piece(p, space, spaces[1] if len(spaces) > 1 else None, old, new, op, key, std, gen, symmetric)
+        for p, space in _pieces(t, spaces[0], old)
+    ]
     return torch.cat(parts, dim=0).to(t.dtype)
 
 
@@ -219,8 +230,9 @@ def _grow(state_dict, config, op, new_cfg, seed, symmetric: bool = False) -> dic
 
 
 # ---- operators -------------------------------------------------------------------------------------------------
-def grow_width_direct(state_dict, config: Config, *, g=2, seed: int = 0, symmetric: bool = False,
-                      to: Config | None = None) -> GrowthResult:
+def grow_width_direct(
+    state_dict, config: Config, *, g=2, seed: int = 0, symmetric: bool = False, to: Config | None = None
+) -> GrowthResult:
     """G_direct (width): tiled units, exact function preservation. Integer factors only.
 
     Each input feature's weight is split unevenly over its copies (seeded shares summing to 1) so copies get
@@ -243,14 +255,20 @@ def grow_width_zero(state_dict, config: Config, *, g=2, seed: int = 0, to: Confi
     return GrowthResult(sd, new, new.n_embd / config.n_embd, {})
 
 
-def grow_width_random(state_dict, config: Config, *, g=2, seed: int = 0, ramp_tokens: int = 1_000_000,
-                      to: Config | None = None) -> GrowthResult:
+def grow_width_random(
+    state_dict, config: Config, *, g=2, seed: int = 0, ramp_tokens: int = 1_000_000, to: Config | None = None
+) -> GrowthResult:
     """G_random (width, MSG-style): random new units, gated by a mask ramping 0→1 over ``ramp_tokens``."""
     if isinstance(ramp_tokens, bool) or not isinstance(ramp_tokens, int) or ramp_tokens < 0:
         raise GrowthError(f"ramp_tokens must be an integer >= 0 for G_random (got {ramp_tokens!r})")
     check_supported(config, "G_random")
     new = target_config(config, g, to, "G_random", integer=False)
     sd = _grow(state_dict, config, "G_random", new, seed)
-    mask = {"direction": "width", "ramp_tokens": ramp_tokens, "n_embd": config.n_embd, "n_head": config.n_head,
-            "intermediate_size": config.intermediate_size}
+    mask = {
+        "direction": "width",
+        "ramp_tokens": ramp_tokens,
+        "n_embd": config.n_embd,
+        "n_head": config.n_head,
+        "intermediate_size": config.intermediate_size,
+    }
     return GrowthResult(sd, new, new.n_embd / config.n_embd, {"ramp_tokens": ramp_tokens}, mask=mask)
