@@ -34,7 +34,7 @@ Two readings (column `reading`):
   (`Sweep.annealed_curve`). L*_f is the scratch run's annealed loss at f and FLOPs_scratch that cooldown's
   FLOPs; FLOPs_grown is the first crossing of the grown run's annealed curve (running min), read on a monotone
   piecewise-cubic (PCHIP) in log-log through all its points: the chord between 2–4 points far apart lies above a
-  convex curve and overstated the grown FLOPs by 2–5 speed-up points (tests/test_analysis_convex.py).
+  convex curve and overstated the grown FLOPs by 2–5 speed-up points (tests/analysis/test_analysis_convex.py).
 """
 
 from __future__ import annotations

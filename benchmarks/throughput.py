@@ -192,7 +192,7 @@ class Bench:
             progress_bar=False,
         )
         # The checkpoints written at the end of a run come after the timed steps; at the 1.1B shape they are ~18 GB
-        # per repetition (weights + AdamW state), so they are skipped here (tests/test_throughput.py covers them).
+        # per repetition (weights + AdamW state), so they are skipped here (tests/stacking/test_throughput.py covers them).
         with mock.patch.object(RunBookkeeping, "save_exact"), mock.patch.object(RunBookkeeping, "save_last"):
             summary = run(cfg)
         if summary["status"] != "done":
@@ -324,7 +324,7 @@ def run_mode(bench: Bench, mode: str, precision: str, n_steps: int, tag: str) ->
 
 def format_ratios(medians: dict[str, dict[str, float]]) -> list[str]:
     """`<precision> ratio_vs_loop=…` and `…ratio_vs_litgpt=…` per precision, then the first precision's pair
-    unprefixed: the last two lines of the output, which scripts (and tests/test_throughput.py) parse."""
+    unprefixed: the last two lines of the output, which scripts (and tests/stacking/test_throughput.py) parse."""
     lines, final = [], []
     for precision, m in medians.items():
         pair = [f"ratio_vs_loop={m['trainer'] / m['loop']:.3f}", f"ratio_vs_litgpt={m['trainer'] / m['litgpt']:.3f}"]

@@ -271,7 +271,7 @@ def suggest(name: str, valid: list[str]) -> str:
 
 
 # Why not jsonargparse (already a dependency; `parser.add_argument("--grid", type=Grid)` + parse_object): tried
-# with 4.41 on the BAD_GRIDS of tests/test_sweep_grid.py. Its errors lose what makes ours useful — an unknown key
+# with 4.41 on the BAD_GRIDS of tests/experiments/test_sweep_grid.py. Its errors lose what makes ours useful — an unknown key
 # is "Group 'grid' does not accept nested key 'seed'" (no "did you mean 'seeds'?", no valid list), a bad list item
 # is 'Parser key "grid.d": Expected a <class 'int'>. Got value: many' (no index d[0]), a missing `op` is 'Key "op"
 # is required …' (no ops[i]) — and it changes grid semantics: it rejects a scalar where the grid allows one axis

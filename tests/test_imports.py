@@ -196,7 +196,7 @@ def test_one_import_path_per_name():
     import stacking.train
 
     own = set(stacking.train.__all__)
-    files = [*modules().values(), *sorted((ROOT / "tests").glob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
+    files = [*modules().values(), *sorted((ROOT / "tests").rglob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
     wrong = {
         f"{path.relative_to(ROOT)}: {name}"
         for path in files

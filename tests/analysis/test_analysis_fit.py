@@ -22,7 +22,7 @@ from analysis.fit import (
 from analysis.lbfgs import minimize_batched
 from analysis.sweep import AnalysisError
 
-EPOCH_CSV = Path(__file__).parent / "fixtures" / "chinchilla" / "svg_extracted_data.csv"
+EPOCH_CSV = Path(__file__).parents[1] / "fixtures" / "chinchilla" / "svg_extracted_data.csv"
 # Besiroglu et al. 2024 (reference/chinchilla.md §2.2): Huber grid fit (a), LAD-like headline (b), 95% CIs (c).
 EPOCH_HUBER = {"E": 1.81724, "A": 477.84, "B": 2143.86, "alpha": 0.347313, "beta": 0.367183}
 EPOCH_HEADLINE = {"E": 1.81686, "A": 482.006, "B": 2085.434, "alpha": 0.34781, "beta": 0.36585}

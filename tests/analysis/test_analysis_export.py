@@ -19,7 +19,7 @@ from analysis.rebuild import rebuild
 from analysis.report import write_report
 from analysis.sweep import AnalysisError, load_sweep
 
-SWEEP = Path(__file__).parent / "fixtures" / "sweep_small"
+SWEEP = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 TABLES = ("speedups.csv", "speedup_runs.csv", "losses.csv", "fits.json")
 
 

@@ -26,7 +26,7 @@ from analysis.speedup import (
 )
 from analysis.sweep import AnalysisError, load_sweep
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 from make_sweep_fixture import (
     ANNEAL_FRACTIONS,
@@ -319,7 +319,7 @@ def test_annealed_speedup_matches_a_hand_computation(sweep):
     row = pairs[(pairs["run_id"] == g["run_id"]) & (pairs["budget_fraction"] == 0.5)].iloc[0]
     assert row["scratch_run_id"] == s["run_id"]
     assert row["flops_scratch"] == flops_s and row["tokens_scratch"] == 0.5 * MAX_TOKENS
-    # the annealed reading reads the crossing on a PCHIP through all points (tests/test_analysis_convex.py); on
+    # the annealed reading reads the crossing on a PCHIP through all points (tests/analysis/test_analysis_convex.py); on
     # this fixture's power law that is the chord up to the rounding of the stored losses
     assert row["flops_grown"] == pytest.approx(flops_g, rel=1e-5)
     assert row["speedup"] == pytest.approx(flops_s / row["flops_grown"] - 1, rel=1e-12)

@@ -13,7 +13,7 @@ import pytest
 from analysis.cli import fit_law_main, read_law_table, report_main
 from analysis.fit import fit_chinchilla
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 SWEEP = FIXTURES / "sweep_small"
 SPEEDUPS_COLUMNS = [
     "target",

@@ -18,7 +18,7 @@ from stacking.growth.learn import _batches, open_tokens
 from stacking.importers import MEGATRON_MAGIC, ImportConfig, import_dataset
 
 GOLDEN_DATA_ID = "data:58cb748860ec69c4"
-"""data_id of tests/test_golden.py's synthetic dir, computed before shards existed: legacy ids must not move."""
+"""data_id of tests/stacking/test_golden.py's synthetic dir, computed before shards existed: legacy ids must not move."""
 
 
 def reshard(src, dst, cuts: dict[str, list[int]], header: int = 0):

@@ -296,7 +296,7 @@ def test_cli_data_takes_several_sources(tmp_path, capsys):
 
 def test_stdlib_corpus_is_the_one_built_before_sources_had_names():
     """Same files, keys and hashes as `data/stdlib-bpe4096` when that was built by this interpreter."""
-    built = Path(__file__).parents[1] / "data/stdlib-bpe4096/meta.json"
+    built = Path(__file__).parents[2] / "data/stdlib-bpe4096/meta.json"
     found, desc = collect_files([])
     if not built.exists() or json.loads(built.read_text())["sources"] != desc:
         pytest.skip("no data/stdlib-bpe4096 built by this interpreter")

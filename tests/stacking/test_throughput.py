@@ -18,7 +18,7 @@ from stacking.checkpoint import load_litgpt_checkpoint
 from stacking.module import lm_loss
 from stacking.train import run
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
 
 
 def _bench():

@@ -22,7 +22,7 @@ from analysis.growth_laws import (
 )
 from analysis.sweep import REQUIRED_RESULTS_COLUMNS, AnalysisError, load_sweep
 
-SWEEP_SMALL = Path(__file__).parent / "fixtures" / "sweep_small"
+SWEEP_SMALL = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 TRUE = {"A": 400.0, "alpha1": 0.1, "alpha2": 0.3, "alpha3": 0.005, "E": 1.8}
 TOLERANCE = {"A": 0.5, "alpha1": 0.1, "alpha2": 0.05, "alpha3": 0.15, "E": 0.03}  # relative
 
@@ -275,7 +275,7 @@ def test_the_report_shows_the_g_bound_and_the_liew_kato_fits(tmp_path):
     mid-schedule curves, which span the fixture's three d's (G_stack), and says why the others have no fit."""
     from analysis.report import write_report
 
-    rep = write_report(Path(__file__).parent / "fixtures" / "sweep_small", tmp_path / "r", bootstrap=10)
+    rep = write_report(Path(__file__).parents[1] / "fixtures" / "sweep_small", tmp_path / "r", bootstrap=10)
     text = rep.path.read_text()
     assert "### Growth factor bound" in text and "(Liew & Kato 2025)" in text
     laws = pd.read_csv(tmp_path / "r" / "liew_kato.csv")

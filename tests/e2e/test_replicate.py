@@ -17,7 +17,7 @@ from stacking.cli import main as cli_main
 
 pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPLICATE = ROOT / "experiments" / "grids" / "replicate.yaml"
 
 

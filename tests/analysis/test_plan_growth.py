@@ -16,7 +16,7 @@ from analysis.sweep import isoflop_points, load_sweep
 from stacking.cli import main as cli_main
 from stacking.models import flops_per_token, model_config, param_breakdown
 
-SWEEP = Path(__file__).parent / "fixtures" / "sweep_small"
+SWEEP = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 
 # Du et al. 2024, Eq. 2, with the constants as published: log10 d = 0.88·log10 N + 163.27 / log10 C − 5.74
 A, B, C0 = 0.88, 163.27, -5.74

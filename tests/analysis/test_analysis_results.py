@@ -23,7 +23,7 @@ from analysis.sweep import (
     val_curve,
 )
 
-FIXTURE = Path(__file__).parent / "fixtures" / "sweep_small"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 NEW_COLUMNS = ["anneal_fraction", "decay_tokens"]
 
 

@@ -10,7 +10,7 @@ from stacking.cli import main as cli_main
 
 pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
 
-DEMO = Path(__file__).parent.parent / "experiments" / "grids" / "demo.yaml"
+DEMO = Path(__file__).parents[2] / "experiments" / "grids" / "demo.yaml"
 
 
 def test_demo_grid_shrunk_runs_end_to_end_and_reports(tiny_data, tmp_path, capsys):

@@ -13,7 +13,7 @@ import pytest
 
 from stacking.eval_records import find_result, metrics, result_name
 
-FIXTURE = Path(__file__).parent / "fixtures" / "sweep_small"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 SETTINGS = {
     "tasks": ["nextline_mc", "heldout_ppl"],
     "include_path": ["/x/tasks"],

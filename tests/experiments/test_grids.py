@@ -7,7 +7,7 @@ import yaml
 
 from experiments.grid import GridError, apply_scale, expand, parse_grid
 
-GRIDS = sorted((Path(__file__).parent.parent / "experiments" / "grids").rglob("*.yaml"))
+GRIDS = sorted((Path(__file__).parents[2] / "experiments" / "grids").rglob("*.yaml"))
 
 
 def _cases():
@@ -55,7 +55,7 @@ def test_shipped_grid_plans(path, scale, tiny_data):
 def test_shipped_grids_cover_the_paper_experiments():
     names = {p.stem for p in GRIDS}
     assert {"demo", "operators", "timing", "factor", "scaling", "llama_pro"} <= names
-    raw = yaml.safe_load((Path(__file__).parent.parent / "experiments/grids/operators.yaml").read_text())
+    raw = yaml.safe_load((Path(__file__).parents[2] / "experiments/grids/operators.yaml").read_text())
     combos = {(o["op"], o.get("direction", "depth")) for o in raw["ops"]}
     assert combos == {
         ("G_stack", "depth"),
@@ -72,7 +72,7 @@ def test_shipped_grids_cover_the_paper_experiments():
 def test_unknown_scale_is_one_clear_line(tmp_path):
     with pytest.raises(GridError, match="unknown scale 'huge'; valid: tiny, small, paper"):
         apply_scale(
-            yaml.safe_load((Path(__file__).parent.parent / "experiments/grids/operators.yaml").read_text()),
+            yaml.safe_load((Path(__file__).parents[2] / "experiments/grids/operators.yaml").read_text()),
             "huge",
             "operators.yaml",
         )

@@ -15,7 +15,7 @@ import pytest
 from stacking.cli import COMMANDS
 from stacking.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = [[c] for c in COMMANDS] + [["sweep", "status"]]
 
 

@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 FIXTURE = ROOT / "tests" / "fixtures" / "sweep_small"
 

@@ -3,10 +3,10 @@ order — and of a few variants that take the planner's other paths (VARIANTS) i
 tests/fixtures/plans.json.gz. A refactor of the planner must leave it unchanged; a change that means to move plans
 rewrites the fixture and says which run ids moved:
 
-    python tests/test_plans_unchanged.py            # rewrite tests/fixtures/plans.json.gz
+    python tests/experiments/test_plans_unchanged.py            # rewrite tests/fixtures/plans.json.gz
 
 Planning reads only the data dirs' meta.json and file sizes, so the corpora the grids name are faked (sparse
-files) with their real token counts and vocabularies (tests/test_grids.py's CORPORA; SlimPajama-627B for the
+files) with their real token counts and vocabularies (tests/experiments/test_grids.py's CORPORA; SlimPajama-627B for the
 paper scales), under a temporary root written as ``$ROOT`` in the fixture. Run ids hash the data dirs' content
 (meta.json), not their paths, so they do not depend on where the root lies.
 """
@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "plans.json.gz"
 GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml")) + sorted(
     (REPO / "experiments" / "grids" / "ablations").glob("*.yaml")
 )
 
-# name → (train tokens, vocab size): tests/test_grids.py's measured corpora, and SlimPajama-627B under the Llama 2
+# name → (train tokens, vocab size): tests/experiments/test_grids.py's measured corpora, and SlimPajama-627B under the Llama 2
 # tokenizer (docs/paper_scale.md: 627B tokens, ≈ 1.25 TB of uint16) for the paper scales.
 CORPORA = {
     "stdlib-bpe4096": (3_284_652, 4096),
@@ -205,7 +205,9 @@ def test_plan_unchanged(path, scale, tmp_path_factory):
         fake_corpora(root)
     recorded = _recorded()
     key = case_key(path, scale)
-    assert key in recorded, f"{key} is not in {FIXTURE.name}; rewrite it: python tests/test_plans_unchanged.py"
+    assert key in recorded, (
+        f"{key} is not in {FIXTURE.name}; rewrite it: python tests/experiments/test_plans_unchanged.py"
+    )
     now = plan_of(path, scale, root.resolve())
     diff = _first_difference(recorded[key], now, key)
     assert diff is None, diff

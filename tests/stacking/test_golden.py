@@ -36,7 +36,7 @@ def synthetic_data(path, vocab=64, n_train=40_000, n_val=8_000, eot=63):
         "eot_id": eot,
         "train_tokens": n_train,
         "val_tokens": n_val,
-        "sources": ["tests/test_golden.py"],
+        "sources": ["tests/stacking/test_golden.py"],
     }
     (path / "meta.json").write_text(json.dumps(meta))
     return path

@@ -19,7 +19,7 @@ from analysis.speedup import compute_annealed_speedups, compute_speedups, format
 from analysis.sweep import AnalysisError, load_sweep
 from experiments.provenance import PACKAGES, data_ids, versions
 
-SWEEP = Path(__file__).parent / "fixtures" / "sweep_small"
+SWEEP = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 
 
 @pytest.fixture()

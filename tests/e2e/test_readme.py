@@ -52,7 +52,7 @@ import yaml
 
 pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 TIMEOUT = 600  # per command; the whole tour takes ~2 minutes on 2 idle cores
 

@@ -14,7 +14,7 @@ from experiments.grid import GridError, expand, load_grid, select
 from experiments.table import results_frame
 from stacking.models import flops_per_token, model_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _plan(tmp_path, data, grid, **defaults):

@@ -18,7 +18,7 @@ from experiments.grid import ChainSpec, GridError, StageSpec, expand, load_grid,
 from stacking.growth.layout import split_layer_key
 from stacking.models import flops_per_token, model_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CHAIN_GRID = dict(
     name="chain",
