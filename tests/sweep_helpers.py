@@ -1,4 +1,4 @@
-"""Tiny grids for the sweep tests (tests/test_sweep_*.py): L1/L2 bases grown to L2/L4 targets, 32-token sequences,
+"""Tiny grids for the sweep tests (tests/*/test_sweep_*.py) and synthetic results.csv rows for the analysis tests: L1/L2 bases grown to L2/L4 targets, 32-token sequences,
 a few thousand tokens, one torch thread per run so results do not depend on the thread count."""
 
 from __future__ import annotations
@@ -50,3 +50,26 @@ def run_sweep(*args: str, timeout: float = 240, cwd: Path | None = None) -> subp
     return subprocess.run(
         sweep_cmd(*args), check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
     )
+
+
+def results_row(rid: str, kind: str, seed: int, loss: float, **extra) -> dict:
+    """One results.csv row of a synthetic sweep (analysis tests that read no curve): every required column, a done
+    run of the 'tiny' target on 1000 tokens and 1e9 FLOPs, then ``extra`` (op, g, anneal_fraction, …)."""
+    from analysis.sweep import REQUIRED_RESULTS_COLUMNS
+
+    base = {
+        "run_id": rid,
+        "kind": kind,
+        "target": "tiny",
+        "model": "tiny",
+        "seed": seed,
+        "final_val_loss": loss,
+        "status": "done",
+        "run_dir": f"runs/{rid}",
+        "tokens": 1000,
+        "flops": 1e9,
+        "params_total": 10,
+        "flops_per_token": 1e6,
+        "flops_offset": 0.0,
+    }
+    return dict.fromkeys(REQUIRED_RESULTS_COLUMNS) | base | extra

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from sweep_helpers import results_row
 
 from analysis.cli import loss_table_main as main
 from analysis.loss_table import contrast_table, welch_ci
-from analysis.sweep import REQUIRED_RESULTS_COLUMNS, AnalysisError
+from analysis.sweep import AnalysisError
 
 
 def write_sweep(path: Path, scratch: dict, grown: dict) -> Path:
@@ -22,29 +23,8 @@ def write_sweep(path: Path, scratch: dict, grown: dict) -> Path:
     for kind, losses in (("scratch", scratch), ("grown", grown)):
         for seed, loss in losses.items():
             rid = f"{kind}-s{seed}"
-            rows.append(
-                {c: None for c in REQUIRED_RESULTS_COLUMNS}
-                | {
-                    "run_id": rid,
-                    "kind": kind,
-                    "target": "tiny",
-                    "model": "tiny",
-                    "seed": seed,
-                    "final_val_loss": loss,
-                    "status": "done",
-                    "run_dir": f"runs/{rid}",
-                    "tokens": 1000,
-                    "flops": 1e9,
-                    "params_total": 10,
-                    "flops_per_token": 1e6,
-                    "flops_offset": 0.0,
-                    **(
-                        {"op": "G_stack", "direction": "depth", "g": 2, "grow_at_tokens": 100}
-                        if kind == "grown"
-                        else {}
-                    ),
-                }
-            )
+            grown_cols = {"op": "G_stack", "direction": "depth", "g": 2, "grow_at_tokens": 100}
+            rows.append(results_row(rid, kind, seed, loss, **(grown_cols if kind == "grown" else {})))
     path.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(path / "results.csv", index=False)
     return path

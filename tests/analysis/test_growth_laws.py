@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from sweep_helpers import results_row
 
 from analysis.growth_laws import (
     LK_PARAMS,
@@ -20,7 +21,7 @@ from analysis.growth_laws import (
     liew_kato_points,
     liew_kato_summary,
 )
-from analysis.sweep import REQUIRED_RESULTS_COLUMNS, AnalysisError, load_sweep
+from analysis.sweep import AnalysisError, load_sweep
 
 SWEEP_SMALL = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 TRUE = {"A": 400.0, "alpha1": 0.1, "alpha2": 0.3, "alpha3": 0.005, "E": 1.8}
@@ -174,26 +175,7 @@ def write_factor_sweep(path: Path) -> Path:
     rows = []
 
     def add(rid, kind, seed, loss, **extra):
-        rows.append(
-            {c: None for c in REQUIRED_RESULTS_COLUMNS}
-            | {
-                "run_id": rid,
-                "kind": kind,
-                "target": "tiny",
-                "model": "tiny",
-                "seed": seed,
-                "final_val_loss": loss,
-                "status": "done",
-                "run_dir": f"runs/{rid}",
-                "tokens": 1000,
-                "flops": 1e9,
-                "params_total": 10,
-                "flops_per_token": 1e6,
-                "flops_offset": 0.0,
-                "anneal_fraction": None,
-            }
-            | extra
-        )
+        rows.append(results_row(rid, kind, seed, loss, anneal_fraction=None) | extra)
 
     grown = {"direction": "depth", "grow_at_tokens": 100}
     for seed in range(3):
