@@ -47,6 +47,7 @@ def one_error_line(capsys, prog: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_report_writes_every_artefact(tmp_path, capsys):
     out = tmp_path / "rep"
     assert report_main([str(SWEEP), "--out", str(out), "--bootstrap", "50"]) == 0
@@ -173,6 +174,7 @@ def test_report_without_cooldowns_and_one_seed(tmp_path, capsys):
     assert main["speedup"].notna().sum() == 4 * 4 + 3  # G_random reaches L*_p for p < 100% only
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_report_with_fixed_target_loss(tmp_path, capsys):
     assert report_main([str(SWEEP), "--out", str(tmp_path), "--target-loss", "3.3", "--bootstrap", "0"]) == 0
     assert capsys.readouterr().out.startswith("At L* = 3.3, the best of 15 grown configurations")

@@ -30,6 +30,7 @@ def exported(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_export_then_report_gives_the_same_tables(exported, tmp_path):
     full = write_report(SWEEP, tmp_path / "full", bootstrap=0)
     copy = write_report(exported, tmp_path / "copy", bootstrap=0)
@@ -68,6 +69,7 @@ def test_evaluation_rows_keep_the_header_and_every_val_column():
     assert evaluation_rows(text) == want
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_export_copies_plan_grid_windows_and_the_seed_spread_file(tmp_path):
     src = tmp_path / "sweep"
     shutil.copytree(SWEEP, src)
@@ -75,6 +77,7 @@ def test_export_copies_plan_grid_windows_and_the_seed_spread_file(tmp_path):
     (grid_dir / "reference").mkdir(parents=True)
     write_report(SWEEP, tmp_path / "ref", bootstrap=0)
     shutil.copy(tmp_path / "ref" / "speedups.csv", grid_dir / "reference" / "spread.csv")
+    (grid_dir / "reference" / "spread.meta.json").write_text(json.dumps({"format": 1, "runs": []}))
     (src / "grid.yaml").write_text("name: small\nseed_spread: reference/spread.csv\n")
     (src / "plan.json").write_text(json.dumps({"grid": str(grid_dir / "g.yaml"), "git": {"sha": "abc"}, "runs": []}))
     rel = load_sweep(src).results["run_dir"].iloc[0]
@@ -84,10 +87,14 @@ def test_export_copies_plan_grid_windows_and_the_seed_spread_file(tmp_path):
     export_sweep(src, out)
     assert (out / "plan.json").is_file() and (out / "grid.yaml").is_file()
     assert (out / "reference" / "spread.csv").is_file() and not (out / rel / "last.ckpt").exists()
+    assert (out / "reference" / "spread.meta.json").is_file()  # the reference's sidecar travels with it
     assert json.loads(gzip.decompress((out / rel / "val_windows.json.gz").read_bytes()))["offsets"] == [1, 2]
     shutil.rmtree(grid_dir)  # the export reads its own copy of the reference
     md = write_report(out, tmp_path / "rep", bootstrap=0).path.read_text()
     assert "Seed spread of this configuration" in md and "code: git abc" in md
+    assert (
+        "git not recorded; versions not recorded; data id not recorded; run configurations not recorded" in md
+    )  # read from the export's sidecar
 
 
 def test_export_refuses_to_overwrite_and_to_write_into_the_sweep(tmp_path, capsys):
@@ -110,6 +117,7 @@ def test_export_refuses_to_overwrite_and_to_write_into_the_sweep(tmp_path, capsy
     assert err.count("\n") == 1 and "does not exist" in err
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_rebuild_writes_every_exports_report(exported, tmp_path, capsys):
     root = tmp_path / "results"
     shutil.copytree(exported, root / "a")

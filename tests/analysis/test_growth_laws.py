@@ -142,6 +142,7 @@ def test_point_errors_are_one_line(sweep, kwargs, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_summary_fits_what_it_can_and_says_why_not(sweep):
     annealed = liew_kato_summary(sweep, reading="annealed", bootstrap=0)  # cooldowns at one d only
     assert len(annealed) == 9 and annealed["A"].isna().all()
@@ -252,6 +253,7 @@ def test_g_bound_on_the_fixture_sweep(sweep):
     assert (r["g_bound"] == 2.0).all() and r["better"].all()
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_the_report_shows_the_g_bound_and_the_liew_kato_fits(tmp_path):
     """`stacking report` adds both sections and their CSVs; with cooldowns at one d only, the fit reads the
     mid-schedule curves, which span the fixture's three d's (G_stack), and says why the others have no fit."""

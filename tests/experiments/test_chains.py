@@ -299,6 +299,7 @@ def _layers(path: Path) -> dict[int, dict[str, torch.Tensor]]:
     return out
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_chain_sweeps_for_real_and_reports(tmp_path, tiny_data):
     grid = write_grid(tmp_path / "chain.yaml", tiny_data, CHAIN_GRID)
     sweep = tmp_path / "sweep"

@@ -80,6 +80,7 @@ def test_run_ids_do_not_depend_on_where_the_data_lives(tmp_path, tiny_data):
     assert ids[0] == ids[1]
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_cooldown_branches_end_to_end(tmp_path, tiny_data):
     grid = write_grid(
         tmp_path / "anneal.yaml",
@@ -118,6 +119,7 @@ def test_grid_schema_rejects_owned_fields(tmp_path, tiny_data):
         parse_grid(raw, "g.yaml")
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_carry_moments_end_to_end(tmp_path, tiny_data):
     with pytest.raises(GridError, match="carry is not defined for G_zero .depth.: layers .* zeroed output"):
         plan(tmp_path, tiny_data, grown={"tokens": 3072, "optimizer": "carry"})

@@ -93,6 +93,7 @@ def test_grown_run_continues_the_base_stream(base_run, tmp_path):
     assert end_meta["data"]["micro_batches"] == 2 * 1024 // (4 * 32)
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_cooldown_branch_equals_a_standalone_wsd_run(tiny_data, tmp_path):
     main = tiny_run_config(
         tmp_path,

@@ -152,6 +152,7 @@ def test_continued_is_the_base_trained_on_from_its_checkpoint(tiny_data, domain_
     assert base.config.data_dir == str(tiny_data.resolve())
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_report_reads_domain_gain_and_forgetting(tiny_data, domain_data, tmp_path):
     grid = write_grid(tmp_path / "domain.yaml", domain_data, domain_grid(tiny_data, domain_data))
     sweep_dir = tmp_path / "sweep"

@@ -56,6 +56,7 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_a_run_measures_every_eval_set_at_every_evaluation(tiny_data, second_data, tmp_path):
     cfg = tiny_run_config(tmp_path, tiny_data, eval_data_dirs={"other": str(second_data), "same": str(tiny_data)})
     summary = run(cfg)

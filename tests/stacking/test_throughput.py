@@ -53,6 +53,7 @@ def test_chunked_loss_equals_plain_loss_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_run_with_chunked_loss_gives_the_same_numbers(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(stacking.module, "LOSS_CHUNK", 8)  # seq_len 32 → 4 chunks per sequence
     kw = dict(max_tokens=1280, val_every_tokens=512)
@@ -66,6 +67,7 @@ def test_run_with_chunked_loss_gives_the_same_numbers(tiny_data, tmp_path, monke
                 assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_compiled_run_writes_litgpt_checkpoints_with_plain_keys(tiny_data, tmp_path):
     _skip_without_compile()
     kw = dict(max_tokens=1024, val_every_tokens=512, save_at_tokens=[512])
@@ -107,6 +109,7 @@ def test_ratio_lines_format_and_parse():
     }
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_benchmark_smoke_runs_all_three_modes(tmp_path):
     _skip_without_compile()  # litgpt's pretrain compiles unconditionally
     done = subprocess.run(

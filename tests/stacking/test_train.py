@@ -124,6 +124,7 @@ def test_data_errors(tmp_path):
 # ---- runs ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_run_is_bitwise_reproducible_and_checkpoints_land_exactly(tiny_data, tmp_path):
     a = run(tiny_run_config(tmp_path / "a", tiny_data, save_at_tokens=[1024, 2560]))
     b = run(tiny_run_config(tmp_path / "b", tiny_data, save_at_tokens=[1024, 2560]))
@@ -147,6 +148,7 @@ def test_run_is_bitwise_reproducible_and_checkpoints_land_exactly(tiny_data, tmp
     assert yaml.safe_load((tmp_path / "a/run/config.yaml").read_text())["max_tokens"] == 5120
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_init_from_checkpoint_offsets_flops_and_is_not_a_resume(tiny_data, tmp_path):
     run(tiny_run_config(tmp_path / "base", tiny_data, save_at_tokens=[1024]))
     parent = tmp_path / "base/run/checkpoints/tokens-000000001024"

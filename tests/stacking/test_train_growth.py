@@ -26,6 +26,7 @@ def first_rows(path, n=3):
         return list(csv.DictReader(f))[:n]
 
 
+@pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
 def test_g_random_starts_at_the_base_function_and_ramps(tiny_data, base_ckpt, tmp_path):
     grown = grow_checkpoint(base_ckpt, tmp_path / "grown", "G_random", direction="depth", g=2, seed=0, ramp_tokens=1024)
     base_val = json.loads((base_ckpt.parent.parent / "summary.json").read_text())["final_val_loss"]
