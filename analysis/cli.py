@@ -158,8 +158,11 @@ def loss_table_parser():
 
 def _loss_table(argv: list[str]) -> int:
     from analysis.loss_table import (
+        EQUAL_FLOPS_TEXT,
         contrast_table,
+        equal_flops_table,
         format_contrast_table,
+        format_equal_flops_table,
         format_loss_table,
         format_per_seed_table,
         loss_table,
@@ -181,6 +184,10 @@ def _loss_table(argv: list[str]) -> int:
     else:
         losses = loss_table(sweep)
         print(format_loss_table(losses))
+        equal = equal_flops_table(sweep)
+        if len(equal):
+            print(f"\n{EQUAL_FLOPS_TEXT}")
+            print(format_equal_flops_table(equal))
         _print_downstream(sweep, losses)
     return 0
 

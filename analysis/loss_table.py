@@ -8,9 +8,11 @@ mid = the main run's last validation loss (constant LR); annealed = its cooldown
 Mean ± half-width of the Student-t 95 % CI over seeds; the difference is paired by seed (same data order and init
 seed for both), so the scratch run's seed-to-seed spread cancels out of it. ``--per-seed`` prints one row per
 grown run instead (its seed's differences): how a one-seed d sweep is read against the main d's seeds.
-`stacking report` writes the same table into report.md and losses.csv; with a grid's ``eval:`` both add the
-downstream scores paired the same way (analysis/downstream.py). ``--contrast SWEEP_B`` prints the
-difference-in-differences of two sweeps (e.g. TinyLlama's init against PyTorch's default): per method,
+With a grid's ``anneal.at_scratch_flops`` it prints a third reading under the table: the annealed loss at equal
+FLOPs, each grown run's cooldown at the FLOPs of its seed's scratch cooldown at f minus that cooldown's, per f
+(`equal_flops_table`). `stacking report` writes the loss table into report.md and losses.csv; with a grid's
+``eval:`` both add the downstream scores paired the same way (analysis/downstream.py). ``--contrast SWEEP_B``
+prints the difference-in-differences of two sweeps (e.g. TinyLlama's init against PyTorch's default): per method,
 (method − scratch in SWEEP_DIR) − (method − scratch in SWEEP_B), Welch 95 % CI (`contrast_table`).
 """
 
@@ -111,6 +113,86 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
         f"{c}{x}" for c in ("final_val_loss", "annealed") for x in ("", "_vs_scratch")
     ]
     return pd.DataFrame(rows, columns=cols)
+
+
+EQUAL_FLOPS_COLUMNS = [
+    "target",
+    "method",
+    "fraction",
+    "flops",
+    "flops_diff",
+    "seeds",
+    "annealed",
+    "annealed_ci",
+    "annealed_vs_scratch",
+    "annealed_vs_scratch_ci",
+]
+
+
+def equal_flops_table(sweep: Sweep | str) -> pd.DataFrame:
+    """The annealed reading at equal FLOPs (a grid's ``anneal.at_scratch_flops``): per target × method × fraction f
+    of the scratch run, the annealed loss of each grown run's cooldown that ends where it has spent the FLOPs of its
+    own seed's scratch cooldown at f (results.csv ``at_flops_of``), and that loss minus the scratch cooldown's, mean
+    and CI half-width over the seeds where both finished (no interpolation: the cooldowns were run there).
+    ``flops`` is the scratch cooldowns' mean FLOPs, ``flops_diff`` the mean of grown / scratch FLOPs − 1 (whole
+    optimizer steps apart at most). Empty when the sweep has no such cooldown."""
+    sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
+    if "at_flops_of" not in sweep.results.columns:
+        return pd.DataFrame(columns=EQUAL_FLOPS_COLUMNS)
+    done = sweep.runs().set_index("run_id", drop=False)
+    cool = sweep.runs("cooldown")
+    pairs = []
+    for _, c in cool[cool["at_flops_of"].notna()].iterrows():
+        scratch_id = str(c["at_flops_of"])
+        if scratch_id not in done.index:
+            continue  # its scratch cooldown has not finished
+        s = done.loc[scratch_id]
+        sweep.check_same_windows(str(c["run_id"]), scratch_id)
+        pairs.append(
+            {
+                "target": c["target"],
+                "method": method_label(dict(c) | {"kind": "grown"}),
+                "fraction": float(s["anneal_fraction"]),
+                "flops": float(s["flops"]),
+                "flops_diff": float(c["flops"]) / float(s["flops"]) - 1.0,
+                "annealed": float(c["final_val_loss"]),
+                "diff": float(c["final_val_loss"]) - float(s["final_val_loss"]),
+            }
+        )
+    if not pairs:
+        return pd.DataFrame(columns=EQUAL_FLOPS_COLUMNS)
+    pairs = pd.DataFrame(pairs).sort_values("fraction", kind="stable")
+    rows = []
+    for (target, method, fraction), grp in pairs.groupby(["target", "method", "fraction"], sort=False):
+        row = {"target": target, "method": method, "fraction": fraction, "seeds": len(grp)}
+        row["flops"], row["flops_diff"] = grp["flops"].mean(), grp["flops_diff"].mean()
+        row["annealed"], row["annealed_ci"] = mean_ci_half(grp["annealed"])
+        row["annealed_vs_scratch"], row["annealed_vs_scratch_ci"] = mean_ci_half(grp["diff"])
+        rows.append(row)
+    order = {m: i for i, m in enumerate(dict.fromkeys(pairs["method"]))}
+    out = pd.DataFrame(rows, columns=EQUAL_FLOPS_COLUMNS)
+    out = out.sort_values(["target", "method", "fraction"], key=lambda c: c.map(order) if c.name == "method" else c)
+    return out.reset_index(drop=True)
+
+
+EQUAL_FLOPS_TEXT = (
+    "annealed loss at equal FLOPs (anneal.at_scratch_flops): each grown run's cooldown where it has spent the FLOPs "
+    "of its own seed's scratch cooldown at f, minus that scratch cooldown's loss (mean ± 95 % CI over seeds):"
+)
+
+
+def format_equal_flops_table(df: pd.DataFrame) -> str:
+    lines = [
+        "| target | method | scratch f | FLOPs | grown FLOPs − scratch's | seeds | annealed loss | annealed − scratch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['target']} | {r['method']} | {r['fraction']:g} | {r['flops']:.3g} | {100 * r['flops_diff']:+.2f} % | "
+        f"{r['seeds']} | {_cell(r['annealed'], r['annealed_ci'])} | "
+        f"{_cell(r['annealed_vs_scratch'], r['annealed_vs_scratch_ci'], '+')} |"
+        for _, r in df.iterrows()
+    ]
+    return "\n".join(lines)
 
 
 def welch_ci(a, b, level: float = 0.95) -> tuple[float, float, float, float]:

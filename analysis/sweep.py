@@ -121,6 +121,8 @@ def read_results(sweep_dir: str | Path) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("op", "direction", "parent_run", "status", "target", "model"):
         df[col] = df[col].astype("string")
+    if "at_flops_of" in df.columns:  # anneal.at_scratch_flops: a grown cooldown at a scratch cooldown's FLOPs
+        df["at_flops_of"] = df["at_flops_of"].astype("string")
     if "variant" in df.columns:  # one op run with several option sets: each variant is its own method
         variant = df["variant"].astype("string")
         df["op"] = variant.where(variant.notna() & (variant != ""), df["op"])
