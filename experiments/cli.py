@@ -73,6 +73,7 @@ def sweep_main(argv: list[str]) -> int:
 
 def _sweep(argv: list[str]) -> int:
     from experiments.grid import GridError, epoch_warnings, expand, load_grid, select
+    from experiments.rundir import missing_states
 
     args = parse(_parser(), argv)
     if args.jobs is not None and args.jobs < 1 or args.threads is not None and args.threads < 1:
@@ -80,11 +81,12 @@ def _sweep(argv: list[str]) -> int:
     if args.retries < 0:
         raise GridError("--retries must be >= 0")
     grid = load_grid(args.grid, scale=args.scale)
-    runs = expand(grid, where=Path(args.grid).name)
+    notes: list[str] = []
+    runs = expand(grid, where=Path(args.grid).name, notes=notes)
     evaluation = _evaluation(grid, Path(args.grid).name)
     todo = select(runs, args.only) if args.only else runs
     sweep_dir = Path(args.out) if args.out else Path("sweeps") / (grid.name or Path(args.grid).stem)
-    for line in epoch_warnings(todo):
+    for line in epoch_warnings(todo) + notes + missing_states(sweep_dir, todo):
         print(f"[sweep] {line}", file=sys.stderr)
     jobs, threads, gpus = _resources(args, runs)
     if args.dry_run:

@@ -162,6 +162,15 @@ def format_plan(runs, sweep_dir: Path, *, grid_path: str, jobs: int, threads: in
                 f"{r.parent} @ d={r.grow_at_tokens:,} ({r.op} {r.direction} g={r.g}; FLOPs incl. "
                 f"{r.flops_offset:.3g} of the base{at_d})"
             )
+        elif r.kind == "cooldown" and r.at_flops_of is not None:
+            scratch = by_id.get(r.at_flops_of)
+            at = f"scratch's f = {scratch.anneal_fraction:g}" if scratch else r.at_flops_of
+            stable = r.tokens - r.decay_tokens - r.first_tokens
+            start = f"its state @ {r.first_tokens:,}" if r.first_tokens else "its start (no saved state before)"
+            after = (
+                f"{r.branch_of} from {start}: {stable:,} tokens on its constant LR, then decay {r.decay_tokens:,} "
+                f"to the FLOPs of {at}"
+            )
         elif r.kind == "cooldown":
             after = (
                 f"{r.branch_of} @ {r.tokens - r.decay_tokens:,} (decay {r.decay_tokens:,} tokens to "

@@ -16,7 +16,9 @@ and axes: ``targets`` × ``ops`` × ``g`` × ``d`` × ``seeds``. For each point 
 * a **scratch** baseline per target × seed: the target trained from scratch on at least the FLOPs of the largest
   grown run of that target (base FLOPs included), tokens rounded up to a multiple of global_batch_tokens;
 * with ``anneal.fractions``, a **cooldown** run per scratch/grown (main) run and fraction f: a WSD branch from the
-  main run's full training state at ``f·T − decay`` that decays the LR over ``decay`` tokens and ends at ``f·T``.
+  main run's full training state at ``f·T − decay`` that decays the LR over ``decay`` tokens and ends at ``f·T``;
+  with ``anneal.at_scratch_flops`` also one per grown run and scratch cooldown, ending where the grown run has spent
+  that scratch cooldown's FLOPs (the annealed reading at equal FLOPs; placed last, so every other run stays put).
 
 The controls are the paper's and the same for both arms (docs/sweeps.md, "Fair controls"): bases on a constant LR
 after warmup (every d at the same LR), grown runs at the target's own LR with fresh AdamW, continuing the base's
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import fnmatch
 
+from experiments.anneal import scratch_flop_cooldowns
 from experiments.chains import chain_runs, check_chain
 from experiments.plan import GrowStep, PlannedRun
 from experiments.planner import CONTINUED, Planner, base_shape, shape_label
@@ -159,6 +162,18 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
         raise GridError(f"{where}: anneal.fractions must be distinct numbers in (0, 1], got {a.fractions}")
     if not 0 < a.decay_fraction < 1:
         raise GridError(f"{where}: anneal.decay_fraction must be in (0, 1), got {a.decay_fraction}")
+    if a.at_scratch_flops:
+        missing = [
+            why
+            for why, bad in (
+                ("anneal.fractions (scratch's cooldowns)", not a.fractions),
+                ("scratch.flop_matched: true", not grid.scratch.flop_matched),
+                ("grown runs (ops or chains)", not grid.ops and not grid.chains),
+            )
+            if bad
+        ]
+        if missing:
+            raise GridError(f"{where}: anneal.at_scratch_flops needs {missing[0]}")
     for g in grid.g + [g for o in grid.ops for g in (o.g or [])]:
         if g < 2:
             raise GridError(f"{where}: g = {g} must be an integer >= 2")
@@ -186,8 +201,10 @@ def _check_eval(spec: EvalSpec, where: str) -> None:
             raise GridError(f"{where}: eval.{name} must be an integer >= {least}, got {value}")
 
 
-def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
-    """All runs of a grid in dependency order (bases, grown, chains, scratch), fully validated; raises GridError."""
+def expand(grid: Grid, where: str = "grid", notes: list[str] | None = None) -> list[PlannedRun]:
+    """All runs of a grid in dependency order (bases, grown, chains, scratch, then the cooldowns of
+    ``anneal.at_scratch_flops``), fully validated; raises GridError. ``notes`` (when given) receives one line per
+    cooldown the plan leaves out."""
     labels = _check_axes(grid, where)
     planner = Planner(grid, where)
     bases, grown = _one_step_runs(planner, labels)
@@ -201,6 +218,8 @@ def expand(grid: Grid, where: str = "grid") -> list[PlannedRun]:
     seeds = sorted(set(grid.seeds).union(*[o.seeds or [] for o in grid.ops], *[c.seeds or [] for c in grid.chains]))
     scratch = [r for target in grid.targets for seed in seeds for r in planner.scratch(target, seed, grown + chained)]
     runs = bases + grown + chained + scratch
+    if grid.anneal.at_scratch_flops:  # last: every run before them keeps its place
+        runs += scratch_flop_cooldowns(planner, runs, notes if notes is not None else [])
     _check_plan(planner, runs)
     return runs
 

@@ -159,13 +159,17 @@ class LocalExecutor:
     def _source_ready(self, r: PlannedRun, dep: str) -> bool:
         """A grown run needs its base's checkpoint at d (and, with carry, its state file), not the whole base; a
         cooldown run needs its main run's state at the branch point. Either may start while its source trains on,
-        and is not blocked by a source that fails later. (Both are written atomically.)"""
+        and is not blocked by a source that fails later. (Both are written atomically.) A cooldown that starts at
+        its main run's start (``anneal.at_scratch_flops``, no state to branch from) waits for the main run."""
         if r.grow is not None and dep == r.parent:
             carry = r.grow.carry_state
             return (self.sweep_dir / r.grow.src / "stacking_meta.json").is_file() and (
                 carry is None or (self.sweep_dir / carry).is_file()
             )
-        return r.kind == "cooldown" and dep == r.branch_of and (self.sweep_dir / r.config.branch_from).is_file()
+        branch = r.config.branch_from
+        return (
+            r.kind == "cooldown" and dep == r.branch_of and branch is not None and (self.sweep_dir / branch).is_file()
+        )
 
     def _ready(self, r: PlannedRun) -> bool:
         return all(self.state[d] == "done" or d in self.trained or self._source_ready(r, d) for d in r.deps)

@@ -87,7 +87,13 @@ class PlannedRun:
     anneal_fraction: float | None = None
     """f: a cooldown run ends at f × its main run's budget."""
     decay_tokens: int | None = None
-    """A cooldown run's LR decay length (= the tokens it trains)."""
+    """A cooldown run's LR decay length (= the tokens it trains, unless ``start_tokens`` says otherwise)."""
+    start_tokens: int | None = None
+    """Where a cooldown run of ``anneal.at_scratch_flops`` begins on its main run's token counter: the main run's
+    last saved state before its branch point, or 0 (the main run's start) when it saves none before it; the
+    cooldown trains on the main run's constant LR up to its decay. None: at its decay (tokens − decay_tokens)."""
+    at_flops_of: str | None = None
+    """``anneal.at_scratch_flops``: the scratch cooldown run at whose FLOPs this (grown) cooldown run ends."""
     chain: str | None = None
     """Label of the growth chain this run is a stage of (None outside chains)."""
     stage: int | None = None
@@ -103,9 +109,16 @@ class PlannedRun:
         return self.config.max_tokens
 
     @property
+    def first_tokens(self) -> int:
+        """Where this run's own training begins on its token counter (a cooldown run's: on its main run's)."""
+        if self.kind != "cooldown":
+            return 0
+        return self.start_tokens if self.start_tokens is not None else self.config.max_tokens - self.decay_tokens
+
+    @property
     def trained_tokens(self) -> int:
-        """Tokens this run trains itself (a cooldown run only its decay)."""
-        return self.decay_tokens if self.kind == "cooldown" else self.config.max_tokens
+        """Tokens this run trains itself (a cooldown run only its decay, or from ``start_tokens``)."""
+        return self.config.max_tokens - self.first_tokens
 
     @property
     def n_evals(self) -> int:
@@ -113,8 +126,8 @@ class PlannedRun:
         c = self.config
         end, every = c.max_tokens, c.val_every_tokens
         if self.kind == "cooldown":  # its own evaluations: from the branch point to the end
-            start = end - (self.decay_tokens or 0)
-            return end // every - start // every + (end % every > 0)
+            start = self.first_tokens
+            return end // every - start // every + (end % every > 0) + (start == 0)
         return end // every + (end % every > 0) + 1
 
     @property
@@ -123,7 +136,13 @@ class PlannedRun:
         return self.flops_offset + self.config.max_tokens * self.flops_per_token
 
     def to_json(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
+        """plan.json's row: every field but ``config``, then tokens, FLOPs and the config; the fields added after
+        plans were recorded only when set (a plan that does not use them reads as it always did)."""
+        d = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "config" and not (f.name in _ADDED and getattr(self, f.name) is None)
+        }
         d["grow"] = self.grow.to_json() if self.grow is not None else None
         return {**d, "tokens": self.tokens, "flops": self.flops, "config": asdict(self.config)}
 
@@ -134,5 +153,8 @@ class PlannedRun:
             kw["grow"] = GrowStep(**kw["grow"])
         return cls(config=RunConfig(**d["config"]), **kw)
 
+
+_ADDED = ("start_tokens", "at_flops_of")
+"""PlannedRun fields added after plans were recorded: in plan.json only when set."""
 
 __all__ = ["GrowStep", "PlannedRun"]

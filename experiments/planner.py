@@ -3,10 +3,11 @@
 `Planner` holds what every run of a grid shares — the resolved defaults (data dirs made absolute), the dataset's
 size, the model cache, which ``overrides`` have matched — and plans runs from it: `Planner.resolve` makes a run's
 `RunConfig` (defaults, then the kind's ``set``, then matching ``overrides``, then the fields the plan sets itself),
-`Planner.with_cooldowns` names it, hashes it and adds its WSD cooldown branches, `Planner.grow_step` makes a grow
-step (its dir, its FLOPs besides the parent's) and `Planner.tokens_after_growth` splits a FLOP budget. One-step grids
-use them through `Planner.base`, `Planner.grown` and `Planner.scratch`; growth chains through
-`experiments.chains.chain_runs`. `experiments.grid.expand` drives both over the grid's axes.
+`Planner.with_cooldowns` names it, hashes it and adds its WSD cooldown branches (`experiments.anneal` those of
+``anneal.at_scratch_flops``, once scratch is planned), `Planner.grow_step` makes a grow step (its dir, its FLOPs
+besides the parent's) and `Planner.tokens_after_growth` splits a FLOP budget. One-step grids use them through
+`Planner.base`, `Planner.grown` and `Planner.scratch`; growth chains through `experiments.chains.chain_runs`.
+`experiments.grid.expand` drives both over the grid's axes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,11 @@ class Cooldown:
     """The branch point on the main run's token counter."""
     decay_tokens: int
     """The LR decay length (= the tokens the branch trains)."""
+    state_tokens: int | None = None
+    """``anneal.at_scratch_flops``: the main run's saved state the branch starts from, before its branch point (0:
+    the main run's start); it trains on the constant LR up to the branch point. None: the branch point itself."""
+    at_flops_of: PlannedRun | None = field(default=None, compare=False)
+    """``anneal.at_scratch_flops``: the scratch cooldown run at whose FLOPs the branch ends."""
 
 
 def _absolute_paths(grid: Grid, where: str) -> dict[str, Any]:
@@ -177,6 +183,8 @@ class Planner:
         self.models = ModelCache(meta["vocab_size"])
         self.used_overrides: set[int] = set()
         self.trained: dict[str, PlannedRun] = {}
+        self.flop_matched: dict[tuple[str, int], list[PlannedRun]] = {}
+        """(target, seed) → the FLOP-matched scratch run and its cooldowns."""
         self._option_sets: dict[tuple[str, str], set[str]] = {}
         for o in grid.ops:
             self._option_sets.setdefault((o.op, o.direction), set()).add(
@@ -273,19 +281,34 @@ class Planner:
         out = []
         for f in sorted(anneal.fractions):
             end = max(batch, round(f * cfg.max_tokens / batch) * batch)
-            decay = max(batch, round(anneal.decay_fraction * end / batch) * batch)
-            if end - decay < max(cfg.warmup_tokens, batch):
+            cooldown = self.cooldown_at(end, cfg, f)
+            if cooldown is None:
                 raise GridError(
                     f"{self.where}: run {name}: the cooldown at {f:g} of the budget would branch at "
-                    f"{end - decay:,} tokens, inside the warmup ({cfg.warmup_tokens:,}); drop that "
+                    f"{end - self.decay(end, cfg):,} tokens, inside the warmup ({cfg.warmup_tokens:,}); drop that "
                     "fraction or lengthen the run"
                 )
-            out.append(Cooldown(f, end - decay, decay))
+            out.append(cooldown)
         return out
 
+    def decay(self, end: int, cfg: RunConfig) -> int:
+        """The decay length of a cooldown ending at ``end`` tokens: decay_fraction of it, in whole steps (>= one)."""
+        batch = cfg.global_batch_tokens
+        return max(batch, round(self.grid.anneal.decay_fraction * end / batch) * batch)
+
+    def cooldown_at(self, end: int, cfg: RunConfig, fraction: float, **fields) -> Cooldown | None:
+        """The cooldown ending at ``end`` tokens of a main run with config ``cfg``; None when it would branch
+        inside the warmup (or at 0)."""
+        decay = self.decay(end, cfg)
+        if end - decay < max(cfg.warmup_tokens, cfg.global_batch_tokens):
+            return None
+        return Cooldown(fraction, end - decay, decay, **fields)
+
     def cooldown_run(self, main: PlannedRun, cooldown: Cooldown) -> PlannedRun:
-        """A WSD branch of ``main`` from its state at the branch point, decaying the LR to its end."""
+        """A WSD branch of ``main`` from its state at the branch point (or at ``cooldown.state_tokens``, then on
+        the main run's constant LR up to the branch point), decaying the LR to its end."""
         start, decay = cooldown.start_tokens, cooldown.decay_tokens
+        state = start if cooldown.state_tokens is None else cooldown.state_tokens
         cfg = replace(
             main.config,
             schedule="wsd",
@@ -293,9 +316,16 @@ class Planner:
             decay_tokens=decay,
             save_state_at_tokens=[],
             save_at_tokens=[],
-            branch_from=state_file(main, start),
+            branch_from=state_file(main, state) if state else None,  # 0: from the main run's own start
         )
-        name = f"cooldown-{main.name.split('-', 1)[1]}-f{round(cooldown.fraction * 100)}"
+        rest = main.name.split("-", 1)[1]
+        scratch = cooldown.at_flops_of
+        name = (
+            f"cooldown-{rest}-f{round(cooldown.fraction * 100)}"
+            if scratch is None
+            else f"cooldown-{rest}-at-scratch-f{round(scratch.anneal_fraction * 100)}"
+        )
+        extra = {} if scratch is None else {"start_tokens": state, "at_flops_of": scratch.id}
         return self.run(
             name,
             "cooldown",
@@ -313,6 +343,7 @@ class Planner:
             anneal_fraction=cooldown.fraction,
             variant=main.variant,
             decay_tokens=decay,
+            **extra,
         )
 
     # ---- growth ------------------------------------------------------------------------------------------------
@@ -478,8 +509,9 @@ class Planner:
         _, flops_per_token = self.models.of(settings, model=target)
         budgets = set(spec.tokens) | {ceil_to(f / flops_per_token, batch) for f in spec.flops}
         matched = [r.flops for r in grown if r.target == target and r.kind == "grown"]
-        if spec.flop_matched and matched:
-            budgets.add(ceil_to(max(matched) / flops_per_token, batch))
+        matched_tokens = ceil_to(max(matched) / flops_per_token, batch) if spec.flop_matched and matched else None
+        if matched_tokens is not None:
+            budgets.add(matched_tokens)
         peak, low = settings.get("lr", RunConfig.lr), settings.get("min_lr", RunConfig.min_lr)
         lrs = [(f"-lr{lr:g}", {"lr": lr, "min_lr": lr * low / peak}) for lr in spec.lrs] or [("", {})]
         out = []
@@ -490,7 +522,10 @@ class Planner:
                 {**spec.set, **lr_set},
                 {"model": target, "seed": seed, "max_tokens": tokens, "save_at_tokens": []},
             )
-            out += self.with_cooldowns(name, "scratch", target, cfg, data_tokens=tokens)
+            runs = self.with_cooldowns(name, "scratch", target, cfg, data_tokens=tokens)
+            if tokens == matched_tokens and not lr_tag:
+                self.flop_matched[(target, seed)] = runs
+            out += runs
         return out
 
     # ---- checks on the whole plan -----------------------------------------------------------------------------

@@ -32,6 +32,25 @@ def is_done(sweep_dir: Path, run: PlannedRun) -> bool:
     return bool(s) and s.get("status") == "done" and s.get("config_hash") == config_hash(run.config)
 
 
+def missing_states(sweep_dir: Path, runs: list[PlannedRun]) -> list[str]:
+    """One line per cooldown run still to do whose finished main run lacks the saved state it branches from: the
+    sweep does not retrain the main run (it is done), so that cooldown would fail."""
+    by_id = {r.id: r for r in runs}
+    lines = []
+    for r in runs:
+        branch, main = r.config.branch_from, by_id.get(r.branch_of or "")
+        if branch is None or main is None or (sweep_dir / branch).is_file() or not is_done(sweep_dir, main):
+            continue
+        if is_done(sweep_dir, r) or (sweep_dir / r.config.out_dir / "last.ckpt").is_file():
+            continue
+        tokens = int(Path(branch).stem.removeprefix("tokens-"))
+        lines.append(
+            f"error: {main.id} is done but has no saved state at {tokens:,} tokens ({branch}): cooldown {r.id} "
+            "cannot branch from it and will fail"
+        )
+    return lines
+
+
 def lock_held(run_dir: Path) -> bool:
     """Whether some process is executing this run now (holds runs/<id>/.lock)."""
     try:
@@ -73,4 +92,4 @@ def load_plan(sweep_dir: str | Path) -> list[PlannedRun]:
     return [PlannedRun.from_json(r) for r in json.loads(path.read_text())["runs"]]
 
 
-__all__ = ["is_done", "load_plan", "lock_held", "read_json", "run_lock"]
+__all__ = ["is_done", "load_plan", "lock_held", "missing_states", "read_json", "run_lock"]

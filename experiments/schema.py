@@ -130,6 +130,10 @@ class AnnealSpec:
     """Budget fractions to anneal at, e.g. [0.25, 0.5, 0.75, 1.0]; empty = no cooldown runs."""
     decay_fraction: float = 0.2
     """Cooldown length as a fraction of the budget it ends at (rounded to whole optimizer steps, at least one)."""
+    at_scratch_flops: bool = False
+    """Also cool every grown run down where it has spent the FLOPs of each cooldown of its seed's FLOP-matched
+    scratch run (its own fractions put a grown run's cooldowns at other FLOPs than scratch's): the annealed loss
+    difference at equal FLOPs. Adds cooldown runs only; every other run, and its id, stays the same."""
 
 
 @dataclass

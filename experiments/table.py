@@ -2,7 +2,7 @@
 
 ``SWEEP_DIR/results.csv`` and ``results.parquet``: one row per planned run, in plan order, with the columns of
 docs/formats.md (`RESULT_COLUMNS`), then every resolved RunConfig field as ``cfg.<name>``, then `EXTRA_COLUMNS`,
-then ``final_val_loss_<name>`` for every name of any run's ``eval_data_dirs``, then, with a grid's ``eval:``,
+then, with ``anneal.at_scratch_flops``, `AT_FLOPS_COLUMN`, then ``final_val_loss_<name>`` for every name of any run's ``eval_data_dirs``, then, with a grid's ``eval:``,
 ``eval_status`` and one ``eval_<task>_<metric>`` column per downstream score (`stacking.eval_records`).
 Numbers come from each run's ``summary.json`` (and ``model.json``); the plan (``plan.json``) gives what a run is
 (kind, target, op, d, parent). A run that has not finished still has a row, with its state in ``status``.
@@ -35,6 +35,10 @@ EXTRA_COLUMNS = ["state", "error_class", "attempts", "planned_tokens", "planned_
 """After the cfg.* columns: state (done | failed | skipped | running | interrupted | pending), failure class,
 attempts so far, the planned budget, the grown checkpoint dir a grown run started from, and the op's variant (its
 grid label where the grid runs one op with several option sets; the analyses group and name those runs by it)."""
+
+AT_FLOPS_COLUMN = "at_flops_of"
+"""After EXTRA_COLUMNS, only in a sweep with ``anneal.at_scratch_flops``: the scratch cooldown run at whose FLOPs
+a grown run's cooldown ends (empty for every other run)."""
 
 STATES = ("done", "running", "interrupted", "failed", "skipped", "pending")
 
@@ -97,6 +101,7 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
     sweep_dir = Path(sweep_dir)
     runs = load_plan(sweep_dir) if runs is None else runs
     spec = spec_from_plan(sweep_dir)
+    at_flops = [AT_FLOPS_COLUMN] if any(r.at_flops_of for r in runs) else []
     rows = []
     for r in runs:
         run_dir = sweep_dir / r.config.out_dir
@@ -141,6 +146,8 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
             grown_dir=r.grow.dst if r.grow else None,
             variant=r.variant if grown else None,
         )
+        if at_flops:
+            row["at_flops_of"] = r.at_flops_of
         row.update({f"final_val_loss_{n}": summary.get(f"final_val_loss_{n}") for n in r.config.eval_data_dirs})
         row.update(eval_cells(sweep_dir, r, spec))
         rows.append(row)
@@ -148,7 +155,9 @@ def results_frame(sweep_dir: str | Path, runs: list[PlannedRun] | None = None) -
     evals = sorted({f"final_val_loss_{n}" for r in runs for n in r.config.eval_data_dirs})
     scores = list(dict.fromkeys(k for row in rows for k in row if k.startswith(PREFIX) and k != "eval_status"))
     downstream = ["eval_status", *scores] if spec is not None else []
-    columns = RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS + evals + downstream
+    columns = (
+        RESULT_COLUMNS + [f"cfg.{f.name}" for f in fields(RunConfig)] + EXTRA_COLUMNS + at_flops + evals + downstream
+    )
     df = pd.DataFrame(rows, columns=columns)
     for col in (
         "g",
@@ -229,6 +238,7 @@ def format_status(sweep_dir: str | Path) -> str:
 
 
 __all__ = [
+    "AT_FLOPS_COLUMN",
     "EXTRA_COLUMNS",
     "RESULT_COLUMNS",
     "format_status",
