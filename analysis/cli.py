@@ -9,6 +9,7 @@ malformed input), printed as one line on stderr without a traceback. The parsers
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def report_parser():
 
 
 def _report(argv: list[str]) -> int:
-    from analysis.report import write_report  # matplotlib: loaded only for the report
+    from analysis.report import WARNING, write_report  # matplotlib: loaded only for the report
 
     args = parse(report_parser(), argv)
     if args.bootstrap < 0:
@@ -80,7 +81,10 @@ def _report(argv: list[str]) -> int:
         print("speed-up at L*_f = the matched scratch run's annealed loss at f (annealed reading: cooldown runs)")
         print(format_table(rep.table_annealed))
     for note in rep.notes:
-        print(f"note: {note}")
+        if not note.startswith(WARNING):
+            print(f"note: {note}")
+    for warning in rep.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(rep.path)
     return 0
 

@@ -4,11 +4,12 @@ what the tables and figures need, small enough to commit (e.g. under results/<sw
     stacking export SWEEP_DIR OUT_DIR [--overwrite] [--all-rows]
 
 Copied: results.csv, plan.json (the plan and its provenance: git commit, versions, data ids), grid.yaml, the grid's
-``seed_spread`` reference file (to OUT_DIR/<its path relative to the grid>), and of every run dir in results.csv its
-summary.json, config.yaml and model.json, its downstream results (eval/*.json, `stacking eval`'s records; the
-report's downstream table reads them), its val_windows.json gzipped, and its metrics.csv gzipped as metrics.csv.gz
-(the readers take either) and cut to its evaluation rows, the only rows any analysis reads (``--all-rows`` keeps the
-training steps too: 2–3× the bytes). Not copied: checkpoints, states, logs, results.parquet, report/.
+``seed_spread`` reference file and its sidecar <name>.meta.json (to OUT_DIR/<its path relative to the grid>), and
+of every run dir in results.csv its summary.json, config.yaml and model.json, its downstream results (eval/*.json,
+`stacking eval`'s records; the report's downstream table reads them), its val_windows.json gzipped, and its
+metrics.csv gzipped as metrics.csv.gz (the readers take either) and cut to its evaluation rows, the only rows any
+analysis reads (``--all-rows`` keeps the training steps too: 2–3× the bytes). Not copied: checkpoints, states, logs,
+results.parquet, report/.
 OUT_DIR/export.json records the source, the file count and the bytes written. The gzip streams carry no timestamp,
 so exporting the same sweep twice gives the same bytes.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from analysis.seed_spread import meta_path
 from analysis.sweep import AnalysisError, read_results
 
 SWEEP_FILES = ("results.csv", "plan.json", "grid.yaml")
@@ -96,6 +98,8 @@ def export_sweep(sweep_dir: str | Path, out_dir: str | Path, overwrite: bool = F
     spread = _seed_spread(src)
     if spread is not None:
         copy(spread[0], out / spread[1])
+        if meta_path(spread[0]).is_file():  # its provenance and run identities (analysis/seed_spread.py)
+            copy(meta_path(spread[0]), meta_path(out / spread[1]))
     runs, missing = 0, []
     for rel in results["run_dir"].dropna().astype(str).unique():
         if Path(rel).is_absolute() or ".." in Path(rel).parts:

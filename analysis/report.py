@@ -38,6 +38,14 @@ from analysis.downstream import downstream_markdown, downstream_table, eval_sett
 from analysis.loss_table import format_loss_table, loss_table
 from analysis.report_fits import fitted_law_sections
 from analysis.section import Figure, Section
+from analysis.seed_spread import (
+    check_reference,
+    drift_warning,
+    meta_path,
+    mismatch_warning,
+    provenance_text,
+    read_meta,
+)
 from analysis.speedup import (
     BUDGET_FRACTIONS,
     TABLE_KEYS,
@@ -58,6 +66,7 @@ SPEEDUP_DEFINITION = (
     "(or are already below it at their first point) are left out of the mean and counted in the note."
 )
 NO_COOLDOWNS = "no cooldown runs in this sweep: annealed reading not available"
+WARNING = "WARNING: "  # a note that is a warning (the CLI prints it on stderr, not among the notes)
 
 
 @dataclass
@@ -72,6 +81,8 @@ class Report:
     table_annealed: pd.DataFrame | None = None  # annealed reading (None without cooldown runs)
     headline: str = ""  # the first sentence of the speed-up section
     provenance: list[str] = field(default_factory=list)  # code commit, versions, data ids (plan.json)
+    # notes that are warnings (also among the notes, as WARNING: …); the CLI prints them on stderr
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,6 +112,7 @@ def write_report(
     body = [speed] + result_sections(sweep, bootstrap)
     computed = [speed, *fitted, spread, *body[1:]]  # the order notes and figures are listed in
     notes = [n for s in computed for n in s.notes]
+    warnings = [w for s in computed for w in s.warnings]
     figures = [f for s in computed for f in s.figures]
     prov = provenance_lines(sweep)
     md = render(sweep, speedups.headline, prov, [spread, *body], fitted, notes, figures)
@@ -117,6 +129,7 @@ def write_report(
         table_annealed=speedups.annealed_table,
         headline=speedups.headline,
         provenance=prov,
+        warnings=warnings,
     )
 
 
@@ -169,9 +182,9 @@ def render(
 
 
 # ---- sections ----------------------------------------------------------------------------------------------------
-def speedup_section(sweep, target_loss: float | None) -> tuple[Section, Speedups]:
+def speedup_section(sweep, target_loss: float | None, figures: bool = True) -> tuple[Section, Speedups]:
     """Speed-ups (mid reading at L*_p or a fixed L*, at the grown runs' own final loss, annealed reading): the
-    tables, speedups.csv and speedup_runs.csv, the bar and loss-curve figures."""
+    tables, speedups.csv and speedup_runs.csv, the bar and loss-curve figures (unless ``figures`` is False)."""
     sec = Section()
     n_grown, n_scratch = len(sweep.runs("grown")), len(sweep.runs("scratch"))
     if n_grown == 0 or n_scratch == 0:
@@ -202,9 +215,16 @@ def speedup_section(sweep, target_loss: float | None) -> tuple[Section, Speedups
     sec.csv["speedup_runs.csv"] = pd.concat(pairs_all, ignore_index=True)
     main = table[(table["budget_fraction"] == 1.0) | table["budget_fraction"].isna()]
     lead = headline(main, "scratch's final loss" if target_loss is None else f"L* = {target_loss:g}")
-    _speedup_figures(sec, sweep, table, annealed_table)
+    if figures:
+        _speedup_figures(sec, sweep, table, annealed_table)
     sec.markdown = _speedup_markdown(table, grown_table, annealed_table, target_loss)
     return sec, Speedups(table, grown_table, annealed_table, lead)
+
+
+def speedup_tables(sweep) -> pd.DataFrame:
+    """speedups.csv as `stacking report` writes it (no figures): what a seed-spread reference holds
+    (python -m analysis.reference)."""
+    return speedup_section(sweep, None, figures=False)[0].csv["speedups.csv"]
 
 
 def _speedup_figures(sec: Section, sweep, table: pd.DataFrame, annealed_table: pd.DataFrame | None) -> None:
@@ -229,7 +249,7 @@ def seed_spread_section(sweep, speedups: Speedups) -> Section:
     """The grid's ``seed_spread`` line, right under the speed-up headline (`_seed_spread_lines`)."""
     sec = Section()
     tables = [t for t in (speedups.table, speedups.annealed_table) if t is not None]
-    sec.markdown = _seed_spread_lines(sweep, pd.concat(tables), sec.notes)
+    sec.markdown = _seed_spread_lines(sweep, pd.concat(tables), sec)
     return sec
 
 
@@ -399,29 +419,21 @@ def _speedup_markdown(table, grown_table, annealed_table, target_loss) -> list[s
     return lines
 
 
-def _seed_spread_lines(sweep, table: pd.DataFrame, notes: list[str]) -> list[str]:
+def _seed_spread_lines(sweep, table: pd.DataFrame, sec: Section) -> list[str]:
     """The grid's ``seed_spread`` file (a seeded sweep's speedups.csv of the same configuration), quoted for every
-    configuration of this sweep's table at the full budget: its mean speed-up, 95 % CI and seeds, mid and annealed."""
-    grid_file, plan = sweep.path / "grid.yaml", sweep.path / "plan.json"
-    if not grid_file.is_file():
+    configuration of this sweep's table at the full budget: its mean speed-up, 95 % CI and seeds, mid and annealed,
+    with how it was made and whether its runs are this sweep's (`_seed_spread_lead`)."""
+    found = _seed_spread_file(sweep, sec.notes)
+    if found is None:
         return []
-    rel = (yaml.safe_load(grid_file.read_text()) or {}).get("seed_spread")
-    if not rel:
-        return []
-    grid_dir = Path(json.loads(plan.read_text())["grid"]).parent if plan.is_file() else Path.cwd()
-    path = Path(rel) if Path(rel).is_absolute() else grid_dir / rel
-    if not Path(rel).is_absolute() and (sweep.path / rel).is_file():  # an export carries its own copy
-        path = sweep.path / rel
-    if not path.is_file():
-        notes.append(f"seed spread: the grid's seed_spread file {path} is missing")
-        return []
+    rel, path, source = found
     ref = pd.read_csv(path)
     ref = ref[ref["reference"] == "scratch"]
     keys = ["target", "op", "direction", "g", "grow_at_tokens", "reading", "budget_fraction"]
     mine = table[table["budget_fraction"] == 1.0]
     quoted = mine[keys].merge(ref, on=keys, how="inner")
     if quoted.empty:
-        notes.append(f"seed spread: {path} has no row for this sweep's configurations")
+        sec.notes.append(f"seed spread: {path} has no row for this sweep's configurations")
         return []
     parts = []
     for (op, g, d), grp in quoted.groupby(["op", "g", "grow_at_tokens"], sort=False):
@@ -441,11 +453,69 @@ def _seed_spread_lines(sweep, table: pd.DataFrame, notes: list[str]) -> list[str
                 f"reach L*{'; ' + bound if bound else ''})"
             )
         parts.append(f"{op} g={g:g} d={int(d):,}: " + "; ".join(cells))
-    return [
-        f"Seed spread of this configuration, measured on a seeded sweep of it (`{rel}`), speed-up at the "
-        "scratch run's final (mid) or annealed loss: " + " — ".join(parts) + ".",
-        "",
-    ]
+    lead = _seed_spread_lead(sweep, rel, path, source, sec)
+    return [f"{lead}, speed-up at the scratch run's final (mid) or annealed loss: " + " — ".join(parts) + ".", ""]
+
+
+def _seed_spread_file(sweep, notes: list[str]) -> tuple[str, Path, Path] | None:
+    """(the grid's ``seed_spread`` as written, the file read, where it lives beside the grid): an export's own copy
+    first; None (and a note if it is missing) when the grid names none."""
+    grid_file, plan = sweep.path / "grid.yaml", sweep.path / "plan.json"
+    if not grid_file.is_file():
+        return None
+    rel = (yaml.safe_load(grid_file.read_text()) or {}).get("seed_spread")
+    if not rel:
+        return None
+    grid_dir = Path(json.loads(plan.read_text())["grid"]).parent if plan.is_file() else Path.cwd()
+    source = Path(rel) if Path(rel).is_absolute() else grid_dir / rel
+    path = source
+    if not Path(rel).is_absolute() and (sweep.path / rel).is_file():  # an export carries its own copy
+        path = sweep.path / rel
+    if not path.is_file():
+        notes.append(f"seed spread: the grid's seed_spread file {path} is missing")
+        return None
+    return rel, path, source
+
+
+def _seed_spread_lead(sweep, rel: str, path: Path, source: Path, sec: Section) -> str:
+    """The seed-spread line's opening: the reference and how it was made (its sidecar, analysis/seed_spread.py). A
+    warning (a note, and on stderr from the CLI) where its runs are configured differently from this sweep's runs of
+    the same name, or have the same numerics and a final loss more than 1e-4 away (they do not reproduce here)."""
+    meta = read_meta(path)
+    made = f"`{rel}`, {provenance_text(meta)}"
+    plain = f"Seed spread of this configuration, measured on a seeded sweep of it ({made})"
+    hint = _shown(source)
+    if meta is None:
+        sec.notes.append(
+            f"seed spread: `{rel}` has no sidecar {meta_path(path).name}, so nothing records how it was made or "
+            f"checks that it describes this sweep's runs (python -m analysis.reference SWEEP_DIR {hint} writes both)"
+        )
+        return plain
+    check = check_reference(sweep, meta)
+    warnings = []
+    if check.mismatched:
+        warnings.append(mismatch_warning(check, rel, hint))
+    if check.drifted:
+        warnings.append(drift_warning(check, rel, hint, read_provenance(sweep.path), meta))
+    if not check.compared:
+        sec.notes.append(f"seed spread: no run of this sweep has a namesake among `{rel}`'s runs: nothing checked")
+    sec.warnings += warnings
+    sec.notes += [WARNING + w for w in warnings]
+    if check.mismatched:
+        return (
+            f"Seed spread quoted from a seeded sweep of differently configured runs ({made}; see the warning in Notes)"
+        )
+    if check.drifted:
+        return f"{plain[:-1]}; its runs do not reproduce here: see the warning in Notes)"
+    return plain
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it lies under it (the command to rebuild it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _lr_sweep_markdown(lrs: pd.DataFrame) -> list[str]:

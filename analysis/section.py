@@ -24,13 +24,15 @@ class Figure:
 @dataclass
 class Section:
     """One part of the report, computed: its markdown lines, the CSV tables and figures it writes, its notes (on
-    what was skipped and why) and its fits (fits.json)."""
+    what was skipped and why), its fits (fits.json) and its warnings."""
 
     markdown: list[str] = field(default_factory=list)
     csv: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fits: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Notes that are warnings (also among ``notes``): the numbers quoted may mislead; the CLI prints them on stderr."""
 
     def figure(self, fig, name: str, caption: str) -> None:
         self.figures.append(Figure(fig, name, caption))

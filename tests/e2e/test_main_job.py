@@ -1,11 +1,14 @@
 """The README's main job, shrunk: the demo grid's runs (same ops, g, kinds) at toy budgets, then the report."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from analysis.seed_spread import reference_meta
+from analysis.sweep import load_sweep
 from stacking.cli import main as cli_main
 
 pytestmark = pytest.mark.slow  # end to end: `make test-fast` (-m 'not slow') leaves it out
@@ -67,8 +70,16 @@ def test_demo_grid_shrunk_runs_end_to_end_and_reports(tiny_data, tmp_path, capsy
     assert sorted(results.loc[results["kind"] == "grown", "op"]) == ["G_stack", "G_zero"]
     capsys.readouterr()
 
+    # its sidecar: this sweep's own runs (numerics hashes from its plan.json), G_stack's final loss moved by 0.01
+    meta = reference_meta(load_sweep(sweep), "replicate_demo_speedups.csv")
+    moved = next(r for r in meta["runs"] if r["kind"] == "grown" and "G_stack" in r["name"])
+    loss = moved["final_val_loss"]
+    moved["final_val_loss"] = loss + 0.01
+    (tmp_path / "reference" / "replicate_demo_speedups.meta.json").write_text(json.dumps(meta))
     assert cli_main(["report", str(sweep)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "warning: seed spread: this sweep's runs do not reproduce the same runs of the reference" in err
+    assert f"{moved['name']} {loss:.6g} here, {loss + 0.01:.6g} in the reference)" in err  # the one run moved
     assert "| tiny-L4-D32 | G_stack | 2 |" in out and "| tiny-L4-D32 | G_zero | 2 |" in out
     assert out.strip().endswith("report.md")
     report = sweep / "report"
@@ -79,6 +90,7 @@ def test_demo_grid_shrunk_runs_end_to_end_and_reports(tiny_data, tmp_path, capsy
         "G_stack g=2 d=4,096: mid +12.0 %, 95 % CI +5.0 % to +19.0 % (3/3 seeds reach L*); annealed +3.0 %, "
         "95 % CI -20.0 % to +26.0 % (2/3 seeds reach L*)"
     ) in spread and "G_zero" not in spread
+    assert "made at git " in spread and "its runs do not reproduce here: see the warning in Notes" in spread
     assert md.index(spread) < md.index("speed-up = FLOPs_scratch")  # under the headline, before the definition
     for name in ("curves_tiny-L4-D32.png", "speedups.png"):
         assert (report / "figures" / name).stat().st_size > 10_000
