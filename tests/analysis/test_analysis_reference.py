@@ -223,3 +223,12 @@ def test_a_reference_without_sidecar_is_quoted_with_a_note(sweep_dir, tmp_path):
     meta_path(ref).write_text("{}")
     with pytest.raises(AnalysisError, match="not a seed-spread sidecar of format 1"):
         write_report(sweep_dir, tmp_path / "rep", bootstrap=0)
+
+
+def test_the_shipped_reference_has_its_sidecar():
+    ref = Path(__file__).parents[2] / "experiments" / "grids" / "reference" / "replicate_demo_speedups.csv"
+    meta = read_meta(ref)
+    assert meta["git"]["sha"].startswith("9548287") and meta["speedups"] == ref.name
+    assert {r["name"] for r in meta["runs"]} >= {"grown-tiny-L8-D32-G_stack-depth-g2-d327680-s0"}
+    names = {run_name(rid) for rid, r in _plan_runs("demo.yaml[-]").items() if r["kind"] in COMPARED_KINDS}
+    assert {r["name"] for r in meta["runs"]} == names  # each a run of demo.yaml, by name
