@@ -9,6 +9,8 @@ Writes into OUT (default SWEEP_DIR/report/):
     speedup_runs.csv  the per-run pairs behind it (L*, FLOPs and tokens at L*, reason when not reached)
     losses.csv      final losses per target × method over seeds and each minus its own seed's scratch run's
                     (analysis/loss_table.py; with grown and scratch runs)
+    losses_equal_flops.csv  with a grid's ``anneal.at_scratch_flops``: annealed losses at scratch's cooldown FLOPs,
+                    each minus its own seed's scratch cooldown (no interpolation)
     downstream.csv  with a grid's ``eval:``: downstream scores per target × method × metric, each minus its own
                     seed's scratch run's, beside the loss difference (analysis/downstream.py)
     fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
@@ -35,7 +37,13 @@ import yaml
 from analysis import plots
 from analysis.domain import domain_markdown, domain_table, has_eval_sets, plot_domain
 from analysis.downstream import downstream_markdown, downstream_table, eval_settings
-from analysis.loss_table import format_loss_table, loss_table
+from analysis.loss_table import (
+    EQUAL_FLOPS_TEXT,
+    equal_flops_table,
+    format_equal_flops_table,
+    format_loss_table,
+    loss_table,
+)
 from analysis.report_fits import fitted_law_sections
 from analysis.section import Figure, Section
 from analysis.seed_spread import (
@@ -259,12 +267,14 @@ def result_sections(sweep, bootstrap: int) -> list[Section]:
     out = []
     if len(sweep.runs("grown")) and len(sweep.runs("scratch")):
         losses = loss_table(sweep)
-        out.append(
-            Section(
-                markdown=[LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""],
-                csv={"losses.csv": losses},
-            )
+        sec = Section(
+            markdown=[LOSSES_HEADING, "", LOSSES_TEXT, "", format_loss_table(losses), ""], csv={"losses.csv": losses}
         )
+        equal = equal_flops_table(sweep)
+        if len(equal):
+            sec.markdown += [EQUAL_FLOPS_TEXT, "", format_equal_flops_table(equal), ""]
+            sec.csv["losses_equal_flops.csv"] = equal
+        out.append(sec)
         out.append(downstream_section(sweep, losses))
         out.append(growth_law_section(sweep, min(bootstrap, 100)))
     out.append(lr_sweep_section(sweep))
