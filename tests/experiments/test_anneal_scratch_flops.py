@@ -89,11 +89,14 @@ def test_seeds_demo_plan(tmp_path, monkeypatch):
     fake_corpora(tmp_path)
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load((REPO / "experiments" / "grids" / "seeds.yaml").read_text())
-    off = expand(load_grid(REPO / "experiments" / "grids" / "seeds.yaml", scale="demo"), where="seeds.yaml")
-    raw["anneal"]["at_scratch_flops"] = True
-    (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(raw))
-    notes = []
-    on = expand(load_grid(tmp_path / "seeds.yaml", scale="demo"), where="seeds.yaml", notes=notes)
+    assert raw["anneal"]["at_scratch_flops"] is True  # the shipped grid has it on (results/seeds-demo ran with it)
+    plans = {}
+    for flag in (False, True):
+        raw["anneal"]["at_scratch_flops"] = flag
+        (tmp_path / f"seeds-{flag}.yaml").write_text(yaml.safe_dump(raw))
+        notes = []
+        plans[flag] = expand(load_grid(tmp_path / f"seeds-{flag}.yaml", scale="demo"), where="seeds.yaml", notes=notes)
+    off, on = plans[False], plans[True]
     assert [(r.id, r.config) for r in on[:136]] == [(r.id, r.config) for r in off] and len(on) == 136 + 48
     assert not notes
     # seed 2, g = 2: offset 327,680·579,264 = 1.898e11 FLOPs = 173,048.7 target tokens; scratch's cooldowns end at
