@@ -120,6 +120,7 @@ def test_downstream_table_pairs_by_seed_and_notes_disagreements(tmp_path):
     assert set(table[table["method"] == "scratch"]["mid_seeds"]) == {2}
 
 
+@pytest.mark.slow  # > 5 s: out of the fast lane (make test-fast), in make test and CI
 def test_report_and_loss_table_show_downstream_and_leave_other_reports_alone(tmp_path, capsys):
     from analysis.cli import loss_table_main
     from analysis.report import write_report

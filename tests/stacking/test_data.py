@@ -215,6 +215,7 @@ def test_named_sources_combine_and_mix_with_paths(fake_roots, tmp_path):
     assert meta["train_tokens"] + meta["val_tokens"] == sum(meta["chars"].values()) + 6  # ASCII: byte = char
 
 
+@pytest.mark.slow  # > 5 s: out of the fast lane (make test-fast), in make test and CI
 def test_real_named_sources_with_few_files(tmp_path):
     for name, suffix in (("site-packages", ".py"), ("c-headers", ".h")):
         if not corpus.named_source_roots(name):

@@ -48,6 +48,7 @@ def test_g_random_starts_at_the_base_function_and_ramps(tiny_data, base_ckpt, tm
     assert float(plain) == pytest.approx(final, rel=1e-5)
 
 
+@pytest.mark.slow  # > 5 s: out of the fast lane (make test-fast), in make test and CI
 def test_llama_pro_train_new_only_freezes_the_old_blocks(tiny_data, base_ckpt, tmp_path):
     grown = grow_checkpoint(
         base_ckpt, tmp_path / "grown", "llama_pro", direction="depth", g=2, seed=0, train_new_only=True
