@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.sweep import AnalysisError, Sweep, read_provenance
+from analysis.sweep import AnalysisError, Sweep, read_plan, read_provenance
 
 FORMAT = 1
 LOSS_TOLERANCE = 1e-4
@@ -132,13 +132,7 @@ def run_name(run_id: str) -> str:
 
 def run_identities(sweep_dir: str | Path) -> dict[str, str | None]:
     """{run id: numerics hash} of every run in SWEEP_DIR/plan.json ({} without one)."""
-    path = Path(sweep_dir) / "plan.json"
-    if not path.is_file():
-        return {}
-    try:
-        plan = json.loads(path.read_text())
-    except ValueError:
-        raise AnalysisError(f"{path} is not valid JSON") from None
+    plan = read_plan(sweep_dir)
     runs = {r["id"]: r for r in plan.get("runs", [])}
     return {rid: numerics_hash(rid, runs, plan.get("data") or {}) for rid in runs}
 

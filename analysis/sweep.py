@@ -217,16 +217,21 @@ def val_windows_id(run_dir: str | Path) -> str | None:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_provenance(sweep_dir: str | Path) -> dict:
-    """What plan.json records of how the sweep was made: name, grid, created_at, git, versions, data ({} without
-    plan.json; keys absent from older plans are absent here)."""
+def read_plan(sweep_dir: str | Path) -> dict:
+    """SWEEP_DIR/plan.json as a dict ({} without one); an AnalysisError naming the file when it is not JSON."""
     path = Path(sweep_dir) / "plan.json"
     if not path.is_file():
         return {}
     try:
-        plan = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except ValueError:
         raise AnalysisError(f"{path} is not valid JSON") from None
+
+
+def read_provenance(sweep_dir: str | Path) -> dict:
+    """What plan.json records of how the sweep was made: name, grid, created_at, git, versions, data ({} without
+    plan.json; keys absent from older plans are absent here)."""
+    plan = read_plan(sweep_dir)
     return {k: plan[k] for k in ("name", "grid", "created_at", "git", "versions", "data") if k in plan}
 
 
