@@ -49,7 +49,7 @@ from scipy import stats
 from scipy.interpolate import PchipInterpolator
 from scipy.optimize import brentq
 
-from analysis.sweep import AnalysisError, Sweep, format_tokens
+from analysis.sweep import AnalysisError, Sweep, format_tokens, method_label, op_label
 
 REFERENCES = ("scratch", "grown")
 READINGS = ("mid", "annealed")
@@ -403,12 +403,6 @@ def _pct(x: float, digits: int = 1) -> str:
     return "—" if not np.isfinite(x) else f"{100 * x:+.{digits}f}%"
 
 
-def op_label(row) -> str:
-    """'G_stack', or 'G_direct(width)' when the direction is not depth."""
-    d = row["direction"]
-    return str(row["op"]) if pd.isna(d) or d in ("depth", "") else f"{row['op']}({d})"
-
-
 def ci_text(row) -> str:
     """The CI cell of a table row: '[+20.0%, +80.0%]', or why there is none ('1 seed: no CI')."""
     if np.isfinite(row["speedup_lo"]):
@@ -464,7 +458,7 @@ def headline(table: pd.DataFrame, at: str = "scratch's final loss") -> str:
     several_targets = table["target"].nunique() > 1
 
     def label(r) -> str:
-        name = f"{op_label(r)} g={r['g']:g} d={format_tokens(r['grow_at_tokens'])}"
+        name = method_label(dict(r) | {"kind": "grown"})
         return f"{name} on {r['target']}" if several_targets else name
 
     never = table[table["n_reached"] == 0]

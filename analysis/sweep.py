@@ -178,6 +178,12 @@ def format_tokens(t: float) -> str:
     return f"{t:.3g}"
 
 
+def op_label(row) -> str:
+    """'G_stack', or 'G_direct(width)' when the direction is not depth."""
+    d = row["direction"]
+    return str(row["op"]) if pd.isna(d) or d in ("depth", "") else f"{row['op']}({d})"
+
+
 def method_label(row) -> str:
     """'scratch', or 'G_stack g=2 d=10M' (direction shown when not depth); a cooldown run gets its main run's
     label with ' cooldown f=0.5' appended."""
@@ -188,10 +194,7 @@ def method_label(row) -> str:
         return "scratch"
     if row["kind"] == "base":
         return "base"
-    op = str(row["op"])
-    if str(row["direction"]) not in ("depth", "<NA>", "nan", ""):
-        op += f"({row['direction']})"
-    return f"{op} g={row['g']:g} d={format_tokens(row['grow_at_tokens'])}"
+    return f"{op_label(row)} g={row['g']:g} d={format_tokens(row['grow_at_tokens'])}"
 
 
 def read_val_windows(run_dir: str | Path) -> dict | None:
