@@ -251,9 +251,13 @@ def test_source_errors(tmp_path, monkeypatch):
 
 
 def test_cli_data_takes_several_sources(tmp_path, capsys):
+    # directory sources: split keys relative to each dir (a0.txt … b.jsonl), so the hash split does not depend on
+    # tmp_path (a file source's key is its path as given): a0, a4 train; a1–a3, a5, b.jsonl val at val_fraction 0.5
+    (tmp_path / "da").mkdir()
+    (tmp_path / "db").mkdir()
     for i in range(6):
-        (tmp_path / f"a{i}.txt").write_text(f"text {i} " * 40)
-    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i} " * 30}) for i in range(6)))
+        (tmp_path / "da" / f"a{i}.txt").write_text(f"text {i} " * 40)
+    (tmp_path / "db" / "b.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i} " * 30}) for i in range(6)))
     assert (
         cli_main(
             [
@@ -261,8 +265,8 @@ def test_cli_data_takes_several_sources(tmp_path, capsys):
                 "--out",
                 str(tmp_path / "ds"),
                 "--sources",
-                *map(str, sorted(tmp_path.glob("a*"))),
-                str(tmp_path / "b.jsonl"),
+                str(tmp_path / "da"),
+                str(tmp_path / "db"),
                 "--tokenizer",
                 "bytes",
                 "--val_fraction",
@@ -273,19 +277,19 @@ def test_cli_data_takes_several_sources(tmp_path, capsys):
     )
     assert read_meta(tmp_path / "ds")["n_files"] == 7
     # the list forms jsonargparse reads keep working: a YAML list, a JSON list, --sources+
-    (tmp_path / "cfg.yaml").write_text(f"sources: [{tmp_path / 'a0.txt'}, {tmp_path / 'b.jsonl'}]\n")
+    (tmp_path / "cfg.yaml").write_text(f"sources: [{tmp_path / 'da'}, {tmp_path / 'db'}]\n")
     for i, argv in enumerate(
         (
             ["--config", str(tmp_path / "cfg.yaml")],
-            ["--sources", f"[{tmp_path / 'a0.txt'}, {tmp_path / 'b.jsonl'}]"],
-            ["--sources+", str(tmp_path / "a0.txt"), "--sources+", str(tmp_path / "b.jsonl")],
+            ["--sources", f"[{tmp_path / 'da'}, {tmp_path / 'db'}]"],
+            ["--sources+", str(tmp_path / "da"), "--sources+", str(tmp_path / "db")],
         )
     ):
         assert (
             cli_main(["data", "--out", str(tmp_path / f"l{i}"), "--tokenizer", "bytes", "--val_fraction", "0.5", *argv])
             == 0
         )
-        assert read_meta(tmp_path / f"l{i}")["n_files"] == 2
+        assert read_meta(tmp_path / f"l{i}")["n_files"] == 7
     capsys.readouterr()
     assert cli_main(["data", "--out", str(tmp_path / "e"), "--sources", "stdlib", "nope"]) == 2
     err = capsys.readouterr().err.strip()
