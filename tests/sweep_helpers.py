@@ -73,3 +73,25 @@ def results_row(rid: str, kind: str, seed: int, loss: float, **extra) -> dict:
         "flops_offset": 0.0,
     }
     return dict.fromkeys(REQUIRED_RESULTS_COLUMNS) | base | extra
+
+
+def write_fake_corpus(d: Path, train_tokens: int, vocab: int, val_tokens: int, tokenizer_sha256: str | None) -> Path:
+    """A dataset dir with a real corpus's token counts as sparse train.bin / val.bin and its meta.json (planning
+    reads only meta.json and file sizes); ``tokenizer_sha256`` (None for bytes) enters the data id."""
+    import json
+
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        with open(d / f"{split}.bin", "wb") as f:
+            f.truncate(2 * n)
+    meta = {
+        "vocab_size": vocab,
+        "dtype": "uint16",
+        "eot_id": 0,
+        "train_tokens": train_tokens,
+        "val_tokens": val_tokens,
+        "tokenizer": "bytes" if vocab == 257 else "bpe",
+        "tokenizer_sha256": tokenizer_sha256,
+    }
+    (d / "meta.json").write_text(json.dumps(meta))
+    return d

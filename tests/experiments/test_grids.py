@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import write_fake_corpus
 
 from experiments.grid import GridError, apply_scale, expand, parse_grid
 
@@ -91,28 +92,8 @@ CORPORA = {
 
 def fake_corpus(root: Path, name: str) -> Path:
     """A dataset dir with the real corpus's token count (sparse files: planning reads only meta.json and sizes)."""
-    import json
-
     train, vocab = CORPORA[name]
-    d = root / name
-    d.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", train), ("val", 100_000)):
-        with open(d / f"{split}.bin", "wb") as f:
-            f.truncate(2 * n)
-    (d / "meta.json").write_text(
-        json.dumps(
-            {
-                "vocab_size": vocab,
-                "dtype": "uint16",
-                "eot_id": 0,
-                "train_tokens": train,
-                "val_tokens": 100_000,
-                "tokenizer": "bytes" if vocab == 257 else "bpe",
-                "tokenizer_sha256": None if vocab == 257 else f"fake-bpe{vocab}",
-            }
-        )
-    )
-    return d
+    return write_fake_corpus(root / name, train, vocab, 100_000, None if vocab == 257 else f"fake-bpe{vocab}")
 
 
 @pytest.mark.parametrize("path,scale", [c for c in _cases() if c.values[1] != "paper"])

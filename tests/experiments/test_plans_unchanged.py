@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import write_fake_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "plans.json.gz"
@@ -43,24 +44,7 @@ CORPORA = {
 def fake_corpora(root: Path) -> None:
     """root/data/<name> for every corpus in CORPORA: meta.json and sparse train.bin / val.bin of the right size."""
     for name, (train, vocab) in CORPORA.items():
-        d = root / "data" / name
-        d.mkdir(parents=True, exist_ok=True)
-        for split, n in (("train", train), ("val", 4_194_304)):
-            with open(d / f"{split}.bin", "wb") as f:
-                f.truncate(2 * n)
-        (d / "meta.json").write_text(
-            json.dumps(
-                {
-                    "vocab_size": vocab,
-                    "dtype": "uint16",
-                    "eot_id": 0,
-                    "train_tokens": train,
-                    "val_tokens": 4_194_304,
-                    "tokenizer": "bytes" if vocab == 257 else "bpe",
-                    "tokenizer_sha256": None if vocab == 257 else f"fake-{name}",
-                }
-            )
-        )
+        write_fake_corpus(root / "data" / name, train, vocab, 4_194_304, None if vocab == 257 else f"fake-{name}")
 
 
 # Planner paths no shipped grid takes, as small variants of shipped grids (a patch merged over the file):
