@@ -364,7 +364,14 @@ def plan_growth_parser():
         "--fit",
         default=None,
         metavar="SWEEP_DIR",
-        help="also refit Eq. 2 on this sweep's IsoFLOP minima (as `stacking report` does) and predict with it",
+        help="also predict d from this sweep: Eq. 2 refitted on its IsoFLOP minima (as `stacking report` does) "
+        "and the d minimising Liew & Kato's L(D1, D2) fitted on its grown runs of this target and g",
+    )
+    p.add_argument(
+        "--fit-op",
+        default="G_stack",
+        metavar="OP",
+        help="the operator whose grown runs the Liew & Kato fit reads (default G_stack)",
     )
     p.add_argument(
         "--seq-len",
@@ -398,6 +405,7 @@ def _plan_growth(argv: list[str]) -> int:
         tokens=args.tokens,
         g=args.g,
         fit_dir=args.fit,
+        fit_op=args.fit_op,
         seq_len=args.seq_len,
         vocab_size=args.vocab_size,
         batch_tokens=args.batch_tokens,
@@ -407,6 +415,6 @@ def _plan_growth(argv: list[str]) -> int:
 
 
 def plan_growth_main(argv: list[str]) -> int:
-    """`stacking plan-growth --target PRESET (--flops C | --tokens T) [--g G] [--fit SWEEP_DIR] [--seq-len S]
+    """`stacking plan-growth --target PRESET (--flops C | --tokens T) [--g G] [--fit SWEEP_DIR] [--fit-op OP] [--seq-len S]
     [--vocab-size V] [--batch-tokens B]`."""
     return run_command("stacking plan-growth", _plan_growth, argv, (PlanError, AnalysisError, ModelConfigError))

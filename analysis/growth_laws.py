@@ -266,6 +266,51 @@ def liew_kato_points(
     return out
 
 
+def fit_points(sweep: Sweep, op: str, *, reading: str = "auto", **kw) -> pd.DataFrame:
+    """`liew_kato_points` as the fits use them: with ``auto``, the annealed points, or the mid-schedule curves when
+    the cooldowns sit at a single d (the curves may span more)."""
+    pts = liew_kato_points(sweep, op, reading=reading, **kw)
+    if reading == "auto" and pts["D1"].nunique() < 2:
+        pts = liew_kato_points(sweep, op, reading="mid", **kw)
+    return pts
+
+
+def optimal_d1(
+    fit: LiewKatoFit, flops: float, base_fpt: float, target_fpt: float, d1_range: tuple[float, float], n: int = 400
+) -> dict:
+    """The growth timing that minimises the fitted L(D1, D2) at a budget of `flops`: D1 base tokens cost
+    D1·base_fpt, the rest buys D2 = (flops − D1·base_fpt) / target_fpt tokens after growth. D1 is searched on a
+    log grid of `n` points over `d1_range` (the sweep's sampled d's: the law is not extrapolated in D1) where D2 > 0.
+    Returns d1, d2, loss at the optimum, `edge` (the optimum is an end of the range), and with bootstrap draws
+    `d1_lo`/`d1_hi`: the percentile interval of each draw's own optimum at the fit's `ci_level`."""
+    lo, hi = d1_range
+    d1 = np.geomspace(lo, min(hi, flops / base_fpt), n)
+    d1 = d1[d1 * base_fpt < flops]
+    if d1.size == 0:
+        raise AnalysisError(
+            f"the budget {flops:.3g} FLOPs is used up by the base before the sweep's smallest d ({format_tokens(lo)})"
+        )
+    d2 = (flops - d1 * base_fpt) / target_fpt
+    l1, l2 = np.log(d1), np.log(d2)
+    i = int(np.argmin(fit.predict(d1, d2)))
+    out = {
+        "d1": float(d1[i]),
+        "d2": float(d2[i]),
+        "loss": float(fit.predict(d1[i], d2[i])),
+        "edge": i in (0, d1.size - 1),
+    }
+    out |= {"d1_lo": math.nan, "d1_hi": math.nan}
+    if fit.draws is not None:
+        draws = fit.draws[np.isfinite(fit.draws).all(axis=1)]
+        log_a, al1, al2, al3, e = (draws[:, j : j + 1] for j in range(5))
+        with np.errstate(over="ignore"):
+            pred = np.exp(log_a - al1 * l1 + (al3 * l1 - al2) * l2) + e  # (draws, grid)
+        best = d1[np.argmin(pred, axis=1)]
+        tail = 50.0 * (1.0 - fit.ci_level)
+        out["d1_lo"], out["d1_hi"] = (float(v) for v in np.percentile(best, [tail, 100.0 - tail]))
+    return out
+
+
 LK_SUMMARY_COLUMNS = (
     ["target", "op", "direction", "g", "reading", "n_points", "n_d1"]
     + list(LK_PARAMS)
@@ -287,9 +332,7 @@ def liew_kato_summary(
         row = {"target": target, "op": op, "direction": direction, "g": float(g), "note": ""}
         try:
             kw = {"target": str(target), "g": float(g), "direction": None if pd.isna(direction) else str(direction)}
-            pts = liew_kato_points(sweep, str(op), reading=reading, **kw)
-            if reading == "auto" and pts["D1"].nunique() < 2:  # cooldowns at one d only: the curves may span more
-                pts = liew_kato_points(sweep, str(op), reading="mid", **kw)
+            pts = fit_points(sweep, str(op), reading=reading, **kw)
             row |= {"reading": pts["reading"].iloc[0], "n_points": len(pts), "n_d1": pts["D1"].nunique()}
             fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"], bootstrap=bootstrap, seed=seed)
         except AnalysisError as err:

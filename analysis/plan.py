@@ -8,7 +8,10 @@ For a target preset and a budget C (FLOPs, or tokens of the target trained from 
   ``log10 d = 0.88·log10 N + 163.27 / log10 C − 5.74``, and what it costs: the base's FLOPs up to d as a share of
   C, the base's tokens per parameter at d, the target tokens left after growth;
 * with ``fit_dir``, the same from Eq. 2 refitted on a sweep's own IsoFLOP minima (the points `stacking report`
-  fits: ``isoflop_points`` → ``fit_isoflop`` → interior argmins → ``fit_eq2``);
+  fits: ``isoflop_points`` → ``fit_isoflop`` → interior argmins → ``fit_eq2``), and the d that minimises Liew &
+  Kato's L(D1, D2) fitted on the sweep's grown runs of the planned target and g (``analysis.growth_laws``: the
+  budget split between D1 base tokens and D2 tokens after growth, searched over the sweep's sampled d's, with a
+  bootstrap CI); the sweep must support at least one of the two;
 * warnings where the numbers leave the paper's ground: C outside the range Eq. 2 was fitted on, a base below
   ≈ 2 tokens/param at d, a budget below ≈ 20 target tokens/param (reference/stacking.md, "The paper's regime in
   numbers").
@@ -27,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 
 from analysis.fit import PAPER_EQ2, Eq2, fit_eq2, fit_isoflop
+from analysis.growth_laws import LiewKatoFit, fit_liew_kato, fit_points, optimal_d1
 from analysis.sweep import AnalysisError, format_tokens, isoflop_points, load_sweep
 
 PAPER_G = 4
@@ -53,7 +57,7 @@ class PlanError(ValueError):
 class Timing:
     """One prediction of the growth timing d and what it costs at the plan's budget."""
 
-    law: Eq2
+    law: Eq2 | LiewKatoFit
     d: float
     """Growth timing: tokens the base trains before it is grown."""
     base_flops: float
@@ -65,6 +69,10 @@ class Timing:
     tokens_after: float
     """Target tokens left after growth, (C − base_flops) / target FLOPs per token (≤ 0: none)."""
     warnings: list[str] = field(default_factory=list)
+    d_ci: tuple[float, float] | None = None
+    """Bootstrap percentile interval of d (Liew & Kato's optimum)."""
+    loss: float | None = None
+    """The law's predicted loss at d (Liew & Kato)."""
 
 
 @dataclass
@@ -96,6 +104,11 @@ class Plan:
     fit_dir: str | None = None
     fit_summary: str = ""
     """Which sweep points the fitted law came from (ops, g, target sizes, budgets)."""
+    lk: Timing | None = None
+    """The d minimising Liew & Kato's L(D1, D2) fitted on the sweep (None: the sweep cannot support the fit)."""
+    lk_summary: str = ""
+    fit_notes: list[str] = field(default_factory=list)
+    """Why one of the two laws was not fitted on the sweep."""
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -197,12 +210,14 @@ def plan_growth(
     g: int = PAPER_G,
     fit_dir: str | None = None,
     *,
+    fit_op: str = "G_stack",
     seq_len: int | None = None,
     vocab_size: int | None = None,
     batch_tokens: int | None = None,
 ) -> Plan:
     """The growth plan of `target` at budget `flops` (C) or `tokens` (of the target from scratch, C = tokens ×
-    its FLOPs/token) for depth growth by `g`; with `fit_dir`, Eq. 2 refitted on that sweep too.
+    its FLOPs/token) for depth growth by `g`; with `fit_dir`, Eq. 2 refitted on that sweep and Liew & Kato's law
+    fitted on its `fit_op` runs of this target and g too.
 
     seq_len / vocab_size / batch_tokens (for FLOPs/token and one optimizer step) default to the main job's for the
     tiny presets (128 / 257 / 2048) and to the paper's otherwise (2048 / the preset's own / 1024 × 2048).
@@ -253,7 +268,7 @@ def plan_growth(
     )
     _regime_notes(plan, g, bc.n_layer)
     if fit_dir is not None:
-        _add_fit(plan, fit_dir, timing, g)
+        _add_fits(plan, fit_dir, timing, g, fit_op)
     return plan
 
 
@@ -309,10 +324,62 @@ def _regime_notes(plan: Plan, g: int, base_layers: int) -> None:
         )
 
 
-def _add_fit(plan: Plan, fit_dir: str, timing: dict, g: int) -> None:
+def _add_fits(plan: Plan, fit_dir: str, timing: dict, g: int, op: str) -> None:
+    """Both laws on a sweep; a sweep that supports neither is one PlanError giving both reasons."""
+    plan.fit_dir = fit_dir
+    reasons = {}
+    try:
+        _add_eq2_fit(plan, fit_dir, timing, g)
+    except PlanError as err:
+        reasons["Eq. 2"] = str(err).removeprefix(f"--fit {fit_dir}: ")
+    try:
+        _add_lk_fit(plan, fit_dir, timing, g, op)
+    except AnalysisError as err:
+        reasons["Liew & Kato"] = str(err)
+    if len(reasons) == 2:
+        raise PlanError(f"--fit {fit_dir}: {reasons['Eq. 2']}; and no Liew & Kato fit: {reasons['Liew & Kato']}")
+    plan.fit_notes += [f"{law} not fitted on {fit_dir}: {why}" for law, why in reasons.items()]
+
+
+def _add_lk_fit(plan: Plan, fit_dir: str, timing: dict, g: int, op: str) -> None:
+    """Liew & Kato's L(D1, D2) on the sweep's `op` runs of the planned target and g (depth), and the d that
+    minimises it at the plan's budget; warned where D2 leaves the sweep's range or d sits at an end of it."""
+    sweep = load_sweep(fit_dir)
+    pts = fit_points(sweep, op, target=plan.target, g=float(g), direction="depth")
+    fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"], bootstrap=200, seed=0)
+    d1_range = (float(pts["D1"].min()), float(pts["D1"].max()))
+    best = optimal_d1(fit, timing["flops"], timing["base_fpt"], timing["target_fpt"], d1_range)
+    d = best["d1"]
+    t = Timing(
+        law=fit,
+        d=d,
+        base_flops=d * timing["base_fpt"],
+        base_share=d * timing["base_fpt"] / timing["flops"],
+        base_tokens_per_param=d / timing["base_params"],
+        tokens_after=best["d2"],
+        d_ci=(best["d1_lo"], best["d1_hi"]),
+        loss=best["loss"],
+    )
+    rng = (f"{format_tokens(d1_range[0])}–{format_tokens(d1_range[1])}", pts["D2"].min(), pts["D2"].max())
+    if best["edge"]:
+        t.warnings.append(
+            f"Liew & Kato's best d is at an end of the sweep's d's ({rng[0]}): the best d may lie beyond them"
+        )
+    if not rng[1] * (1 - 1e-9) <= best["d2"] <= rng[2] * (1 + 1e-9):
+        t.warnings.append(
+            f"Liew & Kato: {format_tokens(best['d2'])} tokens after growth lies outside the sweep's D2 = "
+            f"{format_tokens(rng[1])}–{format_tokens(rng[2])}: the law is extrapolated"
+        )
+    plan.lk = t
+    plan.lk_summary = (
+        f"{op} g = {g:g} on {plan.target}, {pts['reading'].iloc[0]}: {len(pts)} points at {pts['D1'].nunique()} d's "
+        f"({rng[0]}), RMSE {fit.rmse:.4f}; " + ", ".join(f"{k} = {v:.4g}" for k, v in fit.params.items() if k != "A")
+    )
+
+
+def _add_eq2_fit(plan: Plan, fit_dir: str, timing: dict, g: int) -> None:
     """Eq. 2 refitted on a sweep: the timing it gives, warned where N or g lie outside what the sweep covers."""
     law, plan.fit_summary, (n_lo, n_hi), gs = fit_from_sweep(fit_dir)
-    plan.fit_dir = fit_dir
     plan.fitted = _timing(law, "the sweep's Eq. 2", **timing)
     n = timing["n_total"]
     if not n_lo * (1 - 1e-9) <= n <= n_hi * (1 + 1e-9):
@@ -387,6 +454,15 @@ def format_plan(plan: Plan) -> str:
             f"  from {plan.fit_summary}",
             _timing_line(plan.fitted),
         ]
+    if plan.lk is not None:
+        ci_lo, ci_hi = plan.lk.d_ci
+        ci = f" [{_tok(ci_lo)}, {_tok(ci_hi)}]" if math.isfinite(ci_lo) else ""
+        lines += [
+            f"Liew & Kato L(D1, D2) = A·D1^-α1·D2^(-α2 + α3·ln D1) + E fitted on {plan.fit_dir}:",
+            f"  from {plan.lk_summary}",
+            _timing_line(plan.lk),
+            f"  d 95 % bootstrap interval{ci or ': n/a'}; predicted loss at d: {plan.lk.loss:.4f}",
+        ]
     fpt, c = plan.base_flops_per_token, plan.flops
     lines += [
         (
@@ -395,7 +471,8 @@ def format_plan(plan: Plan) -> str:
         ),
         f"  total ≳ {TARGET_TPP_MIN:g} tokens per target param: {plan.target_tokens_per_param:.3g} here",
     ]
-    lines += [f"note: {n}" for n in plan.notes]
-    warnings = plan.paper.warnings + (plan.fitted.warnings if plan.fitted is not None else []) + plan.warnings
+    lines += [f"note: {n}" for n in plan.notes + plan.fit_notes]
+    fitted = [t for t in (plan.fitted, plan.lk) if t is not None]
+    warnings = plan.paper.warnings + [w for t in fitted for w in t.warnings] + plan.warnings
     lines += [f"warning: {w}" for w in warnings]
     return "\n".join(lines)

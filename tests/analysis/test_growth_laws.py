@@ -14,12 +14,14 @@ from sweep_helpers import results_row
 
 from analysis.growth_laws import (
     LK_PARAMS,
+    LiewKatoFit,
     fit_liew_kato,
     format_g_bound_table,
     format_liew_kato_summary,
     g_bound_table,
     liew_kato_points,
     liew_kato_summary,
+    optimal_d1,
 )
 from analysis.sweep import AnalysisError, load_sweep
 
@@ -267,3 +269,34 @@ def test_the_report_shows_the_g_bound_and_the_liew_kato_fits(tmp_path):
     assert (stack["reading"] == "mid").all() and (stack["n_d1"] == 3).all() and stack["alpha2"].notna().all()
     assert laws[laws["op"] == "G_zero"]["note"].str.contains("not identifiable").all()
     assert set(pd.read_csv(tmp_path / "r" / "g_bound.csv")["op"]) >= {"G_stack", "G_random"}
+
+
+def lk(alpha1, alpha2, draws=None) -> LiewKatoFit:
+    """L = 10 · D1^−α1 · D2^−α2 + 2 (α3 = 0): on the budget line C = b·D1 + t·D2 the optimum is
+    D1* = α1·C / (b·(α1 + α2)), by hand."""
+    kw = {"rmse": 0.0, "n_points": 0, "d1_scale": 1.0, "d2_scale": 1.0, "n_starts": 0}
+    return LiewKatoFit(10.0, alpha1, alpha2, 0.0, 2.0, log_A=math.log(10.0), draws=draws, **kw)
+
+
+def test_optimal_d1_is_the_argmin_along_the_budget_line():
+    """The budget C buys D1 base tokens at b FLOPs each and D2 = (C − b·D1)/t after growth: the law's optimum on
+    that line by hand, and an end of the sampled range flagged as an edge."""
+    c, b, t = 1e18, 2e9, 8e9
+    best = optimal_d1(lk(0.3, 0.3), c, b, t, (1e7, 1e9), n=4000)
+    assert best["d1"] == pytest.approx(c / (2 * b), rel=2e-3)  # α1 = α2: half the budget
+    assert best["d2"] == pytest.approx((c - b * best["d1"]) / t)
+    assert best["loss"] == pytest.approx(10 * (best["d1"] * best["d2"]) ** -0.3 + 2)
+    assert not best["edge"] and math.isnan(best["d1_lo"])  # no draws, no interval
+    narrow = optimal_d1(lk(0.3, 0.3), c, b, t, (1e7, 1e8))
+    assert narrow["edge"] and narrow["d1"] == pytest.approx(1e8)
+    # the bootstrap draws' own optima give the interval: α1 = 0.1 … 0.5 with α2 = 0.3
+    a1 = np.linspace(0.1, 0.5, 41)
+    draws = np.column_stack([np.full(41, math.log(10.0)), a1, np.full(41, 0.3), np.zeros(41), np.full(41, 2.0)])
+    best = optimal_d1(lk(0.3, 0.3, draws), c, b, t, (1e6, 1e10), n=20_000)
+    opt = a1 * c / (b * (a1 + 0.3))
+    assert (best["d1_lo"], best["d1_hi"]) == pytest.approx(tuple(np.percentile(opt, [2.5, 97.5])), rel=2e-3)
+
+
+def test_a_budget_the_base_uses_up_is_one_line():
+    with pytest.raises(AnalysisError, match=r"used up by the base before the sweep's smallest d \(10M\)"):
+        optimal_d1(lk(0.3, 0.3), 1e16, 2e9, 8e9, (1e7, 1e9))

@@ -177,3 +177,49 @@ def test_fit_on_a_sweep_with_too_few_timings_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("stacking plan-growth: error: --fit ")
     assert "cannot support an Eq. 2 fit: no (target, op, g) has ≥ 3 finished growth timings d" in err
+
+
+def renamed_fixture(tmp_path: Path, keep=lambda r: r) -> Path:
+    """sweep_small with its toy-1M target named tiny-L8-D64 (a preset plan-growth can account for)."""
+    results = pd.read_csv(SWEEP / "results.csv")
+    results["target"] = results["target"].replace("toy-1M", "tiny-L8-D64")
+    keep(results).to_csv(tmp_path / "results.csv", index=False)
+    shutil.copytree(SWEEP / "runs", tmp_path / "runs")
+    return tmp_path
+
+
+def test_liew_kato_timing_from_a_sweep(tmp_path, capsys):
+    """The fixture's G_stack g = 2 curves at d = 2.5M, 10M, 40M: Liew & Kato fitted on them, and plan-growth's d
+    the law's optimum on the plan's own budget line (its FLOPs/token), inside the sweep's d's."""
+    from analysis.growth_laws import fit_liew_kato, fit_points, optimal_d1
+
+    path = renamed_fixture(tmp_path)
+    plan = plan_growth("tiny-L8-D64", flops=3e14, g=2, fit_dir=str(path))
+    pts = fit_points(load_sweep(path), "G_stack", target="tiny-L8-D64", g=2.0, direction="depth")
+    assert set(pts["D1"]) == {2.5e6, 1e7, 4e7} and set(pts["reading"]) == {"mid"}
+    fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"])
+    assert plan.lk.law.params == pytest.approx(fit.params, rel=1e-6)
+    best = optimal_d1(fit, 3e14, plan.base_flops_per_token, plan.target_flops_per_token, (2.5e6, 4e7))
+    assert plan.lk.d == pytest.approx(best["d1"]) and plan.lk.loss == pytest.approx(best["loss"])
+    assert plan.lk.tokens_after == pytest.approx((3e14 - plan.lk.base_flops) / plan.target_flops_per_token)
+    assert 2.5e6 <= plan.lk.d <= 4e7 and plan.lk.d_ci[0] <= plan.lk.d <= plan.lk.d_ci[1]
+    assert plan.fitted is not None  # Eq. 2 from the other targets' minima as before
+    cli_main(["plan-growth", "--target", "tiny-L8-D64", "--flops", "3e14", "--g", "2", "--fit", str(path)])
+    out = capsys.readouterr().out
+    assert f"Liew & Kato L(D1, D2) = A·D1^-α1·D2^(-α2 + α3·ln D1) + E fitted on {path}:" in out
+    assert "G_stack g = 2 on tiny-L8-D64, mid: " in out and " at 3 d's (2.5M–40M)" in out
+    assert "d 95 % bootstrap interval [" in out and "predicted loss at d: " in out
+    # another operator, or a g the sweep does not have: a note, the Eq. 2 fit still printed
+    plan = plan_growth("tiny-L8-D64", flops=3e14, g=4, fit_dir=str(path))
+    assert plan.lk is None and plan.fitted is not None
+    assert any(n.startswith(f"Liew & Kato not fitted on {path}: no finished grown run") for n in plan.fit_notes)
+
+
+def test_a_sweep_that_supports_neither_law_is_one_line(tmp_path, capsys):
+    """At one growth timing d there is neither an IsoFLOP valley nor a D1 to fit α1 on: both reasons, one line."""
+    path = renamed_fixture(tmp_path, keep=lambda r: r[r["grow_at_tokens"].isna() | (r["grow_at_tokens"] == 1e7)])
+    argv = ["plan-growth", "--target", "tiny-L8-D64", "--flops", "3e14", "--g", "2", "--fit", str(path)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot support an Eq. 2 fit" in err
+    assert "and no Liew & Kato fit: D1 takes a single value (10M): α1 and α3 are not identifiable" in err
