@@ -14,6 +14,7 @@
     stacking export   SWEEP_DIR OUT_DIR [--overwrite]
     stacking eval     CKPT_OR_RUN --tasks T1,T2 [--include_path DIR] [--limit N] [--num_fewshot K] [--out FILE]
     stacking eval-tasks --data_dir DIR --out DIR
+    stacking val-docs RUN_DIR_OR_SWEEP_DIR [--data_dir DIR] [--device cpu]
     stacking fit-law  CSV --n COL (--d COL | --flops COL) --loss COL [--bootstrap K]
     stacking import-hf HF_DIR LIT_DIR
     stacking export-hf LIT_DIR HF_DIR
@@ -250,6 +251,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "fit-law": _lazy("analysis.cli", "fit_law_main"),
     "eval": _lazy("stacking.evaluate", "eval_main"),
     "eval-tasks": _lazy("stacking.evaluate", "eval_tasks_main"),
+    "val-docs": _lazy("stacking.val_docs", "main"),
 }
 
 
