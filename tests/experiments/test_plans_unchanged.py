@@ -3,7 +3,7 @@ order — and of a few variants that take the planner's other paths (VARIANTS) i
 tests/fixtures/plans.json.gz. A refactor of the planner must leave it unchanged; a change that means to move plans
 rewrites the fixture and says which run ids moved:
 
-    python tests/experiments/test_plans_unchanged.py            # rewrite tests/fixtures/plans.json.gz
+    PYTHONPATH=tests python tests/experiments/test_plans_unchanged.py            # rewrite tests/fixtures/plans.json.gz
 
 Planning reads only the data dirs' meta.json and file sizes, so the corpora the grids name are faked (sparse
 files) with their real token counts and vocabularies (tests/experiments/test_grids.py's CORPORA; SlimPajama-627B for the
