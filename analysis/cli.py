@@ -143,7 +143,8 @@ def loss_table_parser():
         "stacking loss-table",
         "Final losses of a sweep (mid-schedule and annealed), each grown run minus "
         "its own seed's scratch run: mean ± 95 % CI over seeds; with a grid's eval:, the downstream scores "
-        "paired the same way under it; --contrast: the difference-in-differences against another sweep (e.g. "
+        "paired the same way under it; with `stacking val-docs` files, each difference's CI over resampled "
+        "validation documents; --contrast: the difference-in-differences against another sweep (e.g. "
         "another init).",
     )
     p.add_argument("sweep_dir", help="a sweep dir written by `stacking sweep` (or its export, `stacking export`)")
@@ -193,6 +194,7 @@ def _loss_table(argv: list[str]) -> int:
             print(f"\n{EQUAL_FLOPS_TEXT}")
             print(format_equal_flops_table(equal))
         _print_downstream(sweep, losses)
+        _print_val_bootstrap(sweep)
     return 0
 
 
@@ -207,6 +209,17 @@ def _print_downstream(sweep, losses: pd.DataFrame) -> None:
     print(format_downstream_table(table))
     for line in disagreements(table):
         print(f"disagrees with the loss: {line}")
+
+
+def _print_val_bootstrap(sweep) -> None:
+    """Where runs have val_docs.json (`stacking val-docs`): each difference's seed CI beside its document CI."""
+    from analysis.val_bootstrap import RESAMPLES, format_val_bootstrap, val_bootstrap_table
+
+    table = val_bootstrap_table(sweep)
+    if table.empty:
+        return
+    print(f"\neach method − scratch with its seed CI and doc CI (validation documents resampled, {RESAMPLES} draws):")
+    print(format_val_bootstrap(table))
 
 
 def loss_table_main(argv: list[str]) -> int:

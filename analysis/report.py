@@ -13,6 +13,8 @@ Writes into OUT (default SWEEP_DIR/report/):
                     each minus its own seed's scratch cooldown (no interpolation)
     downstream.csv  with a grid's ``eval:``: downstream scores per target × method × metric, each minus its own
                     seed's scratch run's, beside the loss difference (analysis/downstream.py)
+    val_bootstrap.csv  with runs' eval/val_docs.json (`stacking val-docs`): each paired loss difference's seed CI
+                    and its CI over resampled validation documents (analysis/val_bootstrap.py)
     fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
     figures/*.png   loss curves per target, speed-up bars (and annealed ones), L(C), IsoFLOP, Chinchilla
 
@@ -65,6 +67,7 @@ from analysis.speedup import (
     speedup_table,
 )
 from analysis.sweep import AnalysisError, load_sweep, lr_sweep_table, read_provenance, read_val_windows, to_jsonable
+from analysis.val_bootstrap import val_bootstrap_section
 
 SPEEDUP_DEFINITION = (
     "speed-up = FLOPs_scratch(L*) / FLOPs_grown(L*) − 1, FLOPs to first reach L* read on the running minimum of "
@@ -117,7 +120,7 @@ def write_report(
     speed, speedups = speedup_section(sweep, target_loss)
     fitted = fitted_law_sections(sweep, bootstrap, seed)
     spread = seed_spread_section(sweep, speedups) if target_loss is None else Section()
-    body = [speed] + result_sections(sweep, bootstrap)
+    body = [speed] + result_sections(sweep, bootstrap, seed)
     computed = [speed, *fitted, spread, *body[1:]]  # the order notes and figures are listed in
     notes = [n for s in computed for n in s.notes]
     warnings = [w for s in computed for w in s.warnings]
@@ -261,9 +264,10 @@ def seed_spread_section(sweep, speedups: Speedups) -> Section:
     return sec
 
 
-def result_sections(sweep, bootstrap: int) -> list[Section]:
+def result_sections(sweep, bootstrap: int, seed: int = 0) -> list[Section]:
     """The sections after the speed-ups, each where the sweep has its data: final losses (grown and scratch runs),
-    downstream scores (a grid's ``eval:``), growth laws, the LR sweep, domain and general loss."""
+    downstream scores (a grid's ``eval:``), the document bootstrap (runs with val_docs.json), growth laws, the LR
+    sweep, domain and general loss."""
     out = []
     if len(sweep.runs("grown")) and len(sweep.runs("scratch")):
         losses = loss_table(sweep)
@@ -276,6 +280,7 @@ def result_sections(sweep, bootstrap: int) -> list[Section]:
             sec.csv["losses_equal_flops.csv"] = equal
         out.append(sec)
         out.append(downstream_section(sweep, losses))
+        out.append(val_bootstrap_section(sweep, seed=seed))
         out.append(growth_law_section(sweep, min(bootstrap, 100)))
     out.append(lr_sweep_section(sweep))
     out.append(domain_section(sweep))
