@@ -1,5 +1,5 @@
-"""Entry points of `stacking report`, `stacking export`, `stacking loss-table`, `stacking fit-law` and `stacking
-plan-growth` (wired into the top-level CLI by stacking/cli.py, which reaches analysis/ only through this module).
+"""Entry points of `stacking report`, `stacking export`, `stacking loss-table`, `stacking trend`, `stacking fit-law`
+and `stacking plan-growth` (wired into the top-level CLI by stacking/cli.py, which reaches analysis/ only through this module).
 
 Each returns an exit code instead of exiting: 0 on success, 2 on a user error (bad arguments, missing or
 malformed input), printed as one line on stderr without a traceback. The parsers are jsonargparse's
@@ -225,6 +225,44 @@ def _print_val_bootstrap(sweep) -> None:
 def loss_table_main(argv: list[str]) -> int:
     """`stacking loss-table SWEEP_DIR [--per-seed] [--contrast SWEEP_B [--out CSV]]`."""
     return run_command("stacking loss-table", _loss_table, argv, (AnalysisError,))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stacking trend
+# --------------------------------------------------------------------------------------------------------------
+
+
+def trend_parser():
+    p = parser(
+        "stacking trend",
+        "The gain against model size and budget across sweeps: per sweep, grown method and budget, the annealed "
+        "loss minus its own seed's scratch at equal FLOPs (mean ± 95 %% CI over seeds), with the target's "
+        "non-embedding parameters, the baseline's init and LR, and tokens per parameter; writes trend.csv and "
+        "trend.png (docs/analysis.md, 'The trend across sweeps').",
+    )
+    p.add_argument("sweep_dirs", nargs="+", help="sweep dirs or their exports (one target each)")
+    p.add_argument("--out", default="trend", metavar="DIR", help="where trend.csv and trend.png go (default: trend)")
+    return p
+
+
+def _trend(argv: list[str]) -> int:
+    from analysis.plots import save_figure
+    from analysis.trend import format_trend_table, plot_trend, trend_table
+
+    args = parse(trend_parser(), argv)
+    table = trend_table(args.sweep_dirs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "trend.csv", index=False)
+    save_figure(plot_trend(table), out / "trend.png")
+    print(format_trend_table(table))
+    print(f"wrote {out / 'trend.csv'} and {out / 'trend.png'}")
+    return 0
+
+
+def trend_main(argv: list[str]) -> int:
+    """`stacking trend SWEEP_DIR [SWEEP_DIR …] [--out DIR]`."""
+    return run_command("stacking trend", _trend, argv, (AnalysisError,))
 
 
 # --------------------------------------------------------------------------------------------------------------

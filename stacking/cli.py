@@ -5,12 +5,13 @@
     stacking data     --import PATH … --out DIR [--val_import PATH …] [--dtype D] [--vocab_size V] [--tokenizer PATH]
     stacking train    CONFIG.yaml [--field value …]
     stacking grow     SRC_DIR DST_DIR --op OP [--direction depth|width] --g G [op options]
-    stacking plan-growth --target PRESET (--flops C | --tokens T) [--g G] [--fit SWEEP_DIR]
+    stacking plan-growth --target PRESET (--flops C | --tokens T) [--g G] [--fit SWEEP_DIR] [--fit-op OP]
     stacking sweep    GRID.yaml [--out DIR] [--dry-run] [--executor local|slurm] [--jobs N] [--threads T]
                       [--only PATTERN] [--retries K] [--cluster slurm|local|debug]
     stacking sweep status SWEEP_DIR
     stacking report   SWEEP_DIR [--out DIR] [--target-loss X]
     stacking loss-table SWEEP_DIR [--per-seed] [--contrast SWEEP_B]
+    stacking trend    SWEEP_DIR [SWEEP_DIR …] [--out DIR]
     stacking export   SWEEP_DIR OUT_DIR [--overwrite]
     stacking eval     CKPT_OR_RUN --tasks T1,T2 [--include_path DIR] [--limit N] [--num_fewshot K] [--out FILE]
     stacking eval-tasks --data_dir DIR --out DIR
@@ -247,6 +248,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "sweep": _lazy("experiments.cli", "sweep_main"),
     "report": _lazy("analysis.cli", "report_main"),
     "loss-table": _lazy("analysis.cli", "loss_table_main"),
+    "trend": _lazy("analysis.cli", "trend_main"),
     "export": _lazy("analysis.cli", "export_main"),
     "fit-law": _lazy("analysis.cli", "fit_law_main"),
     "eval": _lazy("stacking.evaluate", "eval_main"),
