@@ -15,7 +15,10 @@ curve (reading "mid"). α1 and α3 need ≥ 2 distinct D1, α3 needs ≥ 2 of th
 
 Klein, Hutter et al. (arXiv 2605.13405): past an upper bound on the growth factor g, scratch wins.
 `g_bound_table` reads it per budget off a factor grid (one d, several g, seeds): the paired (by seed) loss
-difference grown − scratch per g, its Student-t 95 % CI, and the largest g whose CI lies wholly below 0.
+difference grown − scratch per g, its Student-t 95 % CI, and the largest g whose CI lies wholly below 0. Every
+budget compares the two at equal FLOPs: the final losses, the f = 1 cooldowns, and below f = 1 only cooldowns a
+grid's ``anneal.at_scratch_flops`` placed at scratch's FLOPs (a grown cooldown at a fraction of its own budget has
+spent more than scratch's at that fraction: its base's FLOPs).
 """
 
 from __future__ import annotations
@@ -381,35 +384,61 @@ G_BOUND_COLUMNS = [
 ]
 
 
-def _budget_losses(sweep: Sweep, run) -> dict[str, float]:
-    """{"final": the run's last mid-schedule loss, "f=0.5": its annealed loss at f = 0.5, …}."""
+EQUAL_FLOPS_RTOL = 0.01
+"""A grown reading and a scratch reading closer than this in FLOPs are at the same budget (whole steps apart)."""
+
+
+def _scratch_budgets(sweep: Sweep, run) -> dict[str, tuple[float, float]]:
+    """{"final": (the run's last mid-schedule loss, its FLOPs), "f=0.5": (its annealed loss at f = 0.5, FLOPs), …}."""
     a = sweep.annealed_curve(str(run["run_id"]))
-    return {"final": float(run["final_val_loss"])} | {
-        f"f={f:g}": float(v) for f, v in zip(a["anneal_fraction"], a["val_loss"])
+    return {"final": (float(run["final_val_loss"]), float(run["flops"]))} | {
+        f"f={f:g}": (float(v), float(c)) for f, v, c in zip(a["anneal_fraction"], a["val_loss"], a["flops"])
     }
+
+
+def _grown_at(sweep: Sweep, run, scratch: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The grown run's losses at the scratch run's budgets, where it has spent the same FLOPs (`EQUAL_FLOPS_RTOL`):
+    its last mid-schedule loss at "final", and at "f=…" its cooldown at scratch's FLOPs — the f = 1 cooldown, and a
+    grid's ``anneal.at_scratch_flops`` cooldowns below it. Its cooldowns at fractions of its own budget (which
+    includes the base's FLOPs: more than scratch's at the same fraction) are not compared."""
+    a = sweep.annealed_curve(str(run["run_id"]))
+    points = [("final", float(run["final_val_loss"]), float(run["flops"]))]
+    points += list(zip([None] * len(a), a["val_loss"].astype(float), a["flops"].astype(float)))
+    out = {}
+    for budget, (_, flops) in scratch.items():
+        gap = [(abs(f / flops - 1.0), loss) for kind, loss, f in points if (kind == "final") == (budget == "final")]
+        close = [g for g in gap if g[0] <= EQUAL_FLOPS_RTOL]
+        if close:
+            out[budget] = min(close)[1]
+    return out
 
 
 def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
     """Per target × op × direction × d × budget × g: the paired (by seed) difference grown − scratch of the same
     target (mean over seeds and Student-t CI, `analysis.speedup.mean_ci`), `better` = CI wholly below 0, and per
     target × op × direction × d × budget `g_bound` = the largest g that is `better`, or "none". Budgets: "final"
-    (last mid-schedule loss) and "f=…" for each annealed fraction both runs have. Seeds without a scratch run of
+    (last mid-schedule loss) and "f=…" for each annealed fraction of the scratch run, each compared with the grown
+    run's reading at the same FLOPs (`_grown_at`: f = 1, and below it only a grid's ``anneal.at_scratch_flops``
+    cooldowns; a budget without one is not read). Seeds without a scratch run of
     their own are left out; with one pair the CI is NaN and the g is not `better`."""
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     scratch = (
         sweep.runs("scratch").sort_values("tokens", kind="stable").drop_duplicates(["target", "seed"], keep="last")
     )
-    scratch_losses = {(r["target"], r["seed"]): (r["run_id"], _budget_losses(sweep, r)) for _, r in scratch.iterrows()}
+    scratch_losses = {
+        (r["target"], r["seed"]): (r["run_id"], _scratch_budgets(sweep, r)) for _, r in scratch.iterrows()
+    }
     diffs: dict[tuple, list[float]] = {}
+    paired = 0
     for _, r in sweep.runs("grown").iterrows():
         if (r["target"], r["seed"]) not in scratch_losses:
             continue
+        paired += 1
         sid, base = scratch_losses[(r["target"], r["seed"])]
         sweep.check_same_windows(str(r["run_id"]), str(sid))
         key = (r["target"], r["op"], r["direction"], float(r["grow_at_tokens"]))
-        for budget, loss in _budget_losses(sweep, r).items():
-            if budget in base:
-                diffs.setdefault(key + (budget, float(r["g"])), []).append(loss - base[budget])
+        for budget, loss in _grown_at(sweep, r, base).items():
+            diffs.setdefault(key + (budget, float(r["g"])), []).append(loss - base[budget][0])
     rows = []
     for key, values in diffs.items():
         m, lo, hi = mean_ci(values, level)
@@ -423,8 +452,13 @@ def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
                 "better": bool(hi < 0),
             }
         )
-    if not rows:
+    if not paired:
         raise AnalysisError(f"{sweep.path}: no grown run has a scratch run of its own target and seed to pair with")
+    if not rows:
+        raise AnalysisError(
+            f"{sweep.path}: none of its {paired} paired grown runs has a reading at its scratch run's FLOPs "
+            f"(within {EQUAL_FLOPS_RTOL:.0%}; a grid's scratch.flop_matched makes them equal): no budget to compare at"
+        )
     out = pd.DataFrame(rows)
     out["_order"] = out["budget"] != "final"  # "final" first, then the fractions in order
     out = out.sort_values(["target", "op", "direction", "d", "_order", "budget", "g"], kind="stable")

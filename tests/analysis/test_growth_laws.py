@@ -173,12 +173,14 @@ DIFFS = {  # (op, g) → budget → grown − scratch per seed
 
 
 def write_factor_sweep(path: Path) -> Path:
-    """results.csv alone (the g-bound reads no curve): scratch and G_stack g = 2/4/8 at seeds 0–2 with cooldowns
-    at f = 0.5 and 1, a G_stack g = 2 run at seed 3 with no scratch of its own, a one-seed G_zero."""
+    """results.csv alone (the g-bound reads no curve): scratch (1e12 FLOPs) and G_stack g = 2/4/8 at seeds 0–2 with
+    cooldowns at f = 0.5 and 1 — the grown ones at fractions of their own budget, whose f = 0.5 has spent its
+    base's 2e11 FLOPs more than scratch's (a loss 1.0 lower, never to be read), plus one at scratch's f = 0.5 FLOPs
+    (anneal.at_scratch_flops) — a G_stack g = 2 run at seed 3 with no scratch of its own, a one-seed G_zero."""
     rows = []
 
-    def add(rid, kind, seed, loss, **extra):
-        rows.append(results_row(rid, kind, seed, loss, anneal_fraction=None) | extra)
+    def add(rid, kind, seed, loss, flops=1e12, **extra):
+        rows.append(results_row(rid, kind, seed, loss, anneal_fraction=None, flops=flops) | extra)
 
     grown = {"direction": "depth", "grow_at_tokens": 100}
     for seed in range(3):
@@ -189,18 +191,25 @@ def write_factor_sweep(path: Path) -> Path:
                 "cooldown",
                 seed,
                 SCRATCH[f][seed],
+                f * 1e12,
                 parent_run=f"scratch-s{seed}",
                 anneal_fraction=f,
             )
         for (op, g), diffs in DIFFS.items():
             rid = f"{op}-g{g}-s{seed}"
             add(rid, "grown", seed, SCRATCH["final"][seed] + diffs["final"][seed], op=op, g=g, **grown)
-            for f in (0.5, 1.0):
+            own = {
+                "f0.5": (0.5, 6e11, SCRATCH[0.5][seed] - 1.0),
+                "f1.0": (1.0, 1e12, SCRATCH[1.0][seed] + diffs[1.0][seed]),
+            }
+            own["at-scratch-f0.5"] = (0.4, 5.001e11, SCRATCH[0.5][seed] + diffs[0.5][seed])
+            for name, (f, flops, loss) in own.items():
                 add(
-                    f"cd-{rid}-f{f}",
+                    f"cd-{rid}-{name}",
                     "cooldown",
                     seed,
-                    SCRATCH[f][seed] + diffs[f][seed],
+                    loss,
+                    flops,
                     parent_run=rid,
                     anneal_fraction=f,
                     op=op,
@@ -219,6 +228,7 @@ def test_g_bound_matches_a_hand_computation(tmp_path):
     stack = t[t["op"] == "G_stack"]
     assert list(stack["budget"].unique()) == ["final", "f=0.5", "f=1"]
     assert (stack["n_pairs"] == 3).all()  # seed 3 has no scratch run: left out
+    # f = 0.5 reads the cooldowns at scratch's FLOPs, never the grown run's own f = 0.5 (1.0 lower, 20 % more FLOPs)
     for (op, g), diffs in DIFFS.items():
         for budget, values in diffs.items():
             r = stack[(stack["g"] == g) & (stack["budget"] == ("final" if budget == "final" else f"f={budget:g}"))]
@@ -247,12 +257,27 @@ def test_g_bound_without_pairs_is_one_line(tmp_path):
         g_bound_table(path)
 
 
-def test_g_bound_on_the_fixture_sweep(sweep):
-    t = g_bound_table(sweep)
-    r = t[(t["target"] == "toy-1M") & (t["op"] == "G_random")]
-    assert (r["g_bound"] == "none").all() and set(r["budget"]) == {"final", "f=0.25", "f=0.5", "f=0.75", "f=1"}
-    r = t[(t["target"] == "toy-1M") & (t["op"] == "G_stack") & (t["d"] == 1e7)]
-    assert (r["g_bound"] == 2.0).all() and r["better"].all()
+def test_g_bound_on_the_fixture_sweep_refuses_unequal_flops(sweep):
+    """The fixture's grown runs train a fixed number of tokens after growth: at d = 10M they end with 5 % more FLOPs
+    than scratch (6.3e14 vs 6e14), and so do their cooldowns at each fraction: no budget is equal."""
+    with pytest.raises(
+        AnalysisError, match=r"none of its 30 paired grown runs has a reading at its scratch run's FLOPs"
+    ):
+        g_bound_table(sweep)
+
+
+def test_g_bound_on_the_committed_seeds_demo():
+    """results/seeds-demo: f < 1 read from the at_scratch_flops cooldowns (equal to the equal-FLOPs loss table),
+    f = 1 and final from the FLOP-matched runs."""
+    from analysis.loss_table import equal_flops_table
+
+    demo = Path(__file__).parents[2] / "results" / "seeds-demo"
+    t = g_bound_table(demo)
+    eq = equal_flops_table(demo)
+    assert list(t["budget"].unique()) == ["final", "f=0.25", "f=0.5", "f=0.75", "f=1"] and (t["n_pairs"] == 8).all()
+    for _, r in eq.iterrows():
+        row = t[(t["g"] == float(r["method"].split("g=")[1].split()[0])) & (t["budget"] == f"f={r['fraction']:g}")]
+        assert row["diff"].iloc[0] == pytest.approx(r["annealed_vs_scratch"], abs=1e-12)
 
 
 @pytest.mark.slow  # > 10 s: out of the fast lane (make test-fast), in make test and CI
@@ -263,12 +288,13 @@ def test_the_report_shows_the_g_bound_and_the_liew_kato_fits(tmp_path):
 
     rep = write_report(Path(__file__).parents[1] / "fixtures" / "sweep_small", tmp_path / "r", bootstrap=10)
     text = rep.path.read_text()
-    assert "### Growth factor bound" in text and "(Liew & Kato 2025)" in text
+    assert "g-bound table: skipped (" in text and "has a reading at its scratch run's FLOPs" in text
+    assert "(Liew & Kato 2025)" in text
     laws = pd.read_csv(tmp_path / "r" / "liew_kato.csv")
     stack = laws[laws["op"] == "G_stack"]
     assert (stack["reading"] == "mid").all() and (stack["n_d1"] == 3).all() and stack["alpha2"].notna().all()
     assert laws[laws["op"] == "G_zero"]["note"].str.contains("not identifiable").all()
-    assert set(pd.read_csv(tmp_path / "r" / "g_bound.csv")["op"]) >= {"G_stack", "G_random"}
+    assert not (tmp_path / "r" / "g_bound.csv").exists()
 
 
 def lk(alpha1, alpha2, draws=None) -> LiewKatoFit:
