@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from experiments.grid import EvalSpec, Grid, PlannedRun
+from experiments.rundir import read_json
 from stacking.fsutil import write_json
 
 _GIT: dict | None = None
@@ -71,24 +72,42 @@ def write_plan(
 ) -> None:
     """SWEEP_DIR/grid.yaml (the grid as given) and plan.json (every resolved run and its dependencies, with the
     git state, the software versions and the data ids the plan was made with; ``eval``: the grid's evaluation
-    settings, include paths absolute, when it has some)."""
+    settings, include paths absolute, when it has some; ``history``: the provenance of earlier sweeps of this dir
+    made with other code, versions or data, see `_history`)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "grid.yaml").write_text(Path(grid_path).read_text())
     extra = {"eval": asdict(evaluation)} if evaluation is not None else {}
+    now = {
+        "grid": str(Path(grid_path).resolve()),
+        "name": grid.name,
+        "created_at": time.time(),
+        "git": git_info(),
+        "versions": versions(),
+        "data": data_ids(runs, sweep_dir),
+    }
+    history = _history(sweep_dir / "plan.json", now)
     write_json(
         sweep_dir / "plan.json",
-        {
-            "grid": str(Path(grid_path).resolve()),
-            "name": grid.name,
-            "created_at": time.time(),
-            "git": git_info(),
-            "versions": versions(),
-            "data": data_ids(runs, sweep_dir),
-            **extra,
-            "runs": [r.to_json() for r in runs],
-        },
+        now | extra | ({"history": history} if history else {}) | {"runs": [r.to_json() for r in runs]},
     )
+
+
+PROVENANCE_KEYS = ("grid", "created_at", "git", "versions", "data")
+"""What plan.json's ``history`` keeps of each earlier sweep of the dir whose code, versions or data differed."""
+
+
+def _history(path: Path, now: dict) -> list[dict]:
+    """The earlier plan.json's ``history`` and, when its git state, versions or data ids differ from ``now``, its own
+    provenance appended (oldest first): a re-sweep with other code (e.g. runs added to a finished sweep) keeps the
+    record of the code that trained the runs before it."""
+    prev = read_json(path) if path.is_file() else None
+    if not prev:
+        return []
+    history = list(prev.get("history") or [])
+    if any(prev.get(k) != now[k] for k in ("git", "versions", "data")):
+        history.append({k: prev.get(k) for k in PROVENANCE_KEYS})
+    return history
 
 
 __all__ = ["PACKAGES", "data_ids", "git_info", "versions", "write_plan"]
