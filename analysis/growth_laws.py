@@ -456,7 +456,7 @@ def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
         raise AnalysisError(f"{sweep.path}: no grown run has a scratch run of its own target and seed to pair with")
     if not rows:
         raise AnalysisError(
-            f"{sweep.path}: none of its {paired} paired grown runs has a reading at its scratch run's FLOPs "
+            f"none of the sweep's {paired} paired grown runs has a reading at its scratch run's FLOPs "
             f"(within {EQUAL_FLOPS_RTOL:.0%}; a grid's scratch.flop_matched makes them equal): no budget to compare at"
         )
     out = pd.DataFrame(rows)

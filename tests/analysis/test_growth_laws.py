@@ -261,7 +261,7 @@ def test_g_bound_on_the_fixture_sweep_refuses_unequal_flops(sweep):
     """The fixture's grown runs train a fixed number of tokens after growth: at d = 10M they end with 5 % more FLOPs
     than scratch (6.3e14 vs 6e14), and so do their cooldowns at each fraction: no budget is equal."""
     with pytest.raises(
-        AnalysisError, match=r"none of its 30 paired grown runs has a reading at its scratch run's FLOPs"
+        AnalysisError, match=r"none of the sweep's 30 paired grown runs has a reading at its scratch run's FLOPs"
     ):
         g_bound_table(sweep)
 
