@@ -8,7 +8,8 @@ Liew & Kato (arXiv 2510.06548): a base trained on D1 tokens, grown, and trained 
 Huber(δ = 1e-3) loss on the log residuals (Chinchilla's objective, analysis/fit.py) by scipy's trust-region least
 squares from a grid of starts; D1 and D2 are divided by their geometric means inside the fit (the normalised
 parameters are a reparametrisation, mapped back exactly), so the reported parameters are in the caller's units.
-Bootstrap: the points are resampled with replacement and refitted from the estimate; percentile CIs.
+Bootstrap: the points are resampled with replacement and refitted from the estimate; percentile CIs. Read off a
+sweep, whole runs are resampled (a run's curve or cooldown points are not independent draws).
 `liew_kato_points` reads the points of one operator off a sweep: D1 = the grown run's d, D2 = tokens trained
 after growth, at the annealed ends of its cooldowns (reading "annealed") or at each evaluation of its validation
 curve (reading "mid"). α1 and α3 need ≥ 2 distinct D1, α3 needs ≥ 2 of them with ≥ 2 D2 each.
@@ -143,13 +144,23 @@ def _lk_starts(loss: np.ndarray) -> np.ndarray:
 
 
 def fit_liew_kato(
-    d1, d2, loss, *, bootstrap: int = 0, seed: int = 0, ci_level: float = 0.95, delta: float = HUBER_DELTA
+    d1,
+    d2,
+    loss,
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    ci_level: float = 0.95,
+    delta: float = HUBER_DELTA,
+    groups=None,
 ) -> LiewKatoFit:
     """Fit Liew & Kato's L(D1, D2) to points (base tokens D1, tokens after growth D2, loss); see the module doc.
 
     The best of the grid starts (`LK_GRID`, 72) is the estimate. With `bootstrap` = K > 0, K resamples of the
     points (numpy seed `seed`) are refitted from it; CIs are percentile intervals at `ci_level` (resamples that
-    fail to converge are NaN and left out)."""
+    fail to converge, or whose points leave α1 / α3 unidentifiable, are NaN and left out). With `groups` (one
+    label per point, e.g. its run id), whole groups are resampled: the points of one validation curve or of one
+    run's cooldowns are not independent draws, and resampling them one by one would make the CIs too narrow."""
     d1, d2, loss = (np.asarray(v, dtype=float).ravel() for v in (d1, d2, loss))
     check_points({"D1": d1, "D2": d2, "loss": loss}, min_points=len(LK_PARAMS) + 1)
     check_identifiable(d1, d2)
@@ -179,8 +190,13 @@ def fit_liew_kato(
     if bootstrap > 0:
         rng = np.random.default_rng(seed)
         draws = np.full((bootstrap, len(LK_PARAMS)), np.nan)
+        members = _members(groups, loss.size)
         for k in range(bootstrap):
-            i = rng.integers(0, loss.size, loss.size)
+            i = np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))])
+            try:
+                check_identifiable(d1[i], d2[i])
+            except AnalysisError:
+                continue
             s = _solve(best, x1[i], x2[i], y[i], delta)
             if s.status > 0 and np.isfinite(s.cost):
                 draws[k] = _to_original(s.x, ls1, ls2)[0]
@@ -191,6 +207,16 @@ def fit_liew_kato(
         fit.n_bootstrap, fit.ci_level, fit.draws = bootstrap, ci_level, draws
         fit.ci = {k: (float(lo[j]), float(hi[j])) for j, k in enumerate(LK_PARAMS)}
     return fit
+
+
+def _members(groups, n: int) -> list[np.ndarray]:
+    """The point indices of each resampling unit: one per point, or one per distinct label of `groups`."""
+    if groups is None:
+        return [np.array([j]) for j in range(n)]
+    labels = np.asarray(groups).ravel()
+    if labels.size != n:
+        raise AnalysisError(f"groups has {labels.size} labels for {n} points")
+    return [np.flatnonzero(labels == g) for g in dict.fromkeys(labels.tolist())]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -337,7 +363,7 @@ def liew_kato_summary(
             kw = {"target": str(target), "g": float(g), "direction": None if pd.isna(direction) else str(direction)}
             pts = fit_points(sweep, str(op), reading=reading, **kw)
             row |= {"reading": pts["reading"].iloc[0], "n_points": len(pts), "n_d1": pts["D1"].nunique()}
-            fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"], bootstrap=bootstrap, seed=seed)
+            fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"], bootstrap=bootstrap, seed=seed, groups=pts["run_id"])
         except AnalysisError as err:
             rows.append(row | {"note": str(err)})
             continue

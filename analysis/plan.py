@@ -346,7 +346,7 @@ def _add_lk_fit(plan: Plan, fit_dir: str, timing: dict, g: int, op: str) -> None
     minimises it at the plan's budget; warned where D2 leaves the sweep's range or d sits at an end of it."""
     sweep = load_sweep(fit_dir)
     pts = fit_points(sweep, op, target=plan.target, g=float(g), direction="depth")
-    fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"], bootstrap=200, seed=0)
+    fit = fit_liew_kato(pts["D1"], pts["D2"], pts["loss"], bootstrap=200, seed=0, groups=pts["run_id"])
     d1_range = (float(pts["D1"].min()), float(pts["D1"].max()))
     best = optimal_d1(fit, timing["flops"], timing["base_fpt"], timing["target_fpt"], d1_range)
     d = best["d1"]

@@ -326,3 +326,19 @@ def test_optimal_d1_is_the_argmin_along_the_budget_line():
 def test_a_budget_the_base_uses_up_is_one_line():
     with pytest.raises(AnalysisError, match=r"used up by the base before the sweep's smallest d \(10M\)"):
         optimal_d1(lk(0.3, 0.3), 1e16, 2e9, 8e9, (1e7, 1e9))
+
+
+def test_grouped_bootstrap_resamples_whole_runs():
+    """Points that are not independent draws (here each point repeated 5 times, as a run's curve repeats its
+    run's luck) make a point bootstrap too narrow; resampling the groups gives the width of the distinct points."""
+    d1, d2, loss = grid_points(noise=0.003, reps=1)
+    rep = [np.repeat(v, 5) for v in (d1, d2, loss)]
+    width = {}
+    for name, kw in (("points", {}), ("groups", {"groups": np.repeat(np.arange(d1.size), 5)})):
+        fit = fit_liew_kato(*rep, bootstrap=60, seed=3, **kw)
+        width[name] = fit.ci["alpha2"][1] - fit.ci["alpha2"][0]
+    assert width["groups"] > 1.6 * width["points"]
+    singletons = fit_liew_kato(d1, d2, loss, bootstrap=20, seed=3, groups=np.arange(d1.size))
+    assert singletons.ci == fit_liew_kato(d1, d2, loss, bootstrap=20, seed=3).ci  # one point a group: the same draws
+    with pytest.raises(AnalysisError, match="groups has 3 labels for 40 points"):
+        fit_liew_kato(d1, d2, loss, bootstrap=5, groups=[1, 2, 3])
