@@ -6,7 +6,9 @@ checkpoints the loss table reads, "mid" and "annealed". The step runs in the pro
 its lock (`experiments.execute.execute`): right after training, or alone for a run an earlier sweep trained, so
 adding ``eval:`` to a finished sweep evaluates it without retraining. The result is `stacking eval`'s JSON, under
 the name it gives by default (``runs/<id>/eval/tokens-N_<tasks>[_limitN][_Kshot].json``); the outcome goes into
-status.json's ``eval`` ({state: done | failed, tasks, file or reason, wall_time_s}). A failed evaluation leaves the
+status.json's ``eval`` ({state: done | failed, tasks, file or reason, val_docs, wall_time_s}). After the scores it
+writes the run's per-document validation losses (``eval/val_docs.json``, `stacking.val_docs`; ``val_docs``: "done"
+or why not, never failing the evaluation), which the report's doc bootstrap reads. A failed evaluation leaves the
 training results as they are, writes its traceback to ``eval_error.txt`` and is tried again by the next sweep. The
 settings are recorded in plan.json's ``eval``, never in a run's config: run ids do not depend on them.
 """
@@ -122,8 +124,24 @@ def evaluate_run(run: PlannedRun, sweep_dir: str | Path, spec: EvalSpec) -> dict
         **out,
         "state": "done",
         "file": str(path.relative_to(run_dir)),
+        "val_docs": _val_docs(run_dir, run),
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
+
+
+def _val_docs(run_dir: Path, run: PlannedRun) -> str:
+    """The run's per-document validation losses beside its scores (`stacking val-docs`: the report's doc CI),
+    unless current: "done", or "failed: <why>" — never a failed evaluation (e.g. a run trained under bf16 autocast,
+    whose float32 re-evaluation misses final_val_loss by more than the check allows)."""
+    from stacking.val_docs import is_current, write_val_docs
+
+    try:
+        if not is_current(run_dir):
+            write_val_docs(run_dir, data_dir=run.config.data_dir, device=_device(run))
+        return "done"
+    except Exception as e:  # noqa: BLE001 - recorded; the scores stand
+        line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"failed: {type(e).__name__}: {line}"[:300]
 
 
 def summary_line(run_dir: Path, outcome: dict) -> str:

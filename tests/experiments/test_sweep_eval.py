@@ -153,8 +153,11 @@ def test_sweep_evaluates_the_loss_tables_checkpoints(tmp_path, tiny_data, tasks_
         assert df.loc[evaluated, col].notna().all() and df.loc[~evaluated, col].isna().all(), col
     assert list(df.columns[-8:-6]) == ["variant", "eval_status"]  # after every existing column
     for _, r in df.iterrows():
-        files = list((sweep / r["run_dir"]).glob("eval/*.json"))
+        files = [f for f in (sweep / r["run_dir"]).glob("eval/*.json") if f.name != "val_docs.json"]
         assert len(files) == int(evaluated[_]), r["run_id"]
+        assert (sweep / r["run_dir"] / "eval" / "val_docs.json").is_file() == bool(evaluated[_])  # the doc CI's data
+        if evaluated[_]:
+            assert json.loads((sweep / r["run_dir"] / "status.json").read_text())["eval"]["val_docs"] == "done"
     scratch = df[df["kind"] == "scratch"].iloc[0]
     record = json.loads(next((sweep / scratch["run_dir"]).glob("eval/*.json")).read_text())
     assert record["checkpoint"]["path"].endswith(f"tokens-{int(scratch['tokens']):012d}")
@@ -169,6 +172,7 @@ def test_sweep_evaluates_the_loss_tables_checkpoints(tmp_path, tiny_data, tasks_
     down = pd.read_csv(sweep / "report" / "downstream.csv")
     assert set(down["method"]) == {"scratch", "G_stack g=2 d=1.02K"} and (down["mid_seeds"] == 2).all()
     assert "### Downstream scores, paired by seed" in (sweep / "report" / "report.md").read_text()
+    assert (sweep / "report" / "val_bootstrap.csv").is_file()  # every evaluated run has its val_docs.json
     assert loss_table_main([str(sweep)]) == 0
     export = tmp_path / "export"
     from analysis.export import export_sweep
