@@ -24,7 +24,7 @@ SCRATCH_TOKENS = 1_812_480
 def test_the_rows_are_the_equal_flops_readings_with_their_axes():
     t = sweep_trend(DEMO)
     eq = equal_flops_table(DEMO)
-    assert len(t) == len(eq) == 8  # 2 methods × 4 budgets
+    assert len(t) == len(eq) == 12  # G_stack g = 2, 4, 8 × 4 budgets
     assert np.allclose(t["diff"], eq["annealed_vs_scratch"]) and np.allclose(t["diff_ci"], eq["annealed_vs_scratch_ci"])
     assert set(t["params_non_embedding"]) == {N_DEMO} and set(t["init"]) == {"tinyllama"} and set(t["lr"]) == {0.012}
     row = t[(t["method"] == "G_stack g=2 d=328K") & (t["fraction"] == 0.25)].iloc[0]
@@ -43,7 +43,7 @@ def test_without_equal_flops_cooldowns_only_the_full_budget(tmp_path):
     res[~extra].drop(columns="at_flops_of").to_csv(tmp_path / "s" / "results.csv", index=False)
     t = sweep_trend(tmp_path / "s")
     lt = loss_table(load_sweep(DEMO)).set_index("method")
-    assert list(t["fraction"]) == [1.0, 1.0]
+    assert list(t["fraction"]) == [1.0, 1.0, 1.0]
     for _, r in t.iterrows():
         assert r["diff"] == pytest.approx(lt.loc[r["method"], "annealed_vs_scratch"])
         assert r["tokens_per_param"] == pytest.approx(SCRATCH_TOKENS / N_DEMO)
@@ -53,7 +53,7 @@ def test_the_command_writes_the_table_and_the_figure(tmp_path, capsys):
     assert cli_main(["trend", str(DEMO), str(TORCH), "--out", str(tmp_path / "t")]) == 0
     out = capsys.readouterr().out
     assert "| seeds-demo | 0.117M | tinyllama, 0.012 | G_stack g=2 d=328K | 0.25 | 3.86 | 8 | -0.0832 ± 0.0245 |" in out
-    assert pd.read_csv(tmp_path / "t" / "trend.csv").shape[0] == 16
+    assert pd.read_csv(tmp_path / "t" / "trend.csv").shape[0] == 12 + 8  # g = 8 in seeds-demo only
     assert (tmp_path / "t" / "trend.png").stat().st_size > 10_000
 
 

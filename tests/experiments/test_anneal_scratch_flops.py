@@ -82,8 +82,9 @@ def test_option_only_adds_cooldowns(tmp_path, tiny_data):
 
 
 def test_seeds_demo_plan(tmp_path, monkeypatch):
-    """seeds.yaml --scale demo with the option: the 136 runs of the finished sweep unchanged, 3 cooldowns more per
-    grown run (f = 1 is each grown run's own end: FLOP-matched to within the two budgets' rounding)."""
+    """seeds.yaml --scale demo with the option: the 184 runs of the plan without it unchanged (g = 2, 4, 8 on 8 seeds),
+    3 cooldowns more per grown run (f = 1 is each grown run's own end: FLOP-matched to within the two budgets'
+    rounding)."""
     from test_plans_unchanged import fake_corpora
 
     fake_corpora(tmp_path)
@@ -97,11 +98,12 @@ def test_seeds_demo_plan(tmp_path, monkeypatch):
         notes = []
         plans[flag] = expand(load_grid(tmp_path / f"seeds-{flag}.yaml", scale="demo"), where="seeds.yaml", notes=notes)
     off, on = plans[False], plans[True]
-    assert [(r.id, r.config) for r in on[:136]] == [(r.id, r.config) for r in off] and len(on) == 136 + 48
+    assert len(off) == 184 and [(r.id, r.config) for r in on[:184]] == [(r.id, r.config) for r in off]
+    assert len(on) == 184 + 3 * 24
     assert not notes
     # seed 2, g = 2: offset 327,680·579,264 = 1.898e11 FLOPs = 173,048.7 target tokens; scratch's cooldowns end at
     # 452,608 / 905,216 / 1,359,872 tokens → 279,559 / 732,167 / 1,186,823 → 137 / 358 / 580 steps of 2048
-    new = {r.name: r for r in on[136:] if r.config.seed == 2}
+    new = {r.name: r for r in on[184:] if r.config.seed == 2}
     g2 = [new[f"cooldown-tiny-L8-D32-G_stack-depth-g2-d327680-s2-at-scratch-f{p}"] for p in (25, 50, 75)]
     assert [(c.tokens, c.decay_tokens, c.start_tokens) for c in g2] == [
         (280_576, 55_296, 0),
