@@ -4,8 +4,9 @@
 
 Each folder of RESULTS_DIR (default: results/) that holds a results.csv gets `stacking report FOLDER --out
 FOLDER/report` (the same defaults as `stacking report`: 200 bootstrap resamples, seed 0, so the numbers are the ones
-a report of the full sweep dir gives). Prints each folder's headline and the files written. Exits 2 with one line
-when RESULTS_DIR holds no export or a report fails.
+a report of the full sweep dir gives), then RESULTS_DIR/trend/trend.csv and trend.png: `stacking trend` over every
+folder that has paired grown and scratch runs of one target (the others are named and skipped). Prints each
+folder's headline and the files written. Exits 2 with one line when RESULTS_DIR holds no export or a report fails.
 """
 
 from __future__ import annotations
@@ -43,7 +44,31 @@ def rebuild(results_dir: str | Path = "results", bootstrap: int = 200, seed: int
         for p in files:
             print(f"  wrote {p}")
         out[folder] = files
+    trend = write_trend(results_dir)
+    if trend:
+        out[Path(results_dir) / "trend"] = trend
     return out
+
+
+def write_trend(results_dir: str | Path) -> list[Path]:
+    """RESULTS_DIR/trend/trend.csv and trend.png over the folders `analysis.trend` can read; [] when none can."""
+    from analysis.plots import save_figure
+    from analysis.trend import plot_trend, trend_table
+
+    try:
+        table = trend_table(
+            exported_sweeps(results_dir), on_error=lambda f, err: print(f"trend: {Path(f).name} left out ({err})")
+        )
+    except AnalysisError:
+        return []
+    out = Path(results_dir) / "trend"
+    out.mkdir(exist_ok=True)
+    table.to_csv(out / "trend.csv", index=False)
+    save_figure(plot_trend(table), out / "trend.png")
+    print(f"trend: {len(table)} rows from {table['sweep'].nunique()} sweeps")
+    for p in (out / "trend.csv", out / "trend.png"):
+        print(f"  wrote {p}")
+    return [out / "trend.csv", out / "trend.png"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,11 +97,22 @@ def sweep_trend(sweep: Sweep | str, name: str | None = None) -> pd.DataFrame:
     return out[TREND_COLUMNS].reset_index(drop=True)
 
 
-def trend_table(sweeps: list[Sweep | str]) -> pd.DataFrame:
-    """`sweep_trend` of each sweep, smallest target first."""
+def trend_table(sweeps: list, on_error=None) -> pd.DataFrame:
+    """`sweep_trend` of each sweep, smallest target first. With ``on_error(sweep, err)``, a sweep it cannot read is
+    passed to it and left out (an AnalysisError when none is left) instead of raising."""
     if not sweeps:
         raise AnalysisError("give at least one sweep dir")
-    out = pd.concat([sweep_trend(s) for s in sweeps], ignore_index=True)
+    tables = []
+    for s in sweeps:
+        try:
+            tables.append(sweep_trend(s))
+        except AnalysisError as err:
+            if on_error is None:
+                raise
+            on_error(s, err)
+    if not tables:
+        raise AnalysisError("no sweep has paired grown and scratch runs to read a trend from")
+    out = pd.concat(tables, ignore_index=True)
     return out.sort_values(["params_non_embedding", "sweep", "method", "fraction"], kind="stable", ignore_index=True)
 
 

@@ -66,3 +66,17 @@ def test_a_sweep_without_grown_runs_is_one_line(tmp_path, capsys):
 def test_no_sweep_is_an_error():
     with pytest.raises(AnalysisError, match="at least one sweep"):
         trend_table([])
+
+
+def test_rebuild_writes_the_trend_of_every_export_it_can_read(tmp_path, capsys):
+    """`python -m analysis.rebuild` ends with results/trend/: the trend over the exports with paired runs, the
+    others (an LR sweep) named and left out."""
+    from analysis.rebuild import write_trend
+
+    for name in ("seeds-demo", "lr-scratch-demo_torch_init"):
+        (tmp_path / name).symlink_to(RESULTS / name, target_is_directory=True)
+    written = write_trend(tmp_path)
+    assert written == [tmp_path / "trend" / "trend.csv", tmp_path / "trend" / "trend.png"]
+    pd.testing.assert_frame_equal(pd.read_csv(written[0]), sweep_trend(DEMO).astype({"lr": float}), check_dtype=False)
+    out = capsys.readouterr().out
+    assert "trend: lr-scratch-demo_torch_init left out (" in out and "trend: 12 rows from 1 sweeps" in out
