@@ -329,8 +329,8 @@ def optimal_d1(
         "edge": i in (0, d1.size - 1),
     }
     out |= {"d1_lo": math.nan, "d1_hi": math.nan}
-    if fit.draws is not None:
-        draws = fit.draws[np.isfinite(fit.draws).all(axis=1)]
+    draws = None if fit.draws is None else fit.draws[np.isfinite(fit.draws).all(axis=1)]
+    if draws is not None and len(draws):  # no finite draw (every resample unidentifiable): no interval
         log_a, al1, al2, al3, e = (draws[:, j : j + 1] for j in range(5))
         with np.errstate(over="ignore"):
             pred = np.exp(log_a - al1 * l1 + (al3 * l1 - al2) * l2) + e  # (draws, grid)
