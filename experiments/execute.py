@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from experiments.evaluation import evaluate_run, evaluated
+from experiments.evaluation import evaluate_run, needs_eval
 from experiments.plan import GrowStep, PlannedRun
 from experiments.provenance import git_info
 from experiments.rundir import is_done, read_json, run_lock
@@ -52,7 +52,8 @@ def execute(run: PlannedRun, sweep_dir: str | Path, evaluation: EvalSpec | None 
             status = {**(read_json(run_dir / "status.json") or {"run_id": run.id}), "status": "done"}
         else:
             status = _train(run, sweep_dir, run_dir)
-        if status["status"] == "done" and evaluation is not None and evaluated(run):
+        # needs_eval: a run another process trained and evaluated while this one waited for its lock is not redone
+        if status["status"] == "done" and needs_eval(sweep_dir, run, evaluation):
             status["eval"] = evaluate_run(run, sweep_dir, evaluation)
             write_json(run_dir / "status.json", status)
     return status
