@@ -131,13 +131,17 @@ def format_trend_table(df: pd.DataFrame) -> str:
 
 
 def _series(df: pd.DataFrame):
+    """(label, rows) per sweep × method with ≥ 2 paired seeds (one-seed points, e.g. a d sweep's, stay in the table
+    only: they have no CI)."""
     for (sweep, method), grp in df.groupby(["sweep", "method"], sort=False):
-        yield f"{sweep}: {method}", grp.sort_values("fraction")
+        if grp["seeds"].max() >= 2:
+            yield f"{sweep}: {method}", grp.sort_values("fraction")
 
 
 def plot_trend(df: pd.DataFrame) -> Figure:
     """Left: the difference at f = 1 against N; right: against tokens per parameter, with the paper's range and
-    Klein et al.'s ≈ 20 tokens/param marked. Error bars are the 95 % CIs over seeds."""
+    Klein et al.'s ≈ 20 tokens/param marked. Error bars are the 95 % CIs over seeds; methods with one seed are
+    left out of the figure."""
     fig = Figure(figsize=(11, 4.2))
     ax_n, ax_t = fig.subplots(1, 2, sharey=True)
     for i, (label, grp) in enumerate(_series(df)):
