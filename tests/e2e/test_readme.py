@@ -199,6 +199,7 @@ def make_workdir(work: Path) -> None:
     )
     for name in ("sweep_small", "chinchilla"):
         shutil.copytree(ROOT / "tests" / "fixtures" / name, work / "tests" / "fixtures" / name)
+    (work / "results").symlink_to(ROOT / "results", target_is_directory=True)  # the committed exports, read only
     # `--sources corpus/ notes.jsonl`: a directory of text files and a JSONL file with a "text" field
     (work / "corpus").mkdir()
     for i in range(24):
@@ -267,6 +268,8 @@ def _check(cmd: str, work: Path, out: str) -> None:
     elif m := re.match(r"stacking report (\S+)(?: --out (\S+))?", cmd):
         report = work / (m.group(2) or f"{m.group(1)}/report")
         assert (report / "report.md").is_file()
+    elif m := re.match(r"stacking trend .* --out (\S+)", cmd):
+        assert (work / m.group(1) / "trend.csv").is_file() and (work / m.group(1) / "trend.png").is_file()
     elif cmd.startswith("stacking fit-law"):
         comment = re.search(r"E = ([\d.]+), α = ([\d.]+)", cmd)
         params = json.loads(out)["params"]
@@ -285,6 +288,7 @@ SIDE = [
     r"^stacking data --out data/(stdlib-bytes|code-bpe4096|mine)\b",
     r"^stacking report tests/fixtures/",
     r"^stacking fit-law ",
+    r"^stacking trend results/",
 ]
 
 
