@@ -427,16 +427,17 @@ def _grown_at(sweep: Sweep, run, scratch: dict[str, tuple[float, float]]) -> dic
     its last mid-schedule loss at "final", and at "f=…" its cooldown at scratch's FLOPs — the f = 1 cooldown, and a
     grid's ``anneal.at_scratch_flops`` cooldowns below it. Its cooldowns at fractions of its own budget (which
     includes the base's FLOPs: more than scratch's at the same fraction) are not compared."""
+
+    def nearest(points, flops: float) -> float | None:
+        """The loss of the (loss, FLOPs) point nearest `flops`, if within EQUAL_FLOPS_RTOL."""
+        gap, loss = min(((abs(f / flops - 1.0), v) for v, f in points), default=(math.inf, None))
+        return loss if gap <= EQUAL_FLOPS_RTOL else None
+
     a = sweep.annealed_curve(str(run["run_id"]))
-    points = [("final", float(run["final_val_loss"]), float(run["flops"]))]
-    points += list(zip([None] * len(a), a["val_loss"].astype(float), a["flops"].astype(float)))
-    out = {}
-    for budget, (_, flops) in scratch.items():
-        gap = [(abs(f / flops - 1.0), loss) for kind, loss, f in points if (kind == "final") == (budget == "final")]
-        close = [g for g in gap if g[0] <= EQUAL_FLOPS_RTOL]
-        if close:
-            out[budget] = min(close)[1]
-    return out
+    cooldowns = list(zip(a["val_loss"].astype(float), a["flops"].astype(float)))
+    main = [(float(run["final_val_loss"]), float(run["flops"]))]
+    found = {b: nearest(main if b == "final" else cooldowns, flops) for b, (_, flops) in scratch.items()}
+    return {b: loss for b, loss in found.items() if loss is not None}
 
 
 def g_bound_table(sweep: Sweep | str, level: float = 0.95) -> pd.DataFrame:
