@@ -158,6 +158,14 @@ def loss_table_parser():
     p.add_argument(
         "--out", metavar="CSV", help="where --contrast writes its table (default: SWEEP_DIR/report/contrast.csv)"
     )
+    p.add_argument(
+        "--pool",
+        metavar="SWEEP_B",
+        nargs="+",
+        help="more seeds of the same comparison from other sweeps (or exports): their runs join SWEEP_DIR's "
+        "where every method is configured alike apart from the seed (refused otherwise); a seed in two sweeps "
+        "is counted once",
+    )
     return p
 
 
@@ -176,7 +184,14 @@ def _loss_table(argv: list[str]) -> int:
     from analysis.sweep import load_sweep
 
     args = parse(loss_table_parser(), argv)
-    sweep = load_sweep(args.sweep_dir)
+    if args.pool:
+        from analysis.pool import pool_sweeps
+
+        sweep = pool_sweeps([args.sweep_dir, *args.pool])
+        for line in sweep.summary():
+            print(line)
+    else:
+        sweep = load_sweep(args.sweep_dir)
     if args.contrast:
         table = contrast_table(sweep, load_sweep(args.contrast))
         out = Path(args.out) if args.out else sweep.path / "report" / "contrast.csv"
@@ -223,7 +238,7 @@ def _print_val_bootstrap(sweep) -> None:
 
 
 def loss_table_main(argv: list[str]) -> int:
-    """`stacking loss-table SWEEP_DIR [--per-seed] [--contrast SWEEP_B [--out CSV]]`."""
+    """`stacking loss-table SWEEP_DIR [--pool SWEEP ...] [--per-seed] [--contrast SWEEP_B [--out CSV]]`."""
     return run_command("stacking loss-table", _loss_table, argv, (AnalysisError,))
 
 
