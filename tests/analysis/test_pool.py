@@ -93,4 +93,3 @@ def test_the_command_prints_where_the_seeds_came_from(capsys):
     assert cli_main(["loss-table", str(TINYLLAMA), "--pool", str(OWN_LR)]) == 2  # a bad input, like the others
     err = capsys.readouterr().err
     assert err.startswith("stacking loss-table: error: refusing to pool") and len(err.strip().splitlines()) == 1
-
