@@ -270,6 +270,8 @@ def _check(cmd: str, work: Path, out: str) -> None:
         assert (report / "report.md").is_file()
     elif m := re.match(r"stacking trend .* --out (\S+)", cmd):
         assert (work / m.group(1) / "trend.csv").is_file() and (work / m.group(1) / "trend.png").is_file()
+    elif cmd.startswith("stacking loss-table results/") and "--pool" in cmd:
+        assert re.search(r"^pooled from results/\S+: .*seeds", out, re.MULTILINE) and "| 10 |" in out, out[:2000]
     elif cmd.startswith("stacking fit-law"):
         comment = re.search(r"E = ([\d.]+), α = ([\d.]+)", cmd)
         params = json.loads(out)["params"]
@@ -289,6 +291,7 @@ SIDE = [
     r"^stacking report tests/fixtures/",
     r"^stacking fit-law ",
     r"^stacking trend results/",
+    r"^stacking loss-table results/",
 ]
 
 
