@@ -206,7 +206,22 @@ def expand(grid: Grid, where: str = "grid", notes: list[str] | None = None) -> l
     ``anneal.at_scratch_flops``), fully validated; raises GridError. ``notes`` (when given) receives one line per
     cooldown the plan leaves out."""
     labels = _check_axes(grid, where)
-    planner = Planner(grid, where)
+    if grid.anneal.at_scratch_flops and grid.anneal.save_branch_states:  # the branch points, then the plan again
+        first = _expand(grid, labels, Planner(grid, where), [])
+        branch_points = {}
+        for r in first:
+            if r.at_flops_of is not None and r.branch_of is not None:
+                main = next(m for m in first if m.id == r.branch_of)
+                branch_points.setdefault(main.name, set()).add(r.config.max_tokens - r.config.decay_tokens)
+        planner = Planner(grid, where)
+        planner.extra_states = branch_points
+    else:
+        planner = Planner(grid, where)
+    return _expand(grid, labels, planner, notes)
+
+
+def _expand(grid: Grid, labels: list[str], planner: Planner, notes: list[str] | None) -> list[PlannedRun]:
+    """`expand` with one planner."""
     bases, grown = _one_step_runs(planner, labels)
     chained = [
         r

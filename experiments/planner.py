@@ -185,6 +185,9 @@ class Planner:
         self.trained: dict[str, PlannedRun] = {}
         self.flop_matched: dict[tuple[str, int], list[PlannedRun]] = {}
         """(target, seed) → the FLOP-matched scratch run and its cooldowns."""
+        self.extra_states: dict[str, set[int]] = {}
+        """Main run name → more tokens to save its state at (``anneal.save_branch_states``: the branch points of its
+        ``at_scratch_flops`` cooldowns, found by a first planning pass)."""
         self._option_sets: dict[tuple[str, str], set[str]] = {}
         for o in grid.ops:
             self._option_sets.setdefault((o.op, o.direction), set()).add(
@@ -263,7 +266,7 @@ class Planner:
     ) -> list[PlannedRun]:
         """A main run (scratch, grown) that saves its full state at each cooldown's branch point, and its cooldowns."""
         cooldowns = self.cooldowns(name, cfg)
-        cfg.save_state_at_tokens = sorted({c.start_tokens for c in cooldowns})
+        cfg.save_state_at_tokens = sorted({c.start_tokens for c in cooldowns} | self.extra_states.get(name, set()))
         main = self.run(name, kind, target, cfg, data_tokens, **fields)
         return [main] + [self.cooldown_run(main, c) for c in cooldowns]
 

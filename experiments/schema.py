@@ -133,7 +133,14 @@ class AnnealSpec:
     at_scratch_flops: bool = False
     """Also cool every grown run down where it has spent the FLOPs of each cooldown of its seed's FLOP-matched
     scratch run (its own fractions put a grown run's cooldowns at other FLOPs than scratch's): the annealed loss
-    difference at equal FLOPs. Adds cooldown runs only; every other run, and its id, stays the same."""
+    difference at equal FLOPs. Adds cooldown runs only; every other run, and its id, stays the same (so it can be
+    added to a sweep that has run): a new cooldown starts from the grown run's last saved state before its branch
+    point, or replays the grown run from its start (see ``save_branch_states``)."""
+    save_branch_states: bool = False
+    """With ``at_scratch_flops``: the grown runs also save their state at those cooldowns' branch points, so each
+    branches right there instead of replaying the grown run up to it (at 0.45M that replay is ≈ 10 core-minutes a
+    cooldown). It changes the grown runs' ids (their saved states are part of them), so turn it on for a new sweep
+    only; a sweep that ran without it would retrain its grown runs."""
 
 
 @dataclass

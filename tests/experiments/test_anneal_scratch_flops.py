@@ -81,6 +81,36 @@ def test_option_only_adds_cooldowns(tmp_path, tiny_data):
     assert all("start_tokens" not in r.to_json() and "at_flops_of" not in r.to_json() for r in off)
 
 
+def test_save_branch_states_branches_each_new_cooldown_at_its_own_state(tmp_path, tiny_data):
+    """With save_branch_states the grown runs also save their state at the new cooldowns' branch points (their ids
+    change, nothing else of them), so every new cooldown branches right there: no replay on the constant LR. The
+    cooldowns end where they did, at the same FLOPs; scratch and the bases keep their ids."""
+    replay = _plan(tmp_path, tiny_data, at_scratch_flops=True)
+    saved = _plan(tmp_path, tiny_data, at_scratch_flops=True, save_branch_states=True)
+    assert len(saved) == len(replay)
+    for a, b in zip(replay, saved, strict=True):
+        assert (a.name, a.kind, a.tokens, a.flops) == (b.name, b.kind, b.tokens, b.flops)
+        if a.kind in ("base", "scratch") or (a.branch_of or "").startswith("scratch-"):
+            assert a.id == b.id
+    grown = {r.name: r for r in saved if r.kind == "grown"}
+    old = {r.name: r for r in replay if r.kind == "grown"}
+    # d = 1024: the states at 256 (f = 0.25's branch, was replayed from the start) and 2048 (f = 0.75's) join
+    # 512, 1024, 1792, 2304; d = 2048: 1536 joins
+    d1024, d2048 = (f"grown-tiny-L4-D32-G_stack-depth-g2-{d}-s0" for d in ("d1024", "d2048"))
+    assert grown[d1024].config.save_state_at_tokens == [256, 512, 1024, 1792, 2048, 2304]
+    assert set(grown[d2048].config.save_state_at_tokens) - set(old[d2048].config.save_state_at_tokens) == {1536}
+    assert grown[d1024].id != old[d1024].id
+    new = [r for r in saved if "-at-scratch-" in r.name]
+    assert len(new) == 3
+    for c in new:
+        branch = c.config.max_tokens - c.config.decay_tokens
+        assert c.start_tokens == branch and c.trained_tokens == c.config.decay_tokens
+        assert c.config.branch_from.endswith(f"/states/tokens-{branch:012d}.ckpt")
+        assert c.branch_of in {r.id for r in grown.values()}
+    with pytest.raises(GridError, match="expected true or false"):
+        _plan(tmp_path, tiny_data, at_scratch_flops=True, save_branch_states="yes")
+
+
 def test_seeds_demo_plan(tmp_path, monkeypatch):
     """seeds.yaml --scale demo with the option: the 184 runs of the plan without it unchanged (g = 2, 4, 8 on 8 seeds),
     3 cooldowns more per grown run (f = 1 is each grown run's own end: FLOP-matched to within the two budgets'
@@ -187,3 +217,28 @@ def run_loss_table(sweep: Path) -> str:
         [sys.executable, "-m", "stacking", "loss-table", str(sweep)], capture_output=True, text=True, check=True
     )
     return proc.stdout
+
+
+@pytest.mark.slow
+def test_saved_branch_states_give_the_replays_losses(tmp_path, tiny_data):
+    """save_branch_states trains the new cooldowns from states the grown run saved at their branch points; their
+    final losses are those of the replaying cooldowns (same numerics, fewer tokens trained), and the grown runs'
+    own losses do not move."""
+    losses = {}
+    for flag in (False, True):
+        anneal = {**ANNEAL, "at_scratch_flops": True, "save_branch_states": flag}
+        grid = write_grid(tmp_path / f"g{flag}.yaml", tiny_data, {**GRID, "anneal": anneal}, schedule="constant")
+        out = tmp_path / f"sweep-{flag}"
+        proc = run_sweep(grid, "--out", out, "--threads", "1", "--jobs", str(min(4, os.cpu_count())))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        df = pd.read_csv(out / "results.csv")
+        assert (df["status"] == "done").all()
+        losses[flag] = dict(zip(df["run_id"].str.rsplit("-", n=1).str[0], df["final_val_loss"]))
+        if flag:
+            new = df[df["run_id"].str.contains("-at-scratch-")]
+            for _, c in new.iterrows():
+                m = pd.read_csv(out / c["run_dir"] / "metrics.csv").dropna(subset=["train_loss"])
+                assert m["tokens"].iloc[0] > c["tokens"] - c["decay_tokens"]  # no step before its branch point
+    assert losses[False].keys() == losses[True].keys()
+    for name, loss in losses[False].items():
+        assert losses[True][name] == pytest.approx(loss, rel=1e-5), name
