@@ -255,17 +255,22 @@ def trend_parser():
         "non-embedding parameters, the baseline's init and LR, and tokens per parameter; writes trend.csv and "
         "trend.png (docs/analysis.md, 'The trend across sweeps').",
     )
-    p.add_argument("sweep_dirs", nargs="+", help="sweep dirs or their exports (one target each)")
+    p.add_argument(
+        "sweep_dirs",
+        nargs="+",
+        help="sweep dirs or their exports (one target each); A+B reads the seeds of sweeps A and B as one "
+        "(`loss-table --pool`'s checks)",
+    )
     p.add_argument("--out", default="trend", metavar="DIR", help="where trend.csv and trend.png go (default: trend)")
     return p
 
 
 def _trend(argv: list[str]) -> int:
     from analysis.plots import save_figure
-    from analysis.trend import format_trend_table, plot_trend, trend_table
+    from analysis.trend import format_trend_table, parse_entry, plot_trend, trend_table
 
     args = parse(trend_parser(), argv)
-    table = trend_table(args.sweep_dirs)
+    table = trend_table([parse_entry(e) for e in args.sweep_dirs])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "trend.csv", index=False)

@@ -32,6 +32,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.fit import check_points
+from analysis.loss_table import EQUAL_FLOPS_RTOL
 from analysis.speedup import mean_ci
 from analysis.sweep import AnalysisError, Sweep, format_tokens, load_sweep
 
@@ -408,10 +409,6 @@ G_BOUND_COLUMNS = [
     "better",
     "g_bound",
 ]
-
-
-EQUAL_FLOPS_RTOL = 0.01
-"""A grown reading and a scratch reading closer than this in FLOPs are at the same budget (whole steps apart)."""
 
 
 def _scratch_budgets(sweep: Sweep, run) -> dict[str, tuple[float, float]]:

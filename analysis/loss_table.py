@@ -115,6 +115,25 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+EQUAL_FLOPS_RTOL = 0.01
+"""A grown reading and a scratch reading closer than this in FLOPs are at the same budget (whole steps apart)."""
+
+
+def _unmarked_full_budget(cool: pd.DataFrame) -> dict:
+    """{row index: scratch cooldown id} for the grown runs' f = 1 cooldowns that carry no ``at_flops_of`` (runs of a
+    sweep without ``anneal.at_scratch_flops``, pooled with one that has it) and end within `EQUAL_FLOPS_RTOL` of
+    the FLOPs of their seed's scratch f = 1 cooldown: the pairing at_scratch_flops itself marks there."""
+    full = cool[np.isclose(cool["anneal_fraction"].astype(float), 1.0)]
+    scratch = full[full["grow_at_tokens"].isna()].drop_duplicates(["target", "seed"], keep="last")
+    scratch = scratch.set_index(["target", "seed"])
+    out = {}
+    for i, c in full[full["grow_at_tokens"].notna() & full["at_flops_of"].isna()].iterrows():
+        key = (c["target"], c["seed"])
+        if key in scratch.index and abs(float(c["flops"]) / float(scratch.loc[key, "flops"]) - 1) <= EQUAL_FLOPS_RTOL:
+            out[i] = scratch.loc[key, "run_id"]
+    return out
+
+
 EQUAL_FLOPS_COLUMNS = [
     "target",
     "method",
@@ -133,7 +152,9 @@ def equal_flops_table(sweep: Sweep | str) -> pd.DataFrame:
     """The annealed reading at equal FLOPs (a grid's ``anneal.at_scratch_flops``): per target × method × fraction f
     of the scratch run, the annealed loss of each grown run's cooldown that ends where it has spent the FLOPs of its
     own seed's scratch cooldown at f (results.csv ``at_flops_of``), and that loss minus the scratch cooldown's, mean
-    and CI half-width over the seeds where both finished (no interpolation: the cooldowns were run there).
+    and CI half-width over the seeds where both finished (no interpolation: the cooldowns were run there). A grown
+    f = 1 cooldown without the mark (pooled from a sweep without the option) pairs where it ends within
+    `EQUAL_FLOPS_RTOL` of its scratch f = 1 cooldown's FLOPs.
     ``flops`` is the scratch cooldowns' mean FLOPs, ``flops_diff`` the mean of grown / scratch FLOPs − 1 (whole
     optimizer steps apart at most). Empty when the sweep has no such cooldown."""
     sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
@@ -141,9 +162,12 @@ def equal_flops_table(sweep: Sweep | str) -> pd.DataFrame:
         return pd.DataFrame(columns=EQUAL_FLOPS_COLUMNS)
     done = sweep.runs().set_index("run_id", drop=False)
     cool = sweep.runs("cooldown")
+    at = cool["at_flops_of"].copy()
+    for i, sid in _unmarked_full_budget(cool).items():
+        at.loc[i] = sid
     pairs = []
-    for _, c in cool[cool["at_flops_of"].notna()].iterrows():
-        scratch_id = str(c["at_flops_of"])
+    for i, c in cool[at.notna()].iterrows():
+        scratch_id = str(at.loc[i])
         if scratch_id not in done.index:
             continue  # its scratch cooldown has not finished
         s = done.loc[scratch_id]

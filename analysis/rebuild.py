@@ -4,8 +4,9 @@
 
 Each folder of RESULTS_DIR (default: results/) that holds a results.csv gets `stacking report FOLDER --out
 FOLDER/report` (the same defaults as `stacking report`: 200 bootstrap resamples, seed 0, so the numbers are the ones
-a report of the full sweep dir gives), then RESULTS_DIR/trend/trend.csv and trend.png: `stacking trend` over every
-folder that has paired grown and scratch runs of one target (the others are named and skipped). Prints each
+a report of the full sweep dir gives), then RESULTS_DIR/trend/trend.csv and trend.png: `stacking trend` over the
+entries of RESULTS_DIR/trend/sweeps.txt (``a+b`` pools two exports' seeds), or without it over every folder that has
+paired grown and scratch runs of one target (the others are named and skipped). Prints each
 folder's headline and the files written. Exits 2 with one line when RESULTS_DIR holds no export or a report fails.
 """
 
@@ -50,15 +51,39 @@ def rebuild(results_dir: str | Path = "results", bootstrap: int = 200, seed: int
     return out
 
 
+TREND_LIST = "trend/sweeps.txt"
+"""Under RESULTS_DIR: which exports the trend reads, one a line (``a+b``: pooled; ``#`` starts a comment);
+without it, every export alone."""
+
+
+def trend_entries(results_dir: str | Path) -> list:
+    """The trend's sweeps: RESULTS_DIR/trend/sweeps.txt's entries (`analysis.trend.parse_entry`), or every export."""
+    from analysis.trend import parse_entry
+
+    listed = Path(results_dir) / TREND_LIST
+    if not listed.is_file():
+        return exported_sweeps(results_dir)
+    lines = [line.split("#", 1)[0].strip() for line in listed.read_text().splitlines()]
+    entries = [parse_entry(line, root=results_dir) for line in lines if line]
+    for entry in entries:
+        for path in entry if isinstance(entry, list) else [entry]:
+            if not (path / "results.csv").is_file():
+                raise AnalysisError(f"{listed}: {path} is not an exported sweep (no results.csv)")
+    return entries
+
+
+def _entry_name(entry) -> str:
+    return "+".join(Path(p).name for p in entry) if isinstance(entry, list) else Path(entry).name
+
+
 def write_trend(results_dir: str | Path) -> list[Path]:
     """RESULTS_DIR/trend/trend.csv and trend.png over the folders `analysis.trend` can read; [] when none can."""
     from analysis.plots import save_figure
     from analysis.trend import plot_trend, trend_table
 
+    entries = trend_entries(results_dir)  # a broken trend/sweeps.txt is an error, not a trend left out
     try:
-        table = trend_table(
-            exported_sweeps(results_dir), on_error=lambda f, err: print(f"trend: {Path(f).name} left out ({err})")
-        )
+        table = trend_table(entries, on_error=lambda f, err: print(f"trend: {_entry_name(f)} left out ({err})"))
     except AnalysisError:
         return []
     out = Path(results_dir) / "trend"

@@ -1,6 +1,6 @@
 """The gain's trend with model size and budget, across sweeps: one table and one figure (issue 21).
 
-    stacking trend SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
+    stacking trend SWEEP_DIR [SWEEP_DIR ...] [--out DIR]      # SWEEP_A+SWEEP_B: their seeds pooled (loss-table --pool)
 
 For each sweep (a finished sweep or an export under results/) and each grown method, the annealed loss of the
 grown run minus its own seed's scratch run's at equal FLOPs, mean and Student-t 95 % CI over the paired seeds, at
@@ -97,15 +97,34 @@ def sweep_trend(sweep: Sweep | str, name: str | None = None) -> pd.DataFrame:
     return out[TREND_COLUMNS].reset_index(drop=True)
 
 
+def parse_entry(text: str, root: str | Path | None = None) -> Path | list[Path]:
+    """A sweep dir, or ``A+B[+…]``: the seeds of several sweeps of one configuration read as one (`analysis.pool`;
+    a path that exists as written is never split). ``root``: what relative paths are relative to."""
+    base = Path(root) if root is not None else Path()
+    if "+" not in text or (base / text).exists():
+        return base / text
+    return [base / part for part in text.split("+")]
+
+
+def _entry_trend(entry) -> pd.DataFrame:
+    """`sweep_trend` of a sweep, or of the pooled sweeps of a list (named ``a+b``)."""
+    if isinstance(entry, (list, tuple)):
+        from analysis.pool import pool_sweeps
+
+        return sweep_trend(pool_sweeps(list(entry)), name="+".join(Path(str(e)).name for e in entry))
+    return sweep_trend(entry)
+
+
 def trend_table(sweeps: list, on_error=None) -> pd.DataFrame:
-    """`sweep_trend` of each sweep, smallest target first. With ``on_error(sweep, err)``, a sweep it cannot read is
-    passed to it and left out (an AnalysisError when none is left) instead of raising."""
+    """`sweep_trend` of each sweep (a list of sweeps: pooled, `parse_entry`), smallest target first. With
+    ``on_error(sweep, err)``, a sweep it cannot read is passed to it and left out (an AnalysisError when none is
+    left) instead of raising."""
     if not sweeps:
         raise AnalysisError("give at least one sweep dir")
     tables = []
     for s in sweeps:
         try:
-            tables.append(sweep_trend(s))
+            tables.append(_entry_trend(s))
         except AnalysisError as err:
             if on_error is None:
                 raise

@@ -80,3 +80,43 @@ def test_rebuild_writes_the_trend_of_every_export_it_can_read(tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(written[0]), sweep_trend(DEMO).astype({"lr": float}), check_dtype=False)
     out = capsys.readouterr().out
     assert "trend: lr-scratch-demo_torch_init left out (" in out and "trend: 12 rows from 1 sweeps" in out
+
+
+def test_a_plus_entry_pools_two_sweeps_seeds(tmp_path, capsys):
+    """`stacking trend A+B`: one sweep's rows from the seeds of both (loss-table --pool), named a+b; the f = 1 row
+    equals the pooled loss table's annealed difference."""
+    from analysis.pool import pool_sweeps
+    from analysis.trend import parse_entry
+
+    replicate = RESULTS / "replicate-demo"
+    assert parse_entry(f"{DEMO}+{replicate}") == [DEMO, replicate]
+    assert parse_entry(str(DEMO)) == DEMO
+    t = trend_table([parse_entry(f"{DEMO}+{replicate}")])
+    assert set(t["sweep"]) == {"seeds-demo+replicate-demo"}
+    row = t[(t["method"] == "G_stack g=2 d=328K") & (t["fraction"] == 1.0)].iloc[0]
+    pooled = loss_table(pool_sweeps([DEMO, replicate])).set_index("method").loc["G_stack g=2 d=328K"]
+    # f = 1: the replicate's seeds 0–1 have no at_flops_of mark (its grid lacks at_scratch_flops) but end at
+    # scratch's FLOPs, so they pair there too: all 10 seeds, the loss table's annealed reading
+    assert row["seeds"] == pooled["seeds"] == 10
+    assert row["diff"] == pytest.approx(pooled["annealed_vs_scratch"]) and row["diff"] == pytest.approx(
+        -0.0403, abs=5e-5
+    )
+    below = t[(t["method"] == "G_stack g=2 d=328K") & (t["fraction"] < 1.0)]
+    assert list(below["seeds"]) == [8, 8, 8]  # below f = 1 only seeds-demo's at_scratch_flops cooldowns exist
+    assert cli_main(["trend", f"{DEMO}+{replicate}", "--out", str(tmp_path / "t")]) == 0
+    assert "| seeds-demo+replicate-demo | 0.117M |" in capsys.readouterr().out
+
+
+def test_rebuild_reads_the_trend_list(tmp_path, capsys):
+    """results/trend/sweeps.txt names the trend's entries (a+b pooled); a name that is no export is one error."""
+    from analysis.rebuild import write_trend
+
+    for name in ("seeds-demo", "replicate-demo"):
+        (tmp_path / name).symlink_to(RESULTS / name, target_is_directory=True)
+    (tmp_path / "trend").mkdir()
+    (tmp_path / "trend" / "sweeps.txt").write_text("# pooled\nseeds-demo+replicate-demo\n")
+    write_trend(tmp_path)
+    assert set(pd.read_csv(tmp_path / "trend" / "trend.csv")["sweep"]) == {"seeds-demo+replicate-demo"}
+    (tmp_path / "trend" / "sweeps.txt").write_text("seeds-demo+nothing-here\n")
+    with pytest.raises(AnalysisError, match="nothing-here is not an exported sweep"):
+        write_trend(tmp_path)
