@@ -174,6 +174,10 @@ def _check_axes(grid: Grid, where: str) -> list[str]:
         ]
         if missing:
             raise GridError(f"{where}: anneal.at_scratch_flops needs {missing[0]}")
+    if a.save_branch_states and not a.at_scratch_flops:
+        raise GridError(
+            f"{where}: anneal.save_branch_states needs anneal.at_scratch_flops: true (it saves their states)"
+        )
     for g in grid.g + [g for o in grid.ops for g in (o.g or [])]:
         if g < 2:
             raise GridError(f"{where}: g = {g} must be an integer >= 2")
@@ -208,11 +212,12 @@ def expand(grid: Grid, where: str = "grid", notes: list[str] | None = None) -> l
     labels = _check_axes(grid, where)
     if grid.anneal.at_scratch_flops and grid.anneal.save_branch_states:  # the branch points, then the plan again
         first = _expand(grid, labels, Planner(grid, where), [])
-        branch_points = {}
+        names = {r.id: r.name for r in first}
+        branch_points: dict[str, set[int]] = {}
         for r in first:
             if r.at_flops_of is not None and r.branch_of is not None:
-                main = next(m for m in first if m.id == r.branch_of)
-                branch_points.setdefault(main.name, set()).add(r.config.max_tokens - r.config.decay_tokens)
+                branch = r.config.max_tokens - r.config.decay_tokens
+                branch_points.setdefault(names[r.branch_of], set()).add(branch)
         planner = Planner(grid, where)
         planner.extra_states = branch_points
     else:

@@ -109,6 +109,8 @@ def test_save_branch_states_branches_each_new_cooldown_at_its_own_state(tmp_path
         assert c.branch_of in {r.id for r in grown.values()}
     with pytest.raises(GridError, match="expected true or false"):
         _plan(tmp_path, tiny_data, at_scratch_flops=True, save_branch_states="yes")
+    with pytest.raises(GridError, match="g.yaml: anneal.save_branch_states needs anneal.at_scratch_flops: true"):
+        _plan(tmp_path, tiny_data, save_branch_states=True)
 
 
 def test_seeds_demo_plan(tmp_path, monkeypatch):
