@@ -166,6 +166,13 @@ def loss_table_parser():
         "where every method is configured alike apart from the seed (refused otherwise); a seed in two sweeps "
         "is counted once",
     )
+    p.add_argument(
+        "--seeds-for",
+        metavar="NATS",
+        type=float,
+        help="also print each paired difference's sd over seeds and how many seeds would give it a 95 %% CI "
+        "half-width of NATS at that sd (planning the next seeds)",
+    )
     return p
 
 
@@ -184,6 +191,8 @@ def _loss_table(argv: list[str]) -> int:
     from analysis.sweep import load_sweep
 
     args = parse(loss_table_parser(), argv)
+    if args.seeds_for is not None and not args.seeds_for > 0:
+        raise AnalysisError(f"--seeds-for is a CI half-width in nats and must be > 0, not {args.seeds_for:g}")
     if args.pool:
         from analysis.pool import pool_sweeps
 
@@ -210,6 +219,11 @@ def _loss_table(argv: list[str]) -> int:
             print(format_equal_flops_table(equal))
         _print_downstream(sweep, losses)
         _print_val_bootstrap(sweep)
+    if args.seeds_for is not None:
+        from analysis.loss_table import format_power_table, power_table
+
+        print(f"\nseeds for a 95 % CI half-width of ±{args.seeds_for:g} nats at each difference's sd over seeds:")
+        print(format_power_table(power_table(sweep, args.seeds_for), args.seeds_for))
     return 0
 
 
@@ -238,7 +252,8 @@ def _print_val_bootstrap(sweep) -> None:
 
 
 def loss_table_main(argv: list[str]) -> int:
-    """`stacking loss-table SWEEP_DIR [--pool SWEEP ...] [--per-seed] [--contrast SWEEP_B [--out CSV]]`."""
+    """`stacking loss-table SWEEP_DIR [--pool SWEEP ...] [--per-seed] [--contrast SWEEP_B [--out CSV]]
+    [--seeds-for NATS]`."""
     return run_command("stacking loss-table", _loss_table, argv, (AnalysisError,))
 
 

@@ -3,6 +3,7 @@ reading of a seeded sweep, beside the speed-ups (which read FLOPs at a loss and 
 
     stacking loss-table SWEEP_DIR [--per-seed]
     stacking loss-table SWEEP_A --contrast SWEEP_B [--out contrast.csv]
+    stacking loss-table SWEEP_DIR --seeds-for 0.012
 
 mid = the main run's last validation loss (constant LR); annealed = its cooldown run ending at the full budget.
 Mean ± half-width of the Student-t 95 % CI over seeds; the difference is paired by seed (same data order and init
@@ -14,6 +15,8 @@ FLOPs, each grown run's cooldown at the FLOPs of its seed's scratch cooldown at 
 ``eval:`` both add the downstream scores paired the same way (analysis/downstream.py). ``--contrast SWEEP_B``
 prints the difference-in-differences of two sweeps (e.g. TinyLlama's init against PyTorch's default): per method,
 (method − scratch in SWEEP_DIR) − (method − scratch in SWEEP_B), Welch 95 % CI (`contrast_table`).
+``--seeds-for NATS`` prints, per paired difference, its sd over seeds and how many seeds would bring its CI
+half-width to NATS at that sd (`power_table`): the number to plan the next seeds with.
 """
 
 from __future__ import annotations
@@ -113,6 +116,69 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
         f"{c}{x}" for c in ("final_val_loss", "annealed") for x in ("", "_vs_scratch")
     ]
     return pd.DataFrame(rows, columns=cols)
+
+
+def seeds_for_halfwidth(sd: float, halfwidth: float, level: float = 0.95, max_seeds: int = 10_000) -> int:
+    """The fewest seeds n ≥ 2 whose Student-t CI half-width t(n − 1)·sd/√n is at most ``halfwidth``, for a paired
+    difference with seed-to-seed standard deviation ``sd`` (taken as known: a planning figure, not a guarantee —
+    the sd of 3–5 seeds is itself uncertain by about ±50 %). ``max_seeds`` + 1 when even that many do not suffice."""
+    if not (np.isfinite(sd) and sd >= 0 and halfwidth > 0):
+        raise AnalysisError(f"seeds_for_halfwidth needs a finite sd ≥ 0 and a half-width > 0, not {sd}, {halfwidth}")
+    for n in range(2, max_seeds + 1):
+        if stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n) <= halfwidth:
+            return n
+    return max_seeds + 1
+
+
+POWER_COLUMNS = ["target", "method", "reading", "seeds", "diff", "sd", "halfwidth", "seeds_needed"]
+
+
+def power_table(sweep: Sweep | str, halfwidth: float) -> pd.DataFrame:
+    """How many seeds each paired difference needs: per target × grown method × reading (mid, annealed), the
+    seeds paired to scratch, the mean difference, its seed-to-seed sd, its CI half-width now, and
+    `seeds_for_halfwidth` at that sd for a half-width of ``halfwidth`` nats. Rows with < 2 paired seeds: NaN sd."""
+    if not halfwidth > 0:
+        raise AnalysisError(f"the target CI half-width must be > 0 nats, not {halfwidth}")
+    sweep = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
+    per_seed = per_seed_table(sweep)
+    rows = []
+    for (target, method), grp in per_seed.groupby(["target", "method"], sort=False):
+        for col, reading in READINGS.items():
+            d = grp[f"{col}_vs_scratch"].to_numpy(float)
+            d = d[np.isfinite(d)]
+            if len(d) == 0:
+                continue
+            sd = float(d.std(ddof=1)) if len(d) > 1 else np.nan
+            mean, half = mean_ci_half(d)
+            need = seeds_for_halfwidth(sd, halfwidth) if np.isfinite(sd) else np.nan
+            rows.append(
+                {
+                    "target": target,
+                    "method": method,
+                    "reading": reading,
+                    "seeds": len(d),
+                    "diff": mean,
+                    "sd": sd,
+                    "halfwidth": half,
+                    "seeds_needed": need,
+                }
+            )
+    return pd.DataFrame(rows, columns=POWER_COLUMNS)
+
+
+def format_power_table(df: pd.DataFrame, halfwidth: float) -> str:
+    lines = [
+        f"| target | method | reading | seeds | method − scratch | sd over seeds | seeds for ± {halfwidth:g} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in df.iterrows():
+        need = "—" if not np.isfinite(r["seeds_needed"]) else f"{int(r['seeds_needed'])}"
+        sd = "—" if not np.isfinite(r["sd"]) else f"{r['sd']:.4f}"
+        lines.append(
+            f"| {r['target']} | {r['method']} | {r['reading']} | {r['seeds']} | "
+            f"{_cell(r['diff'], r['halfwidth'], '+')} | {sd} | {need} |"
+        )
+    return "\n".join(lines)
 
 
 EQUAL_FLOPS_RTOL = 0.01

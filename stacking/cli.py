@@ -10,7 +10,7 @@
                       [--only PATTERN] [--retries K] [--cluster slurm|local|debug]
     stacking sweep status SWEEP_DIR
     stacking report   SWEEP_DIR [--out DIR] [--target-loss X]
-    stacking loss-table SWEEP_DIR [--pool SWEEP ...] [--per-seed] [--contrast SWEEP_B]
+    stacking loss-table SWEEP_DIR [--pool SWEEP ...] [--per-seed] [--contrast SWEEP_B] [--seeds-for NATS]
     stacking trend    SWEEP_DIR [SWEEP_DIR …] [--out DIR]
     stacking export   SWEEP_DIR OUT_DIR [--overwrite]
     stacking eval     CKPT_OR_RUN --tasks T1,T2 [--include_path DIR] [--limit N] [--num_fewshot K] [--out FILE]
