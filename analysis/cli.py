@@ -238,6 +238,12 @@ def _print_downstream(sweep, losses: pd.DataFrame) -> None:
     print(format_downstream_table(table))
     for line in disagreements(table):
         print(f"disagrees with the loss: {line}")
+    from analysis.question_bootstrap import format_question_bootstrap, question_bootstrap_table
+
+    questions = question_bootstrap_table(sweep)
+    if not questions.empty:
+        print("\neach downstream score − scratch with its seed CI and question CI (questions resampled):")
+        print(format_question_bootstrap(questions))
 
 
 def _print_val_bootstrap(sweep) -> None:

@@ -13,6 +13,8 @@ Writes into OUT (default SWEEP_DIR/report/):
                     each minus its own seed's scratch cooldown (no interpolation)
     downstream.csv  with a grid's ``eval:``: downstream scores per target × method × metric, each minus its own
                     seed's scratch run's, beside the loss difference (analysis/downstream.py)
+    downstream_questions.csv  with per-question scores in those results: each paired score difference's seed CI
+                    and its CI over resampled questions (analysis/question_bootstrap.py)
     val_bootstrap.csv  with runs' eval/val_docs.json (`stacking val-docs`): each paired loss difference's seed CI
                     and its CI over resampled validation documents (analysis/val_bootstrap.py)
     fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
@@ -46,6 +48,7 @@ from analysis.loss_table import (
     format_loss_table,
     loss_table,
 )
+from analysis.question_bootstrap import question_bootstrap_markdown, question_bootstrap_table
 from analysis.report_fits import fitted_law_sections
 from analysis.section import Figure, Section
 from analysis.seed_spread import (
@@ -67,7 +70,7 @@ from analysis.speedup import (
     speedup_table,
 )
 from analysis.sweep import AnalysisError, load_sweep, lr_sweep_table, read_provenance, read_val_windows, to_jsonable
-from analysis.val_bootstrap import val_bootstrap_section
+from analysis.val_bootstrap import RESAMPLES, val_bootstrap_section
 
 SPEEDUP_DEFINITION = (
     "speed-up = FLOPs_scratch(L*) / FLOPs_grown(L*) − 1, FLOPs to first reach L* read on the running minimum of "
@@ -279,7 +282,7 @@ def result_sections(sweep, bootstrap: int, seed: int = 0) -> list[Section]:
             sec.markdown += [EQUAL_FLOPS_TEXT, "", format_equal_flops_table(equal), ""]
             sec.csv["losses_equal_flops.csv"] = equal
         out.append(sec)
-        out.append(downstream_section(sweep, losses))
+        out.append(downstream_section(sweep, losses, seed=seed))
         out.append(val_bootstrap_section(sweep, seed=seed))
         out.append(growth_law_section(sweep, min(bootstrap, 100)))
     out.append(lr_sweep_section(sweep))
@@ -287,13 +290,19 @@ def result_sections(sweep, bootstrap: int, seed: int = 0) -> list[Section]:
     return out
 
 
-def downstream_section(sweep, losses: pd.DataFrame) -> Section:
+def downstream_section(sweep, losses: pd.DataFrame, seed: int = 0) -> Section:
     """Downstream scores paired by seed (analysis/downstream.py), where plan.json records a grid's ``eval:`` and
-    the runs have results; empty otherwise."""
+    the runs have results, with the question bootstrap where their records hold per-question scores
+    (analysis/question_bootstrap.py); empty otherwise."""
     table = downstream_table(sweep, losses)
     if table.empty:
         return Section()
-    return Section(markdown=downstream_markdown(table, eval_settings(sweep.path)), csv={"downstream.csv": table})
+    sec = Section(markdown=downstream_markdown(table, eval_settings(sweep.path)), csv={"downstream.csv": table})
+    questions = question_bootstrap_table(sweep, seed=seed)
+    if not questions.empty:
+        sec.markdown += question_bootstrap_markdown(questions, RESAMPLES, seed)
+        sec.csv["downstream_questions.csv"] = questions
+    return sec
 
 
 G_BOUND_TEXT = (

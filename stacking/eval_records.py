@@ -1,6 +1,11 @@
 """The results JSON `stacking eval` writes, read without torch or lm-eval: its file name, where a run's evaluation
 lies, and its scores as flat named metrics with their direction.
 
+A record's ``per_doc`` holds, per task, each question's score of every metric lm-eval scores per question with a
+plain number (acc, acc_norm, exact_match; not the rolling tasks' (loglikelihood, weight) pairs), ordered by lm-eval's
+doc_id, with a hash of the questions (`per_doc_scores`): what a paired bootstrap over questions resamples
+(analysis/question_bootstrap.py).
+
 A record's ``results`` is lm-eval's: ``{task: {"acc,none": 0.31, "acc_stderr,none": 0.02, "alias": …}}``, the
 key ``metric,filter``; ``higher_is_better`` is ``{task: {metric: bool}}``. `metrics` flattens them to one
 `Metric` per task × metric × filter, named ``eval_<task>_<metric>`` (``_<filter>`` appended unless the filter is
@@ -9,6 +14,7 @@ lm-eval's default ``none``): the results-table columns of a sweep with ``eval:``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -76,6 +82,41 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def per_doc_scores(samples: dict) -> dict:
+    """lm-eval's logged samples (``simple_evaluate(log_samples=True)["samples"]``: per task, one dict per question
+    and filter) → ``{task: {"doc_id": [...], "docs_sha256": str, <metric>: [...]}}``, one list per metric whose
+    every per-question value is a finite number (named as `metrics` names it: ``_<filter>`` unless the filter is
+    ``none``), ordered by doc_id. ``docs_sha256`` hashes the doc ids with lm-eval's doc and target hashes: two runs'
+    questions pair only where it is the same."""
+    out = {}
+    for task, rows in (samples or {}).items():
+        rows = sorted(rows, key=lambda r: (r.get("doc_id", -1), str(r.get("filter", "none"))))
+        ids = list(dict.fromkeys(int(r["doc_id"]) for r in rows if "doc_id" in r))
+        if not ids:
+            continue
+        by_metric: dict[str, dict[int, float]] = {}
+        bad: set[str] = set()
+        digest, hashed = hashlib.sha256(), set()
+        for r in rows:
+            if "doc_id" not in r:
+                continue
+            if int(r["doc_id"]) not in hashed:  # once a question, whatever its filters
+                hashed.add(int(r["doc_id"]))
+                digest.update(f"{r['doc_id']}:{r.get('doc_hash', '')}:{r.get('target_hash', '')};".encode())
+            filt = str(r.get("filter", "none"))
+            for name in r.get("metrics") or ():
+                key = name if filt == "none" else f"{name}_{filt}"
+                value = r.get(name)
+                if _is_number(value):
+                    by_metric.setdefault(key, {})[int(r["doc_id"])] = float(value)
+                else:
+                    bad.add(key)
+        scores = {k: [v[i] for i in ids] for k, v in by_metric.items() if k not in bad and len(v) == len(ids)}
+        if scores:
+            out[task] = {"doc_id": ids, "docs_sha256": digest.hexdigest(), **scores}
+    return out
+
+
 def read_result(path: str | Path) -> dict | None:
     """A result file's record, or None when it is missing or half-written."""
     try:
@@ -84,4 +125,4 @@ def read_result(path: str | Path) -> dict | None:
         return None
 
 
-__all__ = ["PREFIX", "Metric", "find_result", "metrics", "read_result", "result_name"]
+__all__ = ["PREFIX", "Metric", "find_result", "metrics", "per_doc_scores", "read_result", "result_name"]

@@ -32,7 +32,7 @@ from stacking.checkpoint import WEIGHTS, load_checkpoint
 from stacking.cli import UsageError, parse, parser, run_command
 from stacking.errors import CheckpointError, DataError, EvalError, ModelConfigError
 from stacking.eval_data import TASKS_META, build_tasks, tokenizer_id
-from stacking.eval_records import result_name
+from stacking.eval_records import per_doc_scores, result_name
 from stacking.fsutil import sha256_file, write_json
 
 MISSING = "lm-eval is not installed; pip install -e '.[eval]'"
@@ -339,7 +339,9 @@ def evaluate(
 ) -> dict:
     """Evaluate a checkpoint dir or a run dir's final checkpoint on lm-eval ``tasks``: lm-eval's results (its
     ``results``, ``versions``, ``n-shot``, ``n-samples``, ``higher_is_better``, ``configs``, ``groups``) plus the
-    checkpoint (path, sha256 of its weights, stacking_meta, growth), the data dir, tokenizer and lm-eval version."""
+    checkpoint (path, sha256 of its weights, stacking_meta, growth), the data dir, tokenizer and lm-eval version,
+    and ``per_doc``: each question's score (`stacking.eval_records.per_doc_scores`; lm-eval always logs the samples
+    here, ``log_samples`` only decides whether the full samples are kept in the record too)."""
     from stacking.tokenizer import load_dataset_tokenizer
 
     lm_eval = require_lm_eval()
@@ -351,9 +353,8 @@ def evaluate(
     tm = task_manager(tasks, include_path)
     provenance = _tasks_provenance(include_path, tok)
     t0 = time.perf_counter()
-    out = _simple_evaluate(
-        lm_eval, lm_class()(Scorer(model, tok, batch_size)), tasks, tm, limit, num_fewshot, log_samples
-    )
+    out = _simple_evaluate(lm_eval, lm_class()(Scorer(model, tok, batch_size)), tasks, tm, limit, num_fewshot, True)
+    per_doc = per_doc_scores(out.get("samples") or {})  # each question's score: a paired question bootstrap
     record = {
         "checkpoint": {
             "path": str(ckpt_dir.resolve()),
@@ -382,10 +383,13 @@ def evaluate(
         },
         **{
             k: out[k]
-            for k in ("results", "groups", "versions", "n-shot", "n-samples", "higher_is_better", "configs", "samples")
+            for k in ("results", "groups", "versions", "n-shot", "n-samples", "higher_is_better", "configs")
             if k in out
         },
+        "per_doc": per_doc,
     }
+    if log_samples and "samples" in out:
+        record["samples"] = out["samples"]
     return json.loads(json.dumps(record, default=lm_eval.utils.handle_non_serializable))
 
 

@@ -224,6 +224,33 @@ def test_eval_command_end_to_end(bytes_data, tmp_path, capsys):
     assert rec["versions"] == {"nextline_mc": 1.0, "heldout_ppl": 1.0} and rec["lm_eval_version"]
     assert rec["n-samples"]["nextline_mc"]["effective"] == 20 == rec["n-samples"]["heldout_ppl"]["effective"]
     assert 0.0 <= rec["results"]["nextline_mc"]["acc,none"] <= 1.0
+    # each question's score, for the paired question bootstrap: its mean is lm-eval's aggregate
+    per_doc = rec["per_doc"]["nextline_mc"]
+    assert per_doc["doc_id"] == list(range(20)) and len(per_doc["docs_sha256"]) == 64
+    for metric in ("acc", "acc_norm"):
+        assert set(per_doc[metric]) <= {0.0, 1.0}
+        assert np.mean(per_doc[metric]) == pytest.approx(rec["results"]["nextline_mc"][f"{metric},none"], abs=1e-12)
+    assert "heldout_ppl" not in rec["per_doc"]  # (loglikelihood, weight) pairs per piece: no per-question number
+    assert "samples" not in rec  # the full samples only with --log_samples
+    other = eval_main(
+        [
+            str(run / "checkpoints" / "tokens-000000000512"),
+            "--tasks",
+            "nextline_mc",
+            "--include_path",
+            str(tasks),
+            "--limit",
+            "20",
+            "--out",
+            str(tmp_path / "other.json"),
+        ]
+    )
+    assert other == 0
+    # another checkpoint on the same questions: the same question hash (what pairs two runs' questions)
+    assert (
+        json.loads((tmp_path / "other.json").read_text())["per_doc"]["nextline_mc"]["docs_sha256"]
+        == per_doc["docs_sha256"]
+    )
     _, model, _ = _lm(final, bytes_data)
     rows = [json.loads(x) for x in (tasks / "heldout_ppl.jsonl").read_text().splitlines()][:20]
     total = 0.0
@@ -233,6 +260,33 @@ def test_eval_command_end_to_end(bytes_data, tmp_path, capsys):
             total += float(_logprobs(model, context + pred)[-len(pred) :].sum())
     loss = -total / sum(r["n_tokens"] for r in rows)
     assert rec["results"]["heldout_ppl"]["token_loss,none"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_per_doc_scores_keep_numbers_per_question_in_doc_order():
+    from stacking.eval_records import per_doc_scores
+
+    def row(doc, acc, filt="none", doc_hash="h"):
+        return {
+            "doc_id": doc,
+            "filter": filt,
+            "doc_hash": f"{doc_hash}{doc}",
+            "target_hash": "t",
+            "metrics": ["acc", "ppl"],
+            "acc": acc,
+            "ppl": [-1.5, 3],
+        }
+
+    samples = {
+        "mc": [row(2, 1.0), row(0, 0.0), row(1, 1.0), row(0, 1.0, "maj"), row(1, 0.0, "maj"), row(2, 0.0, "maj")]
+    }
+    out = per_doc_scores(samples)["mc"]
+    assert out["doc_id"] == [0, 1, 2]
+    assert out["acc"] == [0.0, 1.0, 1.0] and out["acc_maj"] == [1.0, 0.0, 0.0]  # named as metrics() names them
+    assert "ppl" not in out and "ppl_maj" not in out  # pairs, not numbers
+    same = per_doc_scores({"mc": list(reversed(samples["mc"]))})["mc"]["docs_sha256"]
+    other = per_doc_scores({"mc": [row(d, 1.0, doc_hash="x") for d in range(3)]})["mc"]["docs_sha256"]
+    assert same == out["docs_sha256"] != other  # order-free; other questions, another hash
+    assert per_doc_scores({"gen": [{"doc_id": 0, "metrics": ["bleu"], "bleu": [1, 2]}]}) == {}
 
 
 @needs_lm_eval
