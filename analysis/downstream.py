@@ -55,13 +55,12 @@ def eval_settings(sweep_dir: str | Path) -> dict | None:
         raise AnalysisError(f"{path} is not valid JSON") from None
 
 
-def read_scores(sweep: Sweep) -> tuple[pd.DataFrame, dict[str, Metric]]:
-    """Every finished run's downstream scores (index: run id; one column per metric, `Metric.column`), and each
-    column's description (task, metric, direction); empty without evaluation settings or results."""
+def eval_records(sweep: Sweep):
+    """(run id, record) of every finished run but the bases with a result of plan.json's ``eval`` settings at its
+    final checkpoint (`stacking eval`'s JSON); nothing without evaluation settings."""
     settings = eval_settings(sweep.path)
     if settings is None:
-        return pd.DataFrame(), {}
-    scores, described = {}, {}
+        return
     runs = sweep.runs()
     for _, r in runs[runs["kind"] != "base"].iterrows():
         path = find_result(
@@ -72,9 +71,18 @@ def read_scores(sweep: Sweep) -> tuple[pd.DataFrame, dict[str, Metric]]:
             settings.get("num_fewshot"),
         )
         record = read_result(path) if path is not None else None
-        if record is None:
-            continue
-        scores[str(r["run_id"])] = {m.column: m.value for m in metrics(record)}
+        if record is not None:
+            yield str(r["run_id"]), record
+
+
+def read_scores(sweep: Sweep) -> tuple[pd.DataFrame, dict[str, Metric]]:
+    """Every finished run's downstream scores (index: run id; one column per metric, `Metric.column`), and each
+    column's description (task, metric, direction); empty without evaluation settings or results."""
+    if eval_settings(sweep.path) is None:
+        return pd.DataFrame(), {}
+    scores, described = {}, {}
+    for run_id, record in eval_records(sweep):
+        scores[run_id] = {m.column: m.value for m in metrics(record)}
         for m in metrics(record):
             described.setdefault(m.column, m)
     return pd.DataFrame.from_dict(scores, orient="index", columns=list(described), dtype=float), described

@@ -23,12 +23,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.downstream import eval_settings
+from analysis.downstream import eval_records
 from analysis.loss_table import _cell, main_runs, paired_groups
 from analysis.speedup import mean_ci
 from analysis.sweep import AnalysisError, Sweep
 from analysis.val_bootstrap import READINGS, RESAMPLES, _interval, resample_counts
-from stacking.eval_records import find_result, read_result
 
 COLUMNS = [
     "target",
@@ -54,24 +53,7 @@ CI and SD, and B."""
 def read_per_doc(sweep: Sweep) -> dict[str, dict]:
     """Every finished run's per-question scores (`stacking.eval_records.per_doc_scores`), by run id; runs whose
     record has none are left out."""
-    settings = eval_settings(sweep.path)
-    if settings is None:
-        return {}
-    out = {}
-    for _, r in sweep.runs().iterrows():
-        if r["kind"] == "base":
-            continue
-        path = find_result(
-            sweep.path / str(r["run_dir"]),
-            int(r["tokens"]),
-            settings["tasks"],
-            settings.get("limit"),
-            settings.get("num_fewshot"),
-        )
-        record = read_result(path) if path is not None else None
-        if record and record.get("per_doc"):
-            out[str(r["run_id"])] = record["per_doc"]
-    return out
+    return {run_id: rec["per_doc"] for run_id, rec in eval_records(sweep) if rec.get("per_doc")}
 
 
 def _scores(per_doc: dict, task: str, metric: str) -> tuple[str, np.ndarray] | None:
