@@ -152,7 +152,7 @@ def loss_table_parser():
     p.add_argument(
         "--contrast",
         metavar="SWEEP_B",
-        help="difference-in-differences against another sweep: "
+        help="difference-in-differences against another sweep (B+C: the seeds of several, pooled as --pool pools): "
         "(method − scratch here) − (method − scratch in SWEEP_B), Welch 95 %% CI; writes contrast.csv",
     )
     p.add_argument(
@@ -202,7 +202,18 @@ def _loss_table(argv: list[str]) -> int:
     else:
         sweep = load_sweep(args.sweep_dir)
     if args.contrast:
-        table = contrast_table(sweep, load_sweep(args.contrast))
+        from analysis.trend import parse_entry
+
+        other = parse_entry(args.contrast)  # B+C: the seeds of several sweeps as one, checked as --pool checks
+        if isinstance(other, list):
+            from analysis.pool import pool_sweeps
+
+            other = pool_sweeps(other)
+            for line in other.summary():
+                print(line)
+        else:
+            other = load_sweep(other)
+        table = contrast_table(sweep, other)
         out = Path(args.out) if args.out else sweep.path / "report" / "contrast.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)

@@ -93,3 +93,18 @@ def test_the_command_prints_where_the_seeds_came_from(capsys):
     assert cli_main(["loss-table", str(TINYLLAMA), "--pool", str(OWN_LR)]) == 2  # a bad input, like the others
     err = capsys.readouterr().err
     assert err.startswith("stacking loss-table: error: refusing to pool") and len(err.strip().splitlines()) == 1
+
+
+def test_contrast_against_pooled_sweeps(capsys):
+    """`--contrast B+C`: the other side pooled as --pool pools it (TinyLlama arm: seeds 1–3 + factor's 4–6)."""
+    from analysis.loss_table import contrast_table
+
+    factor = RESULTS / "factor-replicate"
+    assert cli_main(["loss-table", str(OWN_LR), "--contrast", f"{TINYLLAMA}+{factor}", "--out", "/dev/null"]) == 0
+    out = capsys.readouterr().out
+    assert f"pooled from {factor}" in out
+    table = contrast_table(OWN_LR, pool_sweeps([TINYLLAMA, factor])).set_index("reading")
+    row = table.loc["annealed"]
+    assert row["seeds_a"] == 3 and row["seeds_b"] == 6
+    line = next(x for x in out.splitlines() if "| annealed |" in x)
+    assert f"{row['contrast']:+.4f}" in line and f"[{row['contrast_lo']:+.4f}, {row['contrast_hi']:+.4f}]" in line
