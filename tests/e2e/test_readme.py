@@ -272,6 +272,10 @@ def _check(cmd: str, work: Path, out: str) -> None:
         assert (work / m.group(1) / "trend.csv").is_file() and (work / m.group(1) / "trend.png").is_file()
     elif cmd.startswith("stacking loss-table results/") and "--pool" in cmd:
         assert re.search(r"^pooled from results/\S+: .*seeds", out, re.MULTILINE) and "| 10 |" in out, out[:2000]
+        if "--seeds-for" in cmd:  # the planning table: each difference's sd and the seeds for the half-width
+            assert re.search(
+                r"^\| tiny-L8-D32 \| G_stack g=2 d=328K \| annealed \| 10 \| .* \| \d+ \|$", out, re.MULTILINE
+            )
     elif cmd.startswith("stacking fit-law"):
         comment = re.search(r"E = ([\d.]+), α = ([\d.]+)", cmd)
         params = json.loads(out)["params"]
