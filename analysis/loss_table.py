@@ -118,7 +118,11 @@ def per_seed_table(sweep: Sweep | str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def seeds_for_halfwidth(sd: float, halfwidth: float, level: float = 0.95, max_seeds: int = 10_000) -> int:
+MAX_SEEDS = 10_000
+"""`seeds_for_halfwidth` stops counting here (the table says "> 10,000")."""
+
+
+def seeds_for_halfwidth(sd: float, halfwidth: float, level: float = 0.95, max_seeds: int = MAX_SEEDS) -> int:
     """The fewest seeds n ≥ 2 whose Student-t CI half-width t(n − 1)·sd/√n is at most ``halfwidth``, for a paired
     difference with seed-to-seed standard deviation ``sd`` (taken as known: a planning figure, not a guarantee —
     the sd of 3–5 seeds is itself uncertain by about ±50 %). ``max_seeds`` + 1 when even that many do not suffice."""
@@ -173,6 +177,8 @@ def format_power_table(df: pd.DataFrame, halfwidth: float) -> str:
     ]
     for _, r in df.iterrows():
         need = "—" if not np.isfinite(r["seeds_needed"]) else f"{int(r['seeds_needed'])}"
+        if np.isfinite(r["seeds_needed"]) and r["seeds_needed"] > MAX_SEEDS:
+            need = f"> {MAX_SEEDS:,}"
         sd = "—" if not np.isfinite(r["sd"]) else f"{r['sd']:.4f}"
         lines.append(
             f"| {r['target']} | {r['method']} | {r['reading']} | {r['seeds']} | "

@@ -288,11 +288,12 @@ def task_manager(tasks: list[str], include_path: list[str] | None):
     return tm
 
 
-def _simple_evaluate(lm_eval, lm, tasks, tm, limit, num_fewshot, log_samples: bool) -> dict:
-    """lm_eval.simple_evaluate; a dataset that cannot be loaded offline is one EvalError line."""
+def _simple_evaluate(lm_eval, lm, tasks, tm, limit, num_fewshot) -> dict:
+    """lm_eval.simple_evaluate with the samples logged (each question's score); a dataset that cannot be loaded
+    offline is one EvalError line."""
     try:
         return lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, task_manager=tm, limit=limit, num_fewshot=num_fewshot, log_samples=log_samples
+            model=lm, tasks=tasks, task_manager=tm, limit=limit, num_fewshot=num_fewshot, log_samples=True
         )
     except Exception as e:  # datasets / huggingface_hub raise their own classes
         origin = type(e).__module__.split(".")[0]
@@ -353,7 +354,7 @@ def evaluate(
     tm = task_manager(tasks, include_path)
     provenance = _tasks_provenance(include_path, tok)
     t0 = time.perf_counter()
-    out = _simple_evaluate(lm_eval, lm_class()(Scorer(model, tok, batch_size)), tasks, tm, limit, num_fewshot, True)
+    out = _simple_evaluate(lm_eval, lm_class()(Scorer(model, tok, batch_size)), tasks, tm, limit, num_fewshot)
     per_doc = per_doc_scores(out.get("samples") or {})  # each question's score: a paired question bootstrap
     record = {
         "checkpoint": {

@@ -54,6 +54,8 @@ def test_cli_prints_the_seeds_needed_and_refuses_a_non_positive_target(capsys):
         line.startswith("| tiny-L8-D64 | G_stack g=2 d=2.34M | annealed |") and line.endswith(f"| {need} |")
         for line in out.splitlines()
     )
+    assert cli_main(["loss-table", str(OWN_LR), "--seeds-for", "1e-7"]) == 0  # out of reach: said so, not 10001
+    assert "| > 10,000 |" in capsys.readouterr().out
     assert cli_main(["loss-table", str(OWN_LR), "--seeds-for", "-0.01"]) != 0
     err = capsys.readouterr().err
     assert "--seeds-for is a CI half-width in nats and must be > 0" in err
