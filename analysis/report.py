@@ -17,6 +17,7 @@ Writes into OUT (default SWEEP_DIR/report/):
                     and its CI over resampled questions (analysis/question_bootstrap.py)
     val_bootstrap.csv  with runs' eval/val_docs.json (`stacking val-docs`): each paired loss difference's seed CI
                     and its CI over resampled validation documents (analysis/val_bootstrap.py)
+    compute.csv     training and evaluation wall time per run kind, summed over finished runs (analysis/compute.py)
     fits.json       every fit: L(C) per method, Chinchilla L(N, D), IsoFLOP argmins, Eq. 2 (fitted and the paper's)
     figures/*.png   loss curves per target, speed-up bars (and annealed ones), L(C), IsoFLOP, Chinchilla
 
@@ -39,6 +40,7 @@ import pandas as pd
 import yaml
 
 from analysis import plots
+from analysis.compute import compute_markdown, compute_table
 from analysis.domain import domain_markdown, domain_table, has_eval_sets, plot_domain
 from analysis.downstream import downstream_markdown, downstream_table, eval_settings
 from analysis.loss_table import (
@@ -287,7 +289,16 @@ def result_sections(sweep, bootstrap: int, seed: int = 0) -> list[Section]:
         out.append(growth_law_section(sweep, min(bootstrap, 100)))
     out.append(lr_sweep_section(sweep))
     out.append(domain_section(sweep))
+    out.append(compute_section(sweep))
     return out
+
+
+def compute_section(sweep) -> Section:
+    """What the sweep cost: training and evaluation wall time per run kind (compute.csv, analysis/compute.py)."""
+    table = compute_table(sweep)
+    if table.empty:
+        return Section()
+    return Section(markdown=compute_markdown(table), csv={"compute.csv": table})
 
 
 def downstream_section(sweep, losses: pd.DataFrame, seed: int = 0) -> Section:

@@ -137,7 +137,11 @@ def test_report_and_loss_table_show_downstream_and_leave_other_reports_alone(tmp
     md_eval = after.path.read_text().replace(str(with_eval), "SWEEP")
     start = md_eval.index("### Downstream scores, paired by seed")
     end = md_eval.index("### ", start + 4)
-    assert md_eval[:start] + md_eval[end:] == md_plain  # the section is all that changes
+    compute = (md_eval.index("## Compute"), md_eval.index("## Fitted laws"))
+    # the section and the compute table's evaluation columns are all that change
+    assert md_eval[:start] + md_eval[end : compute[0]] + md_eval[compute[1] :] == md_plain.replace(
+        md_plain[md_plain.index("## Compute") : md_plain.index("## Fitted laws")], ""
+    )
     section = md_eval[start:end]
     assert "| toy-1M | G_stack g=2 d=10M | nextline_mc acc ↑ | 2 |" in section
     assert "Scores and losses disagree" in section and "heldout_ppl token_loss ↓" in section
