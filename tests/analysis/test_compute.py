@@ -1,4 +1,4 @@
-"""The report's compute table (analysis/compute.py) on the committed export results/seeds-tiny_torch_init: hours
+"""The report's compute table (analysis/compute.py) on the committed export results/factor-replicate: hours
 summed by hand from the runs' own summary.json and eval records."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from analysis.compute import compute_table
 from analysis.report import compute_section
 from analysis.sweep import load_sweep
 
-SWEEP = Path(__file__).parents[2] / "results" / "seeds-tiny_torch_init"
+SWEEP = Path(__file__).parents[2] / "results" / "factor-replicate"
 
 
 def test_compute_table_sums_each_kinds_own_records():
@@ -31,9 +31,10 @@ def test_compute_table_sums_each_kinds_own_records():
         assert table.loc[kind, "train_wall_h"] == pytest.approx(seconds / 3600, rel=1e-9)
         assert table.loc[kind, "eval_wall_h"] == pytest.approx(sum(evals.get(kind, [])) / 3600, rel=1e-9)
         assert table.loc[kind, "eval_runs"] == len(evals.get(kind, []))
-    # 4 seeds: a base, a grown run and a scratch run each, five cooldowns each (two of them evaluated: the f = 1 ones)
-    assert table["runs"].to_dict() == {"base": 4, "grown": 4, "scratch": 4, "cooldown": 20, "total": 32}
-    assert table.loc["cooldown", "eval_runs"] == 8 and table.loc["base", "eval_runs"] == 0
+    # 3 seeds × g = 2, 4, 8: a base and a grown run each, one scratch run a seed; every run but the bases evaluated,
+    # of the cooldowns the f = 1 ones (4 a seed)
+    assert table["runs"].to_dict() == {"base": 9, "grown": 9, "scratch": 3, "cooldown": 33, "total": 54}
+    assert table.loc["cooldown", "eval_runs"] == 12 and table.loc["base", "eval_runs"] == 0
     assert table.loc["total", "train_wall_h"] == pytest.approx(sum(train.values()) / 3600, rel=1e-9)
 
 
@@ -41,5 +42,5 @@ def test_the_report_section_shows_the_total():
     sec = compute_section(load_sweep(SWEEP))
     total = compute_table(load_sweep(SWEEP)).iloc[-1]
     assert "## Compute" in sec.markdown
-    assert f"| **total** | 32 | **{total['train_wall_h']:.2f}** |" in "\n".join(sec.markdown)
+    assert f"| **total** | 54 | **{total['train_wall_h']:.2f}** |" in "\n".join(sec.markdown)
     assert list(sec.csv) == ["compute.csv"]
